@@ -1,0 +1,34 @@
+# hazgate: every target sets up its own virtual environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@command -v mosquitto >/dev/null 2>&1 || { \
+	  echo "mosquitto is missing; installing it with apt-get"; \
+	  (apt-get install -y mosquitto || sudo apt-get install -y mosquitto) >/dev/null \
+	  || echo "could not install mosquitto: run 'apt-get install mosquitto' as root"; }
+	$(BIN)/hazgate demo
+
+test: $(STAMP)
+	$(BIN)/ruff check agent drivers tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent drivers tests bench
+	$(BIN)/ruff format --check agent drivers tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""The `hazgate` command line. Exit codes: 0 success, 1 runtime failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from agent import __version__
+from agent.logs import setup_logging
+from agent.problems import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(path: str):
+    from agent.config import load_config
+
+    return load_config(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    points = sum(len(d.points) for d in cfg.devices)
+    print(f"{args.config}: valid: {len(cfg.devices)} devices, {points} points")
+    return EXIT_OK
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from agent.commission import read_device
+
+    cfg = _load(args.config)
+    try:
+        device = cfg.device(args.device)
+    except KeyError as exc:
+        print(f"hazgate read: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(read_device(device))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.simulate import serve
+
+    try:
+        asyncio.run(serve(args.scenario))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"hazgate simulate: cannot serve: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hazgate", description="Plant safety data gateway")
+    parser.add_argument("--version", action="version", version=f"hazgate {__version__}")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check the config and every point table it names")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("read", help="read every point of one device once (commissioning)")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
+    p.add_argument("-s", "--scenario", required=True)
+    p.set_defaults(func=cmd_simulate, log_level_default="info")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level
+    if level == "warning" and getattr(args, "log_level_default", None):
+        level = args.log_level_default
+    setup_logging(level)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in exc.problems.lines():
+            print(line, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Protocol drivers ("south" side): read-only, one module per protocol."""
