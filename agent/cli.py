@@ -38,6 +38,17 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(read_device(device))
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.runner import run_agent
+
+    cfg = _load(args.config)
+    try:
+        return asyncio.run(run_agent(cfg))
+    except OSError as exc:
+        print(f"hazgate run: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from agent.simulate import serve
 
@@ -51,6 +62,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_receive(args: argparse.Namespace) -> int:
+    from agent.receive import receive
+
+    return receive(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import demo
+
+    return demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hazgate", description="Plant safety data gateway")
     parser.add_argument("--version", action="version", version=f"hazgate {__version__}")
@@ -61,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("run", help="run the agent in the foreground (what systemd starts)")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_run, log_level_default="info")
+
     p = sub.add_parser("read", help="read every point of one device once (commissioning)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("device")
@@ -69,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)
     p.set_defaults(func=cmd_simulate, log_level_default="info")
+    p = sub.add_parser("receive", help="reference provincial-side consumer: validate, store, report gaps")
+    p.add_argument("--broker", required=True, help="mqtt://host:port")
+    p.add_argument("--db", required=True, help="SQLite file for received readings and events")
+    p.add_argument("--topic-prefix", default="hazchem")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
+    p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
+    p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file")
+    p.set_defaults(func=cmd_receive, log_level_default="info")
+
+    p = sub.add_parser("demo", help="simulated plant + local broker + agent + receiver with a live view")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_demo, log_level_default="warning")
     return parser
 
 

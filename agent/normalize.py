@@ -1,10 +1,20 @@
-"""Normalization: driver samples become readings in engineering units with quality."""
+"""Normalization: driver samples become readings in engineering units with quality.
+
+Report by exception: a numeric point with a deadband is reported only when it moved by at
+least the deadband or its quality changed; every `integrity_interval` all points are
+reported anyway, so the platform always holds a recent value of each.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 
 from agent.points import Point
+from drivers.base import BAD, GOOD, Sample
+
+QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 
 
 def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
@@ -13,3 +23,48 @@ def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+@dataclass(slots=True)
+class Reading:
+    point: Point
+    ts_ms: int
+    value: float | bool | None
+    quality: str
+    reason: str | None
+
+
+class Normalizer:
+    def __init__(self, integrity_interval: float):
+        self.integrity_interval = integrity_interval
+        self._last: dict[str, tuple[float | bool | None, str, str | None]] = {}
+        self._next_integrity = 0.0
+
+    def process(self, samples: list[Sample], ts_ms: int) -> tuple[list[Reading], list[Reading]]:
+        """Return (all readings of this poll, the ones to report)."""
+        now = time.monotonic()
+        full = now >= self._next_integrity
+        if full:
+            self._next_integrity = now + self.integrity_interval
+        every, report = [], []
+        last = self._last
+        for s in samples:
+            p = s.point
+            quality, reason = s.quality, s.reason
+            value = None
+            if s.raw is not None and quality != BAD:
+                value = engineering(p, s.raw)
+                if value is None:
+                    quality, reason = BAD, "decode error: not a finite number"
+            r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
+            every.append(r)
+            prev = last.get(p.tag)
+            if (
+                full or prev is None or p.deadband <= 0 or quality != GOOD
+                or prev[1] != quality or prev[2] != reason
+                or value is None or prev[0] is None
+                or abs(value - prev[0]) >= p.deadband  # type: ignore[operator]
+            ):
+                last[p.tag] = (value, quality, reason)
+                report.append(r)
+        return every, report

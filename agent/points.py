@@ -141,9 +141,12 @@ def read_table_text(path: Path) -> tuple[str, str]:
     data = path.read_bytes()
     for enc in ENCODINGS:
         try:
-            return data.decode(enc), ("utf-8" if enc == "utf-8-sig" else enc)
+            text = data.decode(enc)
         except UnicodeDecodeError:
             continue
+        if "\x00" in text:  # UTF-16 without a BOM "decodes" as UTF-8/GBK full of NULs
+            continue
+        return text, ("utf-8" if enc == "utf-8-sig" else enc)
     raise UnicodeDecodeError("point table", data, 0, len(data), "not UTF-8, UTF-8 with BOM or GBK")
 
 
@@ -278,25 +281,25 @@ def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: 
 
 def check_overlaps(points: list[Point], problems: Problems) -> None:
     """Two points of one device reading the same register are a mistake unless marked `overlap`."""
-    owners: dict[tuple[str, int], Point] = {}
+    owners: dict[tuple[str, int], list[Point]] = {}
     for p in points:
         if p.modbus is None:
             continue
+        clash: tuple[Point, tuple[str, int]] | None = None
         for i in range(p.width):
             key = (p.modbus.table, p.modbus.index + i)
-            other = owners.get(key)
-            if other is None:
-                owners[key] = p
-                continue
-            same_bit = (
-                p.modbus.bit is not None and other.modbus is not None and other.modbus.bit is not None
-            )
-            if same_bit and p.modbus.bit != other.modbus.bit:  # type: ignore[union-attr]
-                continue  # different bits of one register
-            if not (p.overlap and other.overlap):
-                problems.add(
-                    p.file, p.line, "address",
-                    f"{p.tag} at {p.modbus} overlaps {other.tag} ({other.file}:{other.line}) on {key[0]}:{key[1]}; "
-                    "valid: separate registers, or overlap=yes on both points if intended",
+            for other in owners.get(key, []):
+                different_bits = (
+                    p.modbus.bit is not None and other.modbus is not None
+                    and other.modbus.bit is not None and p.modbus.bit != other.modbus.bit
                 )
-            break
+                if clash is None and not different_bits and not (p.overlap and other.overlap):
+                    clash = (other, key)
+            owners.setdefault(key, []).append(p)
+        if clash is not None:
+            other, key = clash
+            problems.add(
+                p.file, p.line, "address",
+                f"{p.tag} at {p.modbus} overlaps {other.tag} ({other.file}:{other.line}) on {key[0]}:{key[1]}; "
+                "valid: separate registers, or overlap=yes on both points if intended",
+            )

@@ -79,6 +79,8 @@ class BlockReader:
         out: list[Sample] = []
         if block.table in ("co", "di"):
             bits = resp.bits
+            if len(bits) < block.count:
+                return [Sample(p, None, BAD, "decode error: short response") for p in block.points]
             for p in block.points:
                 out.append(Sample(p, bool(bits[p.modbus.index - block.start])))  # type: ignore[union-attr]
             return out

@@ -1,0 +1,95 @@
+"""`hazgate run`: wires devices, store and uplink together and runs until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from agent import __version__
+from agent.config import DeviceConfig, GatewayConfig
+from agent.messages import encode, envelope, meta_body, now_ms
+from agent.normalize import QUALITY_CODE, Reading
+from agent.scheduler import DeviceTask
+from agent.store import AsyncStore
+from agent.uplink import Uplink
+from drivers.base import make_driver
+
+log = logging.getLogger("hazgate.agent")
+STOP_TIMEOUT = 5.0
+
+
+class Agent:
+    def __init__(self, cfg: GatewayConfig):
+        self.cfg = cfg
+        self.store = AsyncStore(cfg.data_dir)
+        self.started_ms = now_ms()
+        self.uplink = Uplink(cfg, self.store, self.started_ms, on_state=self._uplink_state)
+        self.devices: list[DeviceTask] = []
+        self._pids: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    def _uplink_state(self, state: str) -> None:
+        asyncio.get_running_loop().create_task(
+            self.store.call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
+        )
+
+    async def _on_link(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
+        await self.store.call("set_device", name, link, reason, last_good)
+
+    async def _sink(self, device: DeviceConfig, every: list[Reading], report: list[Reading]) -> None:
+        if not report:
+            return
+        pids = self._pids
+        rows = [(r.ts_ms, pids[r.point.tag], r.value, QUALITY_CODE[r.quality], r.reason) for r in report]
+        await self.store.call("add_readings", rows)
+
+    def _meta(self, seq: int, _rows: list) -> bytes:
+        env = envelope(self.cfg.gateway_id, self.cfg.enterprise_code, seq, now_ms())
+        return encode(meta_body(env, [p.metadata() for p in self.cfg.all_points()]))
+
+    async def start(self) -> None:
+        await self.store.open()
+        for p in self.cfg.all_points():
+            self._pids[p.tag] = await self.store.call("pid", p.tag, p.unit, p.type)
+        await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
+        await self.store.call("enqueue", "meta", True, self._meta)
+        for dev in self.cfg.devices:
+            task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link)
+            self.devices.append(task)
+            self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
+        self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        log.info("agent started", extra={"fields": {
+            "gateway": self.cfg.gateway_id, "devices": len(self.devices),
+            "points": len(self._pids), "version": __version__}})
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            if t.get_name().startswith("device:"):
+                t.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t.get_name().startswith("device:")), return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.uplink.stop(), STOP_TIMEOUT)
+        except TimeoutError:
+            pass
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for d in self.devices:
+            await d.driver.close()
+        await self.store.close()
+        log.info("agent stopped")
+
+
+async def run_agent(cfg: GatewayConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        await stop.wait()
+    finally:
+        await agent.stop()
+    return 0

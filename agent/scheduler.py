@@ -1,0 +1,76 @@
+"""One task per device, polling on a fixed cadence of the monotonic clock.
+
+The next poll is due one interval after the previous one was due, not after it finished, so
+the cadence does not drift. A poll that overruns skips the cycles it missed (counted in
+`overruns`) instead of firing them in a burst. Nothing a device does ends its task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.config import DeviceConfig
+from agent.normalize import Normalizer, Reading
+from drivers.base import GOOD, Driver
+
+log = logging.getLogger("hazgate.scheduler")
+
+Sink = Callable[[DeviceConfig, list[Reading], list[Reading]], Awaitable[None]]
+
+
+class DeviceTask:
+    def __init__(self, device: DeviceConfig, driver: Driver, sink: Sink,
+                 on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None):
+        self.device, self.driver, self.sink, self.on_link = device, driver, sink, on_link
+        self.normalizer = Normalizer(device.integrity_interval)
+        self.link = "unknown"
+        self.reason: str | None = None
+        self.polls = 0
+        self.overruns = 0
+        self.last_good_ms: int | None = None
+        self.latest: dict[str, Reading] = {}
+
+    async def run(self) -> None:
+        interval = self.device.poll_interval
+        due = time.monotonic()
+        while True:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or surprise in one poll must not end the device
+                log.exception("poll failed", extra={"fields": {"device": self.device.name}})
+            due += interval
+            now = time.monotonic()
+            if now >= due:
+                missed = math.floor((now - due) / interval) + 1
+                self.overruns += missed
+                due += missed * interval
+            await asyncio.sleep(due - now)
+
+    async def poll_once(self) -> None:
+        ts_ms = int(time.time() * 1000)  # collection time: the wall clock, read once per batch
+        samples = await self.driver.read()
+        self.polls += 1
+        every, report = self.normalizer.process(samples, ts_ms)
+        for r in every:
+            self.latest[r.point.tag] = r
+        good = sum(1 for r in every if r.quality == GOOD)
+        if good:
+            self.last_good_ms = ts_ms
+        link = "up" if good or (every and self.driver.connected) else "down"
+        reason = None if link == "up" else next((r.reason for r in every if r.reason), "no answer")
+        if link != self.link:
+            fields = {"device": self.device.name, "endpoint": self.device.endpoint}
+            if link == "up":
+                log.info("device up", extra={"fields": fields})
+            else:
+                log.warning("device down", extra={"fields": {**fields, "reason": reason}})
+            self.link, self.reason = link, reason
+            if self.on_link:
+                await self.on_link(self.device.name, link, reason, self.last_good_ms)
+        await self.sink(self.device, every, report)

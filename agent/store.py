@@ -1,0 +1,225 @@
+"""The durable outbox (SQLite, WAL): every reading and event is committed here before it is
+published, and leaves only when the broker has acknowledged the message that carried it.
+
+Flow inside the database:
+  readings / events  --take_*-->  outbox (message with its seq and payload)  --ack-->  gone
+A message gets its sequence number in the same transaction that moves its rows into the
+outbox, so a message re-sent after a lost acknowledgement keeps its number and content.
+Rows keep insertion order (AUTOINCREMENT ids, never reused): draining never sorts by time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from agent.messages import now_ms
+
+T = TypeVar("T")
+QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
+QUALITY_NAME = ("good", "uncertain", "bad")
+DB_NAME = "hazgate.db"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS points(
+  pid INTEGER PRIMARY KEY, tag TEXT NOT NULL, unit TEXT NOT NULL, type TEXT NOT NULL,
+  UNIQUE(tag, unit, type));
+CREATE TABLE IF NOT EXISTS readings(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, pid INTEGER NOT NULL,
+  value REAL, quality INTEGER NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS events(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox(
+  seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, retain INTEGER NOT NULL,
+  created INTEGER NOT NULL, count INTEGER NOT NULL, oldest INTEGER, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS devices(
+  name TEXT PRIMARY KEY, link TEXT NOT NULL, reason TEXT, last_good INTEGER, changed INTEGER);
+"""
+
+# A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
+Builder = Callable[[int, list[tuple]], bytes]
+
+
+class Store:
+    """Synchronous store; use from one thread at a time (AsyncStore runs it on its own thread)."""
+
+    def __init__(self, data_dir: Path):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_NAME
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we go on. NORMAL could roll back the last commits
+        # on power loss, and with them sequence numbers already used on the wire.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        self._pids: dict[tuple[str, str, str], int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- state --------------------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_state(self, values: dict[str, Any]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", values.items())
+
+    def set_device(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO devices(name, link, reason, last_good, changed) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET link=excluded.link, reason=excluded.reason, "
+                "last_good=COALESCE(excluded.last_good, devices.last_good), changed=excluded.changed",
+                (name, link, reason, last_good, now_ms()),
+            )
+
+    # --- writing ------------------------------------------------------------------------
+    def pid(self, tag: str, unit: str, ptype: str) -> int:
+        key = (tag, unit, ptype)
+        pid = self._pids.get(key)
+        if pid is None:
+            self.db.execute("INSERT OR IGNORE INTO points(tag, unit, type) VALUES (?,?,?)", key)
+            pid = self.db.execute("SELECT pid FROM points WHERE tag=? AND unit=? AND type=?", key).fetchone()[0]
+            self._pids[key] = pid
+        return pid
+
+    def add_readings(self, rows: list[tuple[int, int, Any, int, str | None]]) -> int:
+        """rows: (ts_ms, pid, value, quality code, reason). Returns the last row id."""
+        with self.db:
+            self.db.executemany("INSERT INTO readings(ts, pid, value, quality, reason) VALUES (?,?,?,?,?)", rows)
+            return self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()[0]
+
+    def add_event(self, ts_ms: int, body: dict) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts_ms, orjson.dumps(body)))
+
+    def last_reading_id(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()
+        return row[0] if row else 0
+
+    # --- building messages -------------------------------------------------------------
+    def _next_seq(self) -> int:
+        return int(self.get_state("next_seq", 1))
+
+    def _enqueue(self, seq: int, kind: str, retain: bool, count: int, oldest: int | None, payload: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO outbox(seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?)",
+            (seq, kind, int(retain), now_ms(), count, oldest, payload),
+        )
+        self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('next_seq', ?)", (seq + 1,))
+
+    def take_readings(self, build: Builder, limit: int, after_id: int = 0, upto_id: int | None = None) -> tuple[int, int] | None:
+        """Move up to `limit` readings with after_id < id <= upto_id into one outbox message.
+
+        Rows handed to `build`: (ts_ms, tag, unit, type, value, quality name, reason).
+        Returns (seq, readings) or None when there is nothing to take.
+        """
+        upto = upto_id if upto_id is not None else 2**62
+        with self.db:
+            rows = self.db.execute(
+                "SELECT r.id, r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason "
+                "FROM readings r JOIN points p ON p.pid = r.pid "
+                "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?",
+                (after_id, upto, limit),
+            ).fetchall()
+            if not rows:
+                return None
+            seq = self._next_seq()
+            body = [(ts, tag, unit, ptype, value, QUALITY_NAME[q], reason) for _, ts, tag, unit, ptype, value, q, reason in rows]
+            self._enqueue(seq, "readings", False, len(rows), rows[0][1], build(seq, body))
+            self.db.execute("DELETE FROM readings WHERE id >= ? AND id <= ? AND id > ? AND id <= ?",
+                            (rows[0][0], rows[-1][0], after_id, upto))
+        return seq, len(rows)
+
+    def take_events(self, build: Builder, limit: int = 100) -> int | None:
+        """Move pending events into one outbox message; rows handed to `build`: event dicts."""
+        with self.db:
+            rows = self.db.execute("SELECT id, ts, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
+            if not rows:
+                return None
+            seq = self._next_seq()
+            self._enqueue(seq, "events", False, len(rows), rows[0][1], build(seq, [orjson.loads(r[2]) for r in rows]))
+            self.db.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
+        return seq
+
+    def enqueue(self, kind: str, retain: bool, build: Builder) -> int:
+        """Put a ready-made message (meta) into the outbox with the next seq."""
+        with self.db:
+            seq = self._next_seq()
+            self._enqueue(seq, kind, retain, 0, None, build(seq, []))
+        return seq
+
+    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[tuple[int, str, bool, bytes]]:
+        return [
+            (seq, kind, bool(retain), payload)
+            for seq, kind, retain, payload in self.db.execute(
+                "SELECT seq, kind, retain, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+        ]
+
+    def ack(self, seqs: list[int]) -> None:
+        """The broker acknowledged these messages: they leave the store."""
+        with self.db:
+            self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                (("last_ack_seq", max(seqs)), ("last_ack_at", now_ms())),
+            )
+
+    # --- inspection -----------------------------------------------------------------------
+    def stats(self) -> dict:
+        r_count, r_oldest = self.db.execute("SELECT COUNT(*), MIN(ts) FROM readings").fetchone()
+        o_msgs, o_readings, o_oldest = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(count), 0), MIN(oldest) FROM outbox WHERE kind='readings'"
+        ).fetchone()
+        events = self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        outbox_events = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind='events'").fetchone()[0]
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        oldest = min((t for t in (r_oldest, o_oldest) if t is not None), default=None)
+        return {
+            "readings_buffered": r_count + o_readings,
+            "readings_unsent": r_count,
+            "messages_unacked": o_msgs + outbox_events,
+            "events_buffered": events,
+            "oldest_unsent_ms": oldest,
+            "db_bytes": page_size * pages,
+            "next_seq": self._next_seq(),
+            "last_ack_seq": self.get_state("last_ack_seq"),
+            "last_ack_at": self.get_state("last_ack_at"),
+        }
+
+
+class AsyncStore:
+    """Runs every store call on one dedicated thread, so a commit never stalls the event loop."""
+
+    def __init__(self, data_dir: Path):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._store: Store | None = None
+        self._data_dir = data_dir
+
+    async def open(self) -> None:
+        self._store = await self._run_raw(Store, self._data_dir)
+
+    async def _run_raw(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def call(self, name: str, *args: Any) -> Any:
+        assert self._store is not None, "store not open"
+        return await self._run_raw(getattr(self._store, name), *args)
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._run_raw(self._store.close)
+            self._store = None
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,229 @@
+"""MQTT uplink ("north" side): drains the store to the provincial broker, QoS 1.
+
+Drain order in every round: messages already numbered but unacknowledged (oldest first),
+then events, then live readings (collected since the link came up), then the backlog.
+Each connection uses a fresh paho client, so what is re-sent after a reconnect is decided
+here from the store, never by paho's own session replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from agent import __version__
+from agent.config import GatewayConfig
+from agent.messages import encode, envelope, events_body, now_ms, readings_body, status_body, topic
+from agent.store import AsyncStore
+
+log = logging.getLogger("hazgate.uplink")
+
+WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
+BACKLOG_BATCH = 2000  # readings per back-fill message
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class Uplink:
+    def __init__(self, cfg: GatewayConfig, store: AsyncStore, started_ms: int,
+                 on_state: Callable[[str], None] | None = None):
+        self.cfg, self.store, self.started_ms = cfg, store, started_ms
+        up = cfg.uplink
+        self.topics = {k: topic(up.topic_prefix, cfg.enterprise_code, cfg.gateway_id, k)
+                       for k in ("readings", "events", "meta", "status")}
+        self.wake = asyncio.Event()  # set when an event is stored: publish it now
+        self.state = "down"
+        self.on_state = on_state
+        self.published = 0
+        self.acked = 0
+        self.reconnects = 0
+        self._client: mqtt.Client | None = None
+        self._acks: list[int] = []
+        self._mid_seq: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._connect_rc: str = ""
+
+    # --- payload builders (run on the store thread) -------------------------------------
+    def _env(self, seq: int) -> dict:
+        return envelope(self.cfg.gateway_id, self.cfg.enterprise_code, seq, now_ms())
+
+    def build_readings(self, backfill: bool):
+        return lambda seq, rows: encode(readings_body(self._env(seq), rows, backfill))
+
+    def build_events(self, seq: int, rows: list) -> bytes:
+        return encode(events_body(self._env(seq), rows))
+
+    def _status(self, state: str) -> bytes:
+        return encode(status_body(self.cfg.gateway_id, self.cfg.enterprise_code, state, __version__, self.started_ms))
+
+    # --- connection ---------------------------------------------------------------------
+    def _set_state(self, state: str, reason: str = "") -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if state == "up":
+            log.info("uplink up", extra={"fields": {"broker": self.cfg.uplink.broker}})
+        else:
+            log.warning("uplink down", extra={"fields": {"broker": self.cfg.uplink.broker, "reason": reason}})
+        if self.on_state:
+            self.on_state(state)
+
+    def _new_client(self, loop: asyncio.AbstractEventLoop) -> mqtt.Client:
+        up = self.cfg.uplink
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.cfg.gateway_id,
+            clean_session=True, protocol=mqtt.MQTTv311,
+        )
+        client.max_inflight_messages_set(WINDOW)
+        client.will_set(self.topics["status"], self._status("offline"), qos=1, retain=True)
+        if up.tls:
+            client.tls_set(
+                ca_certs=str(up.ca_file) if up.ca_file else None,
+                certfile=str(up.cert_file) if up.cert_file else None,
+                keyfile=str(up.key_file) if up.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        if up.username:
+            password = up.password_file.read_text().strip() if up.password_file else None
+            client.username_pw_set(up.username, password)
+
+        def on_connect(_c, _u, _flags, rc, _props):
+            self._connect_rc = str(rc)
+            if not rc.is_failure:
+                loop.call_soon_threadsafe(self._connected.set)
+
+        def on_disconnect(_c, _u, _flags, rc, _props):
+            loop.call_soon_threadsafe(self._lost.set)
+
+        def on_publish(_c, _u, mid, _rc, _props):
+            loop.call_soon_threadsafe(self._on_ack, mid)
+
+        client.on_connect, client.on_disconnect, client.on_publish = on_connect, on_disconnect, on_publish
+        return client
+
+    def _on_ack(self, mid: int) -> None:
+        seq = self._mid_seq.pop(mid, None)
+        if seq is not None:
+            self._acks.append(seq)
+            self.acked += 1
+            self.wake.set()
+
+    async def _connect(self) -> mqtt.Client:
+        """Connect with exponential back-off; returns a client whose CONNACK arrived."""
+        loop = asyncio.get_running_loop()
+        delay = BACKOFF_MIN
+        up = self.cfg.uplink
+        while True:
+            self._connected.clear()
+            self._lost.clear()
+            client = self._new_client(loop)
+            reason = ""
+            try:
+                await loop.run_in_executor(None, client.connect, up.host, up.port, int(up.keepalive))
+                client.loop_start()
+                await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+                return client
+            except (OSError, ssl.SSLError, TimeoutError, mqtt.WebsocketConnectionError) as exc:
+                reason = self._connect_rc or str(exc) or type(exc).__name__
+            self._teardown(client)
+            self._set_state("down", reason)
+            log.debug("connect failed", extra={"fields": {"reason": reason, "retry_in": delay}})
+            await asyncio.sleep(delay)
+            delay = min(BACKOFF_MAX, delay * 2)
+
+    def _teardown(self, client: mqtt.Client) -> None:
+        client.loop_stop()
+        client.disconnect()
+        client.loop_stop()
+
+    # --- publishing ---------------------------------------------------------------------
+    def _publish(self, client: mqtt.Client, seq: int | None, kind: str, payload: bytes, retain: bool) -> bool:
+        with self._lock:
+            info = client.publish(self.topics[kind], payload, qos=1, retain=retain)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.debug("publish refused", extra={"fields": {"rc": mqtt.error_string(info.rc), "seq": seq}})
+                return False
+            if seq is not None:
+                self._mid_seq[info.mid] = seq
+        self.published += 1
+        return True
+
+    async def run(self) -> None:
+        """Forever: connect, drain, and on loss start again. Cancel to stop."""
+        while True:
+            client = await self._connect()
+            self._client = client
+            if self.state == "down" and self.published:
+                self.reconnects += 1
+            try:
+                await self._session(client)
+            finally:
+                self._client = None
+                self._mid_seq.clear()
+                self._acks.clear()
+                await asyncio.get_running_loop().run_in_executor(None, self._teardown, client)
+            self._set_state("down", "connection lost")
+
+    async def stop(self) -> None:
+        """Announce a clean shutdown (retained offline status) when connected."""
+        client = self._client
+        if client is not None and self.state == "up":
+            info = client.publish(self.topics["status"], self._status("offline"), qos=1, retain=True)
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+
+    async def _session(self, client: mqtt.Client) -> None:
+        store = self.store
+        self._publish(client, None, "status", self._status("online"), True)
+        self._set_state("up")
+        watermark = await store.call("last_reading_id")  # at or below: collected while down
+        sent_upto = 0  # highest outbox seq handed to this client
+        interval = self.cfg.uplink.publish_interval
+        next_live = time.monotonic()
+        while not self._lost.is_set():
+            if self._acks:
+                acks, self._acks = self._acks, []
+                await store.call("ack", acks)
+            room = WINDOW - len(self._mid_seq)
+            # 1. anything already numbered, oldest first (re-sends keep their seq)
+            if room > 0:
+                for seq, kind, retain, payload in await store.call("unacked", sent_upto, room):
+                    if not self._publish(client, seq, kind, payload, retain):
+                        return
+                    sent_upto, room = seq, room - 1
+            # 2. events, at once; 3. live readings once per publish interval; 4. backlog
+            built = False
+            if room > 0:
+                built = await store.call("take_events", self.build_events) is not None
+            now = time.monotonic()
+            if not built and room > 0 and now >= next_live:
+                taken = await store.call("take_readings", self.build_readings(False),
+                                         self.cfg.uplink.batch_size, watermark)
+                built = taken is not None
+                if not built or taken[1] < self.cfg.uplink.batch_size:
+                    next_live = now + interval
+            if not built and room > 0 and watermark:
+                taken = await store.call("take_readings", self.build_readings(True), BACKLOG_BATCH, 0, watermark)
+                built = taken is not None
+                if not built:
+                    watermark = 0  # backlog drained
+            if built:
+                continue
+            self.wake.clear()
+            timeout = max(0.001, next_live - time.monotonic())
+            lost = asyncio.ensure_future(self._lost.wait())
+            woke = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait({lost, woke}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                lost.cancel()
+                woke.cancel()
