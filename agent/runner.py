@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -68,10 +69,8 @@ class Agent:
             if t.get_name().startswith("device:"):
                 t.cancel()
         await asyncio.gather(*(t for t in self._tasks if t.get_name().startswith("device:")), return_exceptions=True)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.uplink.stop(), STOP_TIMEOUT)
-        except TimeoutError:
-            pass
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

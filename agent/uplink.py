@@ -9,6 +9,7 @@ here from the store, never by paho's own session replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -177,9 +178,8 @@ class Uplink:
         client = self._client
         if client is not None and self.state == "up":
             info = client.publish(self.topics["status"], self._status("offline"), qos=1, retain=True)
-            deadline = time.monotonic() + 2.0
-            while not info.is_published() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will says offline
+                await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 2.0)
 
     async def _session(self, client: mqtt.Client) -> None:
         store = self.store
