@@ -62,6 +62,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.inspect import status
+
+    return status(_load(args.config))
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    from agent.inspect import buffer
+
+    return buffer(_load(args.config), args.action, args.format, args.output)
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     from agent.receive import receive
 
@@ -92,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("device")
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("status", help="device links, buffer depth, uplink state (agent running or not)")
+    p.add_argument("-c", "--config", required=True)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("buffer", help="inspect the local store: stats, or export buffered readings")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("action", choices=["stats", "export"])
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_buffer)
 
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)

@@ -69,6 +69,12 @@ class DeviceConfig:
 
 
 @dataclass
+class StoreConfig:
+    max_bytes: int = 1 << 30
+    max_age: float = 30 * 86400.0
+
+
+@dataclass
 class GatewayConfig:
     path: Path
     gateway_id: str
@@ -77,6 +83,7 @@ class GatewayConfig:
     uplink: UplinkConfig
     devices: list[DeviceConfig]
     rules_file: Path | None = None
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def device(self, name: str) -> DeviceConfig:
         for d in self.devices:
@@ -125,7 +132,11 @@ PROTOCOL_KEYS = {
     },
 }
 CHECKS_KEYS = {"rules": ("path", False)}
-TOP_KEYS = ("gateway", "uplink", "devices", "checks")
+STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
+TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+MIN_STORE_BYTES = 1 << 20
 
 
 class LineIndex:
@@ -205,6 +216,14 @@ class _Reader:
             if seconds <= 0:
                 raise ValueError(f"{value!r} must be longer than zero")
             return seconds
+        if kind == "size":
+            m = _SIZE.match(value.strip()) if isinstance(value, str) else None
+            if not m:
+                raise ValueError(f"{value!r} is not a size; valid: a number with a unit, e.g. \"500MB\", \"2GiB\"")
+            size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+            if size < MIN_STORE_BYTES:
+                raise ValueError(f"{value!r} is too small; valid: at least 1MiB")
+            return size
         if kind == "path":
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{value!r} is not a path string")
@@ -268,6 +287,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     if checks.get("rules") is not None and not checks["rules"].is_file():
         r.err(("checks", "rules"), "checks.rules", f"file {checks['rules']} does not exist")
 
+    st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
     devices = _load_devices(r, data.get("devices", []))
     if problems:
         raise ConfigError(problems)
@@ -281,6 +301,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     return GatewayConfig(
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"],
         data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"),
+        store=StoreConfig(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 
 from agent import __version__
 from agent.config import DeviceConfig, GatewayConfig
@@ -18,6 +19,8 @@ from drivers.base import make_driver
 
 log = logging.getLogger("hazgate.agent")
 STOP_TIMEOUT = 5.0
+MAINTENANCE_INTERVAL = 5.0
+HELD_MAX = 500_000  # readings kept in memory while the store refuses writes (disk full, read-only)
 
 
 class Agent:
@@ -29,6 +32,9 @@ class Agent:
         self.devices: list[DeviceTask] = []
         self._pids: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
+        self._held: list[tuple] = []  # rows waiting for the store to accept writes again
+        self.held_dropped = 0
+        self.store_error: str | None = None
 
     def _uplink_state(self, state: str) -> None:
         asyncio.get_running_loop().create_task(
@@ -43,7 +49,49 @@ class Agent:
             return
         pids = self._pids
         rows = [(r.ts_ms, pids[r.point.tag], r.value, QUALITY_CODE[r.quality], r.reason) for r in report]
-        await self.store.call("add_readings", rows)
+        if self._held:
+            rows = self._held + rows
+            self._held = []
+        try:
+            await self.store.call("add_readings", rows)
+        except sqlite3.Error as exc:
+            self._store_failed(exc, rows)
+        else:
+            if self.store_error:
+                log.warning("store writable again", extra={"fields": {"flushed": len(rows)}})
+                self.store_error = None
+
+    def _store_failed(self, exc: Exception, rows: list[tuple]) -> None:
+        """Keep polling; hold what cannot be written, bounded, and say what is dropped."""
+        if self.store_error is None:
+            log.error("store refuses writes; holding readings in memory", extra={"fields": {
+                "db": str(self.cfg.data_dir), "error": str(exc), "hold_max": HELD_MAX}})
+        self.store_error = str(exc)
+        overflow = len(rows) - HELD_MAX
+        if overflow > 0:
+            self.held_dropped += overflow
+            log.error("store unavailable: dropped oldest held readings", extra={"fields": {
+                "dropped": overflow, "dropped_total": self.held_dropped}})
+            rows = rows[overflow:]
+        self._held = rows
+
+    async def _maintain(self) -> None:
+        """Enforce the store's size and age bounds; report every eviction."""
+        limits = self.cfg.store
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            try:
+                await self.store.call("heartbeat", [
+                    (d.device.name, d.link, d.reason, d.last_good_ms) for d in self.devices])
+                events = await self.store.call("enforce_limits", limits.max_bytes, limits.max_age)
+            except sqlite3.Error as exc:
+                log.warning("store maintenance failed", extra={"fields": {"error": str(exc)}})
+                continue
+            for ev in events:
+                log.warning("buffer eviction", extra={"fields": {
+                    "count": ev["count"], "from": ev["from_ts"], "to": ev["to_ts"], "reason": ev["reason"]}})
+            if events:
+                self.uplink.wake.set()
 
     def _meta(self, seq: int, _rows: list) -> bytes:
         env = envelope(self.cfg.gateway_id, self.cfg.enterprise_code, seq, now_ms())
@@ -60,6 +108,7 @@ class Agent:
             self.devices.append(task)
             self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
         log.info("agent started", extra={"fields": {
             "gateway": self.cfg.gateway_id, "devices": len(self.devices),
             "points": len(self._pids), "version": __version__}})

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from agent.messages import now_ms
+from agent.messages import now_ms, rfc3339
 
 T = TypeVar("T")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
@@ -50,16 +50,19 @@ Builder = Callable[[int, list[tuple]], bytes]
 class Store:
     """Synchronous store; use from one thread at a time (AsyncStore runs it on its own thread)."""
 
-    def __init__(self, data_dir: Path):
-        data_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, data_dir: Path, readonly: bool = False):
         self.path = data_dir / DB_NAME
+        self._pids: dict[tuple[str, str, str], int] = {}
+        if readonly:  # inspection beside a running agent: WAL lets readers in at any time
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            return
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before we go on. NORMAL could roll back the last commits
         # on power loss, and with them sequence numbers already used on the wire.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        self._pids: dict[tuple[str, str, str], int] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -73,14 +76,24 @@ class Store:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", values.items())
 
+    def heartbeat(self, devices: list[tuple[str, str, str | None, int | None]]) -> None:
+        """Periodic liveness record for `hazgate status`: time now and each device's state."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('heartbeat', ?)", (now_ms(),))
+            for dev in devices:
+                self._upsert_device(*dev)
+
     def set_device(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
         with self.db:
-            self.db.execute(
+            self._upsert_device(name, link, reason, last_good)
+
+    def _upsert_device(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
+        self.db.execute(
                 "INSERT INTO devices(name, link, reason, last_good, changed) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET link=excluded.link, reason=excluded.reason, "
-                "last_good=COALESCE(excluded.last_good, devices.last_good), changed=excluded.changed",
-                (name, link, reason, last_good, now_ms()),
-            )
+            "ON CONFLICT(name) DO UPDATE SET link=excluded.link, reason=excluded.reason, "
+            "last_good=COALESCE(excluded.last_good, devices.last_good), changed=excluded.changed",
+            (name, link, reason, last_good, now_ms()),
+        )
 
     # --- writing ------------------------------------------------------------------------
     def pid(self, tag: str, unit: str, ptype: str) -> int:
@@ -176,6 +189,55 @@ class Store:
                 (("last_ack_seq", max(seqs)), ("last_ack_at", now_ms())),
             )
 
+    # --- bounds -------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page_size
+
+    def enforce_limits(self, max_bytes: int, max_age_s: float) -> list[dict]:
+        """Evict the oldest readings beyond the size or age bound; events are never evicted.
+
+        Every eviction is itself stored as an event (and counted), so loss is never silent.
+        Returns the eviction events raised.
+        """
+        raised = []
+        cutoff = now_ms() - int(max_age_s * 1000)
+        # age: the oldest rows in insertion order, up to the first one that is young enough
+        young = self.db.execute("SELECT MIN(id) FROM readings WHERE ts >= ?", (cutoff,)).fetchone()[0]
+        old_upto = self.db.execute(
+            "SELECT MAX(id) FROM readings WHERE id < COALESCE(?, 1 << 62)", (young,)
+        ).fetchone()[0]
+        if old_upto is not None:
+            raised.append(self._evict(old_upto, f"age limit {max_age_s:g}s"))
+        used = self.used_bytes()
+        if used > max_bytes:
+            count, first = self.db.execute("SELECT COUNT(*), MIN(id) FROM readings").fetchone()
+            if count:
+                share = min(1.0, (used - 0.9 * max_bytes) / used)
+                n = max(1, min(count, int(count * share) + 1))
+                upto = self.db.execute("SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET ?", (n - 1,)).fetchone()[0]
+                raised.append(self._evict(upto, f"size limit {max_bytes} bytes"))
+        return raised
+
+    def _evict(self, upto_id: int, why: str) -> dict:
+        with self.db:
+            count, first_ts, last_ts, first_id = self.db.execute(
+                "SELECT COUNT(*), MIN(ts), MAX(ts), MIN(id) FROM readings WHERE id <= ?", (upto_id,)
+            ).fetchone()
+            self.db.execute("DELETE FROM readings WHERE id <= ?", (upto_id,))
+            total = int(self.get_state("evicted_readings", 0)) + count
+            self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('evicted_readings', ?)", (total,))
+            ts = now_ms()
+            event = {
+                "id": f"evict-{first_id}-{upto_id}", "kind": "buffer_eviction", "severity": "warning",
+                "state": "dropped", "ts": rfc3339(ts), "source": "gateway", "count": count,
+                "from_ts": rfc3339(first_ts), "to_ts": rfc3339(last_ts), "reason": why,
+            }
+            self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts, orjson.dumps(event)))
+        return event
+
     # --- inspection -----------------------------------------------------------------------
     def stats(self) -> dict:
         r_count, r_oldest = self.db.execute("SELECT COUNT(*), MIN(ts) FROM readings").fetchone()
@@ -194,6 +256,8 @@ class Store:
             "events_buffered": events,
             "oldest_unsent_ms": oldest,
             "db_bytes": page_size * pages,
+            "used_bytes": self.used_bytes(),
+            "evicted_readings": int(self.get_state("evicted_readings", 0)),
             "next_seq": self._next_seq(),
             "last_ack_seq": self.get_state("last_ack_seq"),
             "last_ack_at": self.get_state("last_ack_at"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -51,6 +52,9 @@ class Uplink:
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._connect_rc: str = ""
+        self._watermark = 0
+        self._sent_upto = 0
+        self._next_live = 0.0
 
     # --- payload builders (run on the store thread) -------------------------------------
     def _env(self, seq: int) -> dict:
@@ -173,53 +177,40 @@ class Uplink:
                 await asyncio.get_running_loop().run_in_executor(None, self._teardown, client)
             self._set_state("down", "connection lost")
 
-    async def stop(self) -> None:
-        """Announce a clean shutdown (retained offline status) when connected."""
+    async def stop(self, grace: float = 2.0) -> None:
+        """Clean shutdown: let in-flight messages be acknowledged, then publish `offline`."""
         client = self._client
-        if client is not None and self.state == "up":
-            info = client.publish(self.topics["status"], self._status("offline"), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will says offline
-                await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, 2.0)
+        if client is None or self.state != "up":
+            return
+        deadline = time.monotonic() + grace
+        while self._mid_seq and not self._lost.is_set() and time.monotonic() < deadline:
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), deadline - time.monotonic())
+        if self._acks:
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call("ack", self._acks)
+            self._acks = []
+        info = client.publish(self.topics["status"], self._status("offline"), qos=1, retain=True)
+        with contextlib.suppress(RuntimeError, ValueError):  # not sent: the will says offline
+            await asyncio.get_running_loop().run_in_executor(None, info.wait_for_publish, grace)
 
     async def _session(self, client: mqtt.Client) -> None:
-        store = self.store
         self._publish(client, None, "status", self._status("online"), True)
         self._set_state("up")
-        watermark = await store.call("last_reading_id")  # at or below: collected while down
-        sent_upto = 0  # highest outbox seq handed to this client
-        interval = self.cfg.uplink.publish_interval
-        next_live = time.monotonic()
+        self._watermark = await self.store.call("last_reading_id")  # at or below: collected while down
+        self._sent_upto = 0  # highest outbox seq handed to this client
+        self._next_live = time.monotonic()
         while not self._lost.is_set():
-            if self._acks:
-                acks, self._acks = self._acks, []
-                await store.call("ack", acks)
-            room = WINDOW - len(self._mid_seq)
-            # 1. anything already numbered, oldest first (re-sends keep their seq)
-            if room > 0:
-                for seq, kind, retain, payload in await store.call("unacked", sent_upto, room):
-                    if not self._publish(client, seq, kind, payload, retain):
-                        return
-                    sent_upto, room = seq, room - 1
-            # 2. events, at once; 3. live readings once per publish interval; 4. backlog
-            built = False
-            if room > 0:
-                built = await store.call("take_events", self.build_events) is not None
-            now = time.monotonic()
-            if not built and room > 0 and now >= next_live:
-                taken = await store.call("take_readings", self.build_readings(False),
-                                         self.cfg.uplink.batch_size, watermark)
-                built = taken is not None
-                if not built or taken[1] < self.cfg.uplink.batch_size:
-                    next_live = now + interval
-            if not built and room > 0 and watermark:
-                taken = await store.call("take_readings", self.build_readings(True), BACKLOG_BATCH, 0, watermark)
-                built = taken is not None
-                if not built:
-                    watermark = 0  # backlog drained
-            if built:
+            try:
+                if await self._round(client):
+                    continue
+            except sqlite3.Error as exc:  # disk full or read-only: keep the link, retry shortly
+                log.warning("store unavailable to uplink", extra={"fields": {"error": str(exc)}})
+                await asyncio.sleep(1.0)
                 continue
             self.wake.clear()
-            timeout = max(0.001, next_live - time.monotonic())
+            timeout = max(0.001, self._next_live - time.monotonic())
             lost = asyncio.ensure_future(self._lost.wait())
             woke = asyncio.ensure_future(self.wake.wait())
             try:
@@ -227,3 +218,43 @@ class Uplink:
             finally:
                 lost.cancel()
                 woke.cancel()
+
+    async def _round(self, client: mqtt.Client) -> bool:
+        """One drain step; True if it published something (call again at once)."""
+        store, batch = self.store, self.cfg.uplink.batch_size
+        if self._acks:
+            acks, self._acks = self._acks, []
+            try:
+                await store.call("ack", acks)
+            except sqlite3.Error:
+                self._acks = acks + self._acks  # acknowledged all the same: retry the delete
+                raise
+        room = WINDOW - len(self._mid_seq)
+        if room <= 0:
+            return False
+        # 1. anything already numbered, oldest first (re-sends keep their seq and content)
+        resend = await store.call("unacked", self._sent_upto, room)
+        for seq, kind, retain, payload in resend:
+            if not self._publish(client, seq, kind, payload, retain):
+                self._lost.set()
+                return False
+            self._sent_upto = seq
+        if resend:
+            return True
+        # 2. events at once
+        if await store.call("take_events", self.build_events) is not None:
+            return True
+        # 3. live readings once per publish interval (sooner when a full batch is waiting)
+        now = time.monotonic()
+        if now >= self._next_live:
+            taken = await store.call("take_readings", self.build_readings(False), batch, self._watermark)
+            if taken is None or taken[1] < batch:
+                self._next_live = now + self.cfg.uplink.publish_interval
+            if taken is not None:
+                return True
+        # 4. backlog, in large batches, only while the window has room
+        if self._watermark:
+            if await store.call("take_readings", self.build_readings(True), BACKLOG_BATCH, 0, self._watermark):
+                return True
+            self._watermark = 0  # backlog drained
+        return False
