@@ -190,7 +190,7 @@ class _Reader:
             return out
         for key in data:
             if key not in schema and key not in extra:
-                self.err((*loc, key), f"{label}.{key}", f"unknown key; valid keys here: {', '.join(sorted(schema))}")
+                self.err((*loc, key), f"{label}.{key}", f"unknown key; valid keys here: {', '.join(sorted({*schema, *extra}))}")
         for key, (kind, required) in schema.items():
             if key not in data:
                 if required:
@@ -367,6 +367,7 @@ def _load_points(r: _Reader, loc: tuple, dev: DeviceConfig, tags: dict[str, Poin
         shown = str(path.relative_to(Path.cwd()))
     except ValueError:
         shown = str(path)
+    before = len(r.problems)
     try:
         points = load_point_table(path, dev.protocol, r.problems, shown)
     except FileNotFoundError:
@@ -375,7 +376,7 @@ def _load_points(r: _Reader, loc: tuple, dev: DeviceConfig, tags: dict[str, Poin
     except OSError as exc:
         r.err((*loc, "points"), "devices.points", f"cannot read point table {path}: {exc}")
         return []
-    if not points and not r.problems:
+    if not points and len(r.problems) == before:
         r.problems.add(shown, 1, "points", "point table has no points; valid: one row per point after the header")
     for p in points:
         if p.tag in tags:
