@@ -50,7 +50,7 @@ class Proc:
     def alive(self) -> bool:
         return self.p.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         if self.alive():
             os.kill(self.p.pid, sig)
 

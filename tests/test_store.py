@@ -1,0 +1,117 @@
+"""The SQLite outbox: sequence numbers, re-sends, ack, drain order, bounds and evictions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agent.store import Store
+
+
+def build(seq: int, rows: list) -> bytes:
+    return orjson.dumps({"seq": seq, "rows": rows})
+
+
+def add(store: Store, n: int, ts: int = 1_700_000_000_000, tag: str = "T1") -> None:
+    pid = store.pid(tag, "m", "float32")
+    store.add_readings([(ts + i, pid, float(i), 0, None) for i in range(n)])
+
+
+def test_seq_increases_by_one_and_survives_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 10)
+    assert s.take_readings(build, 4) == (1, 4)
+    assert s.take_readings(build, 4) == (2, 4)
+    s.close()
+    s = Store(tmp_path)
+    assert s.take_readings(build, 4) == (3, 2)
+    assert s.take_readings(build, 4) is None
+    assert [u[0] for u in s.unacked()] == [1, 2, 3]
+
+
+def test_resend_keeps_seq_and_content_until_ack(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 3)
+    s.take_readings(build, 10)
+    first = s.unacked()
+    s.close()
+    s = Store(tmp_path)  # a restart: the unacknowledged message is still there, unchanged
+    assert s.unacked() == first
+    s.ack([1])
+    assert s.unacked() == []
+    assert s.stats()["last_ack_seq"] == 1
+
+
+def test_insertion_order_not_timestamp_order(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    pid = s.pid("T1", "m", "float32")
+    s.add_readings([(2000, pid, 1.0, 0, None), (1000, pid, 2.0, 0, None)])  # clock stepped back
+    s.take_readings(build, 10)
+    rows = orjson.loads(s.unacked()[0][3])["rows"]
+    assert [r[4] for r in rows] == [1.0, 2.0]
+
+
+def test_live_and_backlog_split_by_watermark(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 5)
+    mark = s.last_reading_id()
+    add(s, 3, ts=1_800_000_000_000)
+    assert s.take_readings(build, 100, mark) == (1, 3)  # live: after the watermark
+    assert s.take_readings(build, 100, 0, mark) == (2, 5)  # backlog: up to it
+    assert s.take_readings(build, 100) is None
+
+
+def test_events_taken_in_order(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    for i in range(3):
+        s.add_event(i, {"id": f"e{i}"})
+    assert s.take_events(lambda seq, rows: orjson.dumps(rows)) == 1
+    assert [e["id"] for e in orjson.loads(s.unacked()[0][3])] == ["e0", "e1", "e2"]
+
+
+def test_size_limit_evicts_oldest_readings_never_events_and_reports(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    s.add_event(1, {"id": "alarm-1", "kind": "alarm"})
+    for batch in range(40):
+        add(s, 2000, ts=1_900_000_000_000 + batch * 2000)
+    used = s.used_bytes()
+    limit = used // 2
+    raised = s.enforce_limits(limit, 10 * 365 * 86400.0)
+    assert len(raised) == 1 and raised[0]["kind"] == "buffer_eviction"
+    assert raised[0]["count"] > 0 and "size limit" in raised[0]["reason"]
+    assert s.stats()["evicted_readings"] == raised[0]["count"]
+    # the oldest went first: what is left starts right after the evicted range
+    first_left = s.db.execute("SELECT MIN(ts) FROM readings").fetchone()[0]
+    assert first_left == 1_900_000_000_000 + raised[0]["count"]
+    bodies = [orjson.loads(b) for (b,) in s.db.execute("SELECT body FROM events ORDER BY id")]
+    assert [b["id"] for b in bodies][0] == "alarm-1"  # events survive
+    assert bodies[-1]["kind"] == "buffer_eviction"  # and the eviction itself is reported
+    # new data reuses the freed pages: the file does not keep growing
+    size_before = s.db.execute("PRAGMA page_count").fetchone()[0]
+    add(s, 2000, ts=2_000_000_000_000)
+    assert s.db.execute("PRAGMA page_count").fetchone()[0] <= size_before + 2
+
+
+def test_age_limit_evicts_prefix_in_insertion_order(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 10, ts=1_000)  # 1970: far older than any limit
+    add(s, 5, ts=10**13)  # far future: young
+    raised = s.enforce_limits(1 << 30, 86400.0)
+    assert [e["count"] for e in raised] == [10]
+    assert s.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5
+
+
+def test_disk_full_raises_then_recovers(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 10)
+    pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+    s.db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        for _ in range(100):
+            add(s, 1000)
+    s.db.execute("PRAGMA max_page_count=1000000")
+    add(s, 1000)  # space returned: writes work again, nothing before was damaged
+    assert s.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
