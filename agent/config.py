@@ -270,10 +270,10 @@ def load_config(path: str | Path) -> GatewayConfig:
     for key in data:
         if key not in TOP_KEYS:
             r.err((key,), key, f"unknown section; valid: {', '.join(TOP_KEYS)}")
-    gw = r.section(data.get("gateway", {}), ("gateway",), GATEWAY_KEYS)
+    gw = r.section(data["gateway"], ("gateway",), GATEWAY_KEYS) if "gateway" in data else {}
     if "gateway" not in data:
         r.err((), "gateway", "required section [gateway] is missing")
-    up = r.section(data.get("uplink", {}), ("uplink",), UPLINK_KEYS)
+    up = r.section(data["uplink"], ("uplink",), UPLINK_KEYS) if "uplink" in data else {}
     if "uplink" not in data:
         r.err((), "uplink", "required section [uplink] is missing")
     if up.get("batch_size") is not None and not 1 <= up["batch_size"] <= 10000:
