@@ -32,7 +32,8 @@ class Agent:
         self.devices: list[DeviceTask] = []
         self._pids: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
-        self._held: list[tuple] = []  # rows waiting for the store to accept writes again
+        self._pending: list[tuple] = []  # polled rows not yet committed (bounded by HELD_MAX)
+        self._written = asyncio.Event()
         self.held_dropped = 0
         self.store_error: str | None = None
 
@@ -45,35 +46,39 @@ class Agent:
         await self.store.call("set_device", name, link, reason, last_good)
 
     async def _sink(self, device: DeviceConfig, every: list[Reading], report: list[Reading]) -> None:
+        """Queue a poll's readings for the writer; never waits for the disk."""
         if not report:
             return
         pids = self._pids
-        rows = [(r.ts_ms, pids[r.point.tag], r.value, QUALITY_CODE[r.quality], r.reason) for r in report]
-        if self._held:
-            rows = self._held + rows
-            self._held = []
-        try:
-            await self.store.call("add_readings", rows)
-        except sqlite3.Error as exc:
-            self._store_failed(exc, rows)
-        else:
-            if self.store_error:
-                log.warning("store writable again", extra={"fields": {"flushed": len(rows)}})
-                self.store_error = None
-
-    def _store_failed(self, exc: Exception, rows: list[tuple]) -> None:
-        """Keep polling; hold what cannot be written, bounded, and say what is dropped."""
-        if self.store_error is None:
-            log.error("store refuses writes; holding readings in memory", extra={"fields": {
-                "db": str(self.cfg.data_dir), "error": str(exc), "hold_max": HELD_MAX}})
-        self.store_error = str(exc)
-        overflow = len(rows) - HELD_MAX
+        self._pending.extend((r.ts_ms, pids[r.point.tag], r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
+        overflow = len(self._pending) - HELD_MAX
         if overflow > 0:
+            del self._pending[:overflow]
             self.held_dropped += overflow
             log.error("store unavailable: dropped oldest held readings", extra={"fields": {
                 "dropped": overflow, "dropped_total": self.held_dropped}})
-            rows = rows[overflow:]
-        self._held = rows
+        self._written.set()
+
+    async def _writer(self) -> None:
+        """Group commit: everything polled since the last commit goes in one transaction."""
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            rows, self._pending = self._pending, []
+            try:
+                await self.store.call("add_readings", rows)
+            except sqlite3.Error as exc:
+                self._pending[0:0] = rows  # keep order; retried on the next poll or in a second
+                if self.store_error is None:
+                    log.error("store refuses writes; holding readings in memory", extra={"fields": {
+                        "db": str(self.cfg.data_dir), "error": str(exc), "hold_max": HELD_MAX}})
+                self.store_error = str(exc)
+                await asyncio.sleep(1.0)
+                self._written.set()
+                continue
+            if self.store_error:
+                log.warning("store writable again", extra={"fields": {"flushed": len(rows)}})
+                self.store_error = None
 
     async def _maintain(self) -> None:
         """Enforce the store's size and age bounds; report every eviction."""
@@ -109,6 +114,7 @@ class Agent:
             self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
+        self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         log.info("agent started", extra={"fields": {
             "gateway": self.cfg.gateway_id, "devices": len(self.devices),
             "points": len(self._pids), "version": __version__}})
@@ -125,6 +131,9 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for d in self.devices:
             await d.driver.close()
+        if self._pending:  # the last polls: on disk before we go
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call("add_readings", self._pending)
         await self.store.close()
         log.info("agent stopped")
 

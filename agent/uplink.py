@@ -28,7 +28,7 @@ log = logging.getLogger("hazgate.uplink")
 
 WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
 BACKLOG_BATCH = 2000  # readings per back-fill message
-BACKOFF_MIN, BACKOFF_MAX = 1.0, 30.0
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 CONNECT_TIMEOUT = 10.0
 
 
