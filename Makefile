@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,20 +15,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@command -v mosquitto >/dev/null 2>&1 || { \
 	  echo "mosquitto is missing; installing it with apt-get"; \
-	  (apt-get install -y mosquitto || sudo apt-get install -y mosquitto) >/dev/null \
+	  { apt-get update && apt-get install -y mosquitto; } >/dev/null 2>&1 \
 	  || echo "could not install mosquitto: run 'apt-get install mosquitto' as root"; }
 	$(BIN)/hazgate demo
 
 test: $(STAMP)
-	$(BIN)/ruff check agent drivers tests bench
+	$(BIN)/ruff check agent drivers tests
 	$(BIN)/python -m pytest -q
-
-lint: $(STAMP)
-	$(BIN)/ruff check agent drivers tests bench
-	$(BIN)/ruff format --check agent drivers tests bench
-
-bench: $(STAMP)
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
