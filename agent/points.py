@@ -186,6 +186,10 @@ def load_point_table(path: Path, protocol: str, problems: Problems, shown: str) 
         line = rows.line_num
         if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
             continue
+        if any(cell.strip() for cell in row[len(header):]):
+            problems.add(shown, line, "row", f"{len(row)} cells but the header names {len(header)} columns; "
+                         "valid: one cell per header column (a shifted row puts values in the wrong columns)")
+            continue
         cells = {col: (row[i].strip() if i < len(row) else "") for i, col in enumerate(header) if col}
         point = _parse_row(cells, protocol, problems, shown, line)
         if point is not None:
