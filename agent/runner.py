@@ -34,13 +34,16 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._pending: list[tuple] = []  # polled rows not yet committed (bounded by HELD_MAX)
         self._written = asyncio.Event()
+        self._background: set[asyncio.Task] = set()
         self.held_dropped = 0
         self.store_error: str | None = None
 
     def _uplink_state(self, state: str) -> None:
-        asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             self.store.call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
         )
+        self._background.add(task)  # keep a reference until done
+        task.add_done_callback(self._background.discard)
 
     async def _on_link(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
         await self.store.call("set_device", name, link, reason, last_good)
@@ -128,7 +131,7 @@ class Agent:
             await asyncio.wait_for(self.uplink.stop(), STOP_TIMEOUT)
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         for d in self.devices:
             await d.driver.close()
         if self._pending:  # the last polls: on disk before we go

@@ -44,7 +44,8 @@ class ModbusTcpDriver:
         except (TimeoutError, OSError, ModbusException) as exc:
             ok, self._last_error = False, f"connect failed: {exc or type(exc).__name__}"
         else:
-            self._last_error = "connection refused or timed out"
+            if not ok:
+                self._last_error = "connection refused or timed out"
         if not ok:
             self.client.close()
             raise DeviceError(f"{self.describe()}: {self._last_error}")
