@@ -11,7 +11,10 @@ Rows keep insertion order (AUTOINCREMENT ids, never reused): draining never sort
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +28,9 @@ T = TypeVar("T")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = ("good", "uncertain", "bad")
 DB_NAME = "hazgate.db"
+SEQ_FLOOR = "seq.floor"
+SEQ_FLOOR_STEP = 10_000
+log = logging.getLogger("hazgate.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS points(
@@ -57,12 +63,69 @@ class Store:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
             return
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.floor_path = data_dir / SEQ_FLOOR
+        self.set_aside: Path | None = None  # where a corrupt store was moved, if it was
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "corrupt" not in str(exc) and "not a database" not in str(exc):
+                raise  # disk full, read-only, locked: not the file's fault, keep it
+            self.db.close()
+            self._set_aside(str(exc))
+            self._open()
+        self._floor = self._read_floor()
+        if self.get_state("next_seq") is None and self._floor > 1:
+            # a new database where an older one handed out numbers (lost, removed, set aside)
+            self.set_state({"next_seq": self._floor})
+        self._raise_floor()
+        if self.set_aside is not None:
+            self.add_event(now_ms(), {
+                "id": f"store-reset-{self._next_seq()}", "kind": "store_reset", "severity": "alarm",
+                "state": "recovered", "ts": rfc3339(now_ms()), "source": "gateway",
+                "reason": "local store was corrupt; readings buffered in it could not be sent",
+                "moved_to": self.set_aside.name, "next_seq": self._next_seq(),
+            })
+
+    def _open(self) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before we go on. NORMAL could roll back the last commits
         # on power loss, and with them sequence numbers already used on the wire.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
+
+    def _set_aside(self, why: str) -> None:
+        """Move a corrupt store (and its WAL) aside for forensics; the agent starts a new one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                src.rename(self.path.with_name(f"{self.path.name}.corrupt-{stamp}{suffix}"))
+        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        log.error("store was corrupt: moved aside, starting a new one", extra={"fields": {
+            "moved_to": str(self.set_aside), "error": why}})
+
+    # The seq floor: a small file, synced to disk, that stays SEQ_FLOOR_STEP above every seq
+    # handed out. If the database is lost, the new one continues above it: the receiver sees a
+    # gap (what was lost) but never an old number with new content.
+    def _read_floor(self) -> int:
+        try:
+            return int(self.floor_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return 1
+
+    def _raise_floor(self) -> None:
+        floor = self._next_seq() + SEQ_FLOOR_STEP
+        tmp = self.floor_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{floor}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.floor_path)
+        self._floor = floor
 
     def close(self) -> None:
         self.db.close()
@@ -124,6 +187,8 @@ class Store:
         return int(self.get_state("next_seq", 1))
 
     def _enqueue(self, seq: int, kind: str, retain: bool, count: int, oldest: int | None, payload: bytes) -> None:
+        if seq + 1 >= self._floor - SEQ_FLOOR_STEP // 2:
+            self._raise_floor()
         self.db.execute(
             "INSERT INTO outbox(seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?)",
             (seq, kind, int(retain), now_ms(), count, oldest, payload),

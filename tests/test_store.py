@@ -75,7 +75,7 @@ def test_events_taken_in_order(tmp_path: Path) -> None:
 def test_size_limit_evicts_oldest_readings_never_events_and_reports(tmp_path: Path) -> None:
     s = Store(tmp_path)
     s.add_event(1, {"id": "alarm-1", "kind": "alarm"})
-    for batch in range(40):
+    for batch in range(8):
         add(s, 2000, ts=1_900_000_000_000 + batch * 2000)
     used = s.used_bytes()
     limit = used // 2
@@ -110,8 +110,24 @@ def test_disk_full_raises_then_recovers(tmp_path: Path) -> None:
     pages = s.db.execute("PRAGMA page_count").fetchone()[0]
     s.db.execute(f"PRAGMA max_page_count={pages}")
     with pytest.raises(sqlite3.OperationalError, match="full"):
-        for _ in range(100):
+        for _ in range(20):
             add(s, 1000)
     s.db.execute("PRAGMA max_page_count=1000000")
     add(s, 1000)  # space returned: writes work again, nothing before was damaged
     assert s.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_corrupt_store_is_set_aside_and_seq_never_reused(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 5)
+    s.take_readings(build, 2)
+    s.take_readings(build, 2)  # seq 1 and 2 are on the wire
+    s.close()
+    (tmp_path / "hazgate.db").write_bytes(b"garbage, not SQLite" * 100)  # a destroyed file
+    (tmp_path / "hazgate.db-wal").unlink(missing_ok=True)
+    s = Store(tmp_path)
+    assert s.set_aside is not None and s.set_aside.exists()
+    events = [orjson.loads(b) for (b,) in s.db.execute("SELECT body FROM events")]
+    assert [e["kind"] for e in events] == ["store_reset"]
+    seq = s.take_events(lambda seq, rows: b"{}")
+    assert seq is not None and seq > 2  # continues above every number used before: a gap, no reuse
