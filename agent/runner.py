@@ -10,7 +10,7 @@ import sqlite3
 
 from agent import __version__
 from agent.config import DeviceConfig, GatewayConfig
-from agent.messages import encode, envelope, meta_body, now_ms
+from agent.messages import now_ms
 from agent.normalize import QUALITY_CODE, Reading
 from agent.scheduler import DeviceTask
 from agent.store import AsyncStore
@@ -101,16 +101,11 @@ class Agent:
             if events:
                 self.uplink.wake.set()
 
-    def _meta(self, seq: int, _rows: list) -> bytes:
-        env = envelope(self.cfg.gateway_id, self.cfg.enterprise_code, seq, now_ms())
-        return encode(meta_body(env, [p.metadata() for p in self.cfg.all_points()]))
-
     async def start(self) -> None:
         await self.store.open()
         for p in self.cfg.all_points():
             self._pids[p.tag] = await self.store.call("pid", p.tag, p.unit, p.type)
         await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
-        await self.store.call("enqueue", "meta", True, self._meta)
         for dev in self.cfg.devices:
             task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link)
             self.devices.append(task)

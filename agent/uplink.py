@@ -21,7 +21,16 @@ import paho.mqtt.client as mqtt
 
 from agent import __version__
 from agent.config import GatewayConfig
-from agent.messages import encode, envelope, events_body, now_ms, readings_body, status_body, topic
+from agent.messages import (
+    encode,
+    envelope,
+    events_body,
+    meta_body,
+    now_ms,
+    readings_body,
+    status_body,
+    topic,
+)
 from agent.store import AsyncStore
 
 log = logging.getLogger("hazgate.uplink")
@@ -65,6 +74,9 @@ class Uplink:
 
     def build_events(self, seq: int, rows: list) -> bytes:
         return encode(events_body(self._env(seq), rows))
+
+    def build_meta(self, seq: int, _rows: list) -> bytes:
+        return encode(meta_body(self._env(seq), [p.metadata() for p in self.cfg.all_points()]))
 
     def _status(self, state: str) -> bytes:
         return encode(status_body(self.cfg.gateway_id, self.cfg.enterprise_code, state, __version__, self.started_ms))
@@ -173,7 +185,10 @@ class Uplink:
             finally:
                 self._client = None
                 self._mid_seq.clear()
-                self._acks.clear()
+                if self._acks:  # delivered: record it, so they are not sent again
+                    with contextlib.suppress(sqlite3.Error):
+                        await self.store.call("ack", self._acks)
+                    self._acks = []
                 await asyncio.get_running_loop().run_in_executor(None, self._teardown, client)
             self._set_state("down", "connection lost")
 
@@ -201,7 +216,9 @@ class Uplink:
         self._watermark = await self.store.call("last_reading_id")  # at or below: collected while down
         self._sent_upto = 0  # highest outbox seq handed to this client
         self._next_live = time.monotonic()
+        await self.store.call("enqueue", "meta", True, self.build_meta)  # retained: restate it
         while not self._lost.is_set():
+            self.wake.clear()  # before the round: an ack arriving during it still wakes us
             try:
                 if await self._round(client):
                     continue
@@ -209,7 +226,6 @@ class Uplink:
                 log.warning("store unavailable to uplink", extra={"fields": {"error": str(exc)}})
                 await asyncio.sleep(1.0)
                 continue
-            self.wake.clear()
             timeout = max(0.001, self._next_live - time.monotonic())
             lost = asyncio.ensure_future(self._lost.wait())
             woke = asyncio.ensure_future(self.wake.wait())
