@@ -11,11 +11,12 @@ Rows keep insertion order (AUTOINCREMENT ids, never reused): draining never sort
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,24 +131,36 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One atomic transaction (the connection is in autocommit mode otherwise)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:  # SQLite may already have rolled back (disk full)
+                self.db.execute("ROLLBACK")
+            raise
+
     # --- state --------------------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_state(self, values: dict[str, Any]) -> None:
-        with self.db:
+        with self._tx():
             self.db.executemany("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", values.items())
 
     def heartbeat(self, devices: list[tuple[str, str, str | None, int | None]]) -> None:
         """Periodic liveness record for `hazgate status`: time now and each device's state."""
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('heartbeat', ?)", (now_ms(),))
             for dev in devices:
                 self._upsert_device(*dev)
 
     def set_device(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
-        with self.db:
+        with self._tx():
             self._upsert_device(name, link, reason, last_good)
 
     def _upsert_device(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
@@ -170,12 +183,12 @@ class Store:
 
     def add_readings(self, rows: list[tuple[int, int, Any, int, str | None]]) -> int:
         """rows: (ts_ms, pid, value, quality code, reason). Returns the last row id."""
-        with self.db:
+        with self._tx():
             self.db.executemany("INSERT INTO readings(ts, pid, value, quality, reason) VALUES (?,?,?,?,?)", rows)
             return self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()[0]
 
     def add_event(self, ts_ms: int, body: dict) -> None:
-        with self.db:
+        with self._tx():
             self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts_ms, orjson.dumps(body)))
 
     def last_reading_id(self) -> int:
@@ -202,7 +215,7 @@ class Store:
         Returns (seq, readings) or None when there is nothing to take.
         """
         upto = upto_id if upto_id is not None else 2**62
-        with self.db:
+        with self._tx():
             rows = self.db.execute(
                 "SELECT r.id, r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason "
                 "FROM readings r JOIN points p ON p.pid = r.pid "
@@ -220,7 +233,7 @@ class Store:
 
     def take_events(self, build: Builder, limit: int = 100) -> int | None:
         """Move pending events into one outbox message; rows handed to `build`: event dicts."""
-        with self.db:
+        with self._tx():
             rows = self.db.execute("SELECT id, ts, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
             if not rows:
                 return None
@@ -231,7 +244,7 @@ class Store:
 
     def enqueue(self, kind: str, retain: bool, build: Builder) -> int:
         """Put a ready-made message (meta) into the outbox with the next seq."""
-        with self.db:
+        with self._tx():
             seq = self._next_seq()
             self._enqueue(seq, kind, retain, 0, None, build(seq, []))
         return seq
@@ -247,7 +260,7 @@ class Store:
 
     def ack(self, seqs: list[int]) -> None:
         """The broker acknowledged these messages: they leave the store."""
-        with self.db:
+        with self._tx():
             self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
             self.db.executemany(
                 "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
@@ -287,7 +300,7 @@ class Store:
         return raised
 
     def _evict(self, upto_id: int, why: str) -> dict:
-        with self.db:
+        with self._tx():
             count, first_ts, last_ts, first_id = self.db.execute(
                 "SELECT COUNT(*), MIN(ts), MAX(ts), MIN(id) FROM readings WHERE id <= ?", (upto_id,)
             ).fetchone()

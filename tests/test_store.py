@@ -131,3 +131,21 @@ def test_corrupt_store_is_set_aside_and_seq_never_reused(tmp_path: Path) -> None
     assert [e["kind"] for e in events] == ["store_reset"]
     seq = s.take_events(lambda seq, rows: b"{}")
     assert seq is not None and seq > 2  # continues above every number used before: a gap, no reuse
+
+
+def test_a_failed_take_leaves_everything_as_it_was(tmp_path: Path) -> None:
+    """Moving rows into the outbox is one transaction: a failure half-way changes nothing."""
+    s = Store(tmp_path)
+    add(s, 5)
+
+    s.take_readings(build, 2)  # seq 1
+
+    def fail_after_insert(seq: int, rows: list) -> bytes:
+        s.db.execute("INSERT INTO outbox(seq, kind, retain, created, count, payload) VALUES (999, 'x', 0, 0, 0, x'00')")
+        raise RuntimeError("crash between the outbox insert and the delete")
+
+    with pytest.raises(RuntimeError):
+        s.take_readings(fail_after_insert, 2)
+    assert [u[0] for u in s.unacked()] == [1]  # the half-done message was rolled back
+    assert s.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 3
+    assert s.take_readings(build, 10) == (2, 3)  # seq 2 is still the next one
