@@ -40,13 +40,14 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.runner import run_agent
+    from drivers.base import DeviceError
 
     cfg = _load(args.config)
     try:
         return asyncio.run(run_agent(cfg))
-    except OSError as exc:
+    except DeviceError as exc:
         print(f"hazgate run: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_USAGE
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -89,7 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hazgate", description="Plant safety data gateway")
     parser.add_argument("--version", action="version", version=f"hazgate {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                        help="default: info for run and simulate, warning otherwise")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check the config and every point table it names")
@@ -138,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level
-    if level == "warning" and getattr(args, "log_level_default", None):
-        level = args.log_level_default
-    setup_logging(level)
+    setup_logging(args.log_level or getattr(args, "log_level_default", "warning"))
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return EXIT_OK
     except ConfigError as exc:
         for line in exc.problems.lines():
             print(line, file=sys.stderr)

@@ -31,7 +31,10 @@ async def read_device(device: DeviceConfig) -> int:
     rows = [("TAG", "ADDRESS", "RAW", "VALUE", "UNIT", "QUALITY")]
     for s in samples:
         value = engineering(s.point, s.raw) if s.raw is not None else None
-        quality = s.quality + (f" ({s.reason})" if s.reason else "")
+        q, reason = s.quality, s.reason
+        if s.raw is not None and value is None:  # as the running agent reports it
+            q, reason = "bad", "decode error: not a finite number"
+        quality = q + (f" ({reason})" if reason else "")
         rows.append((s.point.tag, s.point.address, _fmt(s.raw), _fmt(value), s.point.unit or "-", quality))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

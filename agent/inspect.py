@@ -117,10 +117,12 @@ def _export(store: Store, fmt: str, out) -> int:  # noqa: ANN001 - text stream
     for seq, payload in store.db.execute("SELECT seq, payload FROM outbox WHERE kind='readings' ORDER BY seq"):
         for r in orjson.loads(payload)["readings"]:
             emit(("sent", seq, r["tag"], r["ts"], r["value"], r["unit"], r["quality"], r.get("reason")))
-    for ts, tag, unit, value, q, reason in store.db.execute(
-        "SELECT r.ts, p.tag, p.unit, r.value, r.quality, r.reason FROM readings r "
+    for ts, tag, unit, ptype, value, q, reason in store.db.execute(
+        "SELECT r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason FROM readings r "
         "JOIN points p ON p.pid = r.pid ORDER BY r.id"
     ):
+        if ptype == "bool" and value is not None:
+            value = bool(value)
         emit(("queued", None, tag, rfc3339(ts), value, unit, QUALITY_NAME[q], reason))
     return count
 

@@ -10,7 +10,7 @@ import sqlite3
 
 from agent import __version__
 from agent.config import DeviceConfig, GatewayConfig
-from agent.messages import now_ms
+from agent.messages import now_ms, rfc3339
 from agent.normalize import QUALITY_CODE, Reading
 from agent.scheduler import DeviceTask
 from agent.store import AsyncStore
@@ -20,6 +20,7 @@ from drivers.base import make_driver
 log = logging.getLogger("hazgate.agent")
 STOP_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
+STORE_RETRY = 5.0
 HELD_MAX = 500_000  # readings kept in memory while the store refuses writes (disk full, read-only)
 
 
@@ -36,52 +37,105 @@ class Agent:
         self._written = asyncio.Event()
         self._background: set[asyncio.Task] = set()
         self.held_dropped = 0
+        self._dropped = [0, 0, 0]  # readings dropped from memory not yet reported: count, first ts, last ts
         self.store_error: str | None = None
 
     def _uplink_state(self, state: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self.store.call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
-        )
+        self._background_call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
+
+    def _background_call(self, name: str, *args: object) -> None:
+        """A store write nobody waits for; a store that is down just misses it."""
+        async def call() -> None:
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call(name, *args)
+
+        task = asyncio.get_running_loop().create_task(call())
         self._background.add(task)  # keep a reference until done
         task.add_done_callback(self._background.discard)
 
     async def _on_link(self, name: str, link: str, reason: str | None, last_good: int | None) -> None:
-        await self.store.call("set_device", name, link, reason, last_good)
+        self._background_call("set_device", name, link, reason, last_good)
 
     async def _sink(self, device: DeviceConfig, every: list[Reading], report: list[Reading]) -> None:
         """Queue a poll's readings for the writer; never waits for the disk."""
         if not report:
             return
-        pids = self._pids
-        self._pending.extend((r.ts_ms, pids[r.point.tag], r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
+        self._pending.extend((r.ts_ms, r.point.tag, r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
         overflow = len(self._pending) - HELD_MAX
         if overflow > 0:
+            dropped = self._pending[:overflow]
             del self._pending[:overflow]
-            self.held_dropped += overflow
-            log.error("store unavailable: dropped oldest held readings", extra={"fields": {
-                "dropped": overflow, "dropped_total": self.held_dropped}})
+            self._note_dropped(dropped)
         self._written.set()
+
+    def _note_dropped(self, rows: list[tuple]) -> None:
+        first = self._dropped[1] if self._dropped[0] else rows[0][0]
+        self._dropped = [self._dropped[0] + len(rows), first, rows[-1][0]]
+        self.held_dropped += len(rows)
+        if self._dropped[0] == len(rows):  # first drop of this episode
+            log.error("store unavailable and memory bound reached: dropping the oldest held readings",
+                      extra={"fields": {"hold_max": HELD_MAX}})
+
+    async def _open_store(self) -> None:
+        """Open the store, retrying until it works; polling goes on meanwhile."""
+        failed = False
+        while True:
+            try:
+                await self.store.open()
+                for p in self.cfg.all_points():
+                    self._pids[p.tag] = await self.store.call("pid", p.tag, p.unit, p.type)
+                await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
+            except (sqlite3.Error, OSError) as exc:
+                if not failed:
+                    log.error("cannot open the store; polling on, holding readings in memory, retrying every "
+                              f"{STORE_RETRY:g}s; check that data_dir exists, is writable by the agent and "
+                              "the disk has space", extra={"fields": {"data_dir": str(self.cfg.data_dir),
+                                                                     "error": str(exc)}})
+                failed = True
+                await self.store.close_quietly()
+                await asyncio.sleep(STORE_RETRY)
+                continue
+            if failed:
+                log.warning("store open", extra={"fields": {"data_dir": str(self.cfg.data_dir)}})
+            return
 
     async def _writer(self) -> None:
         """Group commit: everything polled since the last commit goes in one transaction."""
+        await self._open_store()
         while True:
             await self._written.wait()
             self._written.clear()
             rows, self._pending = self._pending, []
+            pids = self._pids
             try:
-                await self.store.call("add_readings", rows)
+                await self.store.call("add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in rows])
+                if self._dropped[0]:
+                    await self._report_dropped()
             except sqlite3.Error as exc:
                 self._pending[0:0] = rows  # keep order; retried on the next poll or in a second
                 if self.store_error is None:
                     log.error("store refuses writes; holding readings in memory", extra={"fields": {
                         "db": str(self.cfg.data_dir), "error": str(exc), "hold_max": HELD_MAX}})
                 self.store_error = str(exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(STORE_RETRY)
                 self._written.set()
                 continue
             if self.store_error:
                 log.warning("store writable again", extra={"fields": {"flushed": len(rows)}})
                 self.store_error = None
+
+    async def _report_dropped(self) -> None:
+        """Loss is never silent: readings dropped from memory become an event on the wire."""
+        count, first, last = self._dropped
+        ts = now_ms()
+        await self.store.call("add_event", ts, {
+            "id": f"dropped-{first}-{last}", "kind": "readings_dropped", "severity": "alarm",
+            "state": "dropped", "ts": rfc3339(ts), "source": "gateway", "count": count,
+            "from_ts": rfc3339(first), "to_ts": rfc3339(last),
+            "reason": f"store unavailable and more than {HELD_MAX} readings waiting in memory",
+        })
+        self._dropped = [0, 0, 0]
+        self.uplink.wake.set()
 
     async def _maintain(self) -> None:
         """Enforce the store's size and age bounds; report every eviction."""
@@ -92,9 +146,8 @@ class Agent:
                 await self.store.call("heartbeat", [
                     (d.device.name, d.link, d.reason, d.last_good_ms) for d in self.devices])
                 events = await self.store.call("enforce_limits", limits.max_bytes, limits.max_age)
-            except sqlite3.Error as exc:
-                log.warning("store maintenance failed", extra={"fields": {"error": str(exc)}})
-                continue
+            except sqlite3.Error:
+                continue  # the writer reports a store that refuses writes
             for ev in events:
                 log.warning("buffer eviction", extra={"fields": {
                     "count": ev["count"], "from": ev["from_ts"], "to": ev["to_ts"], "reason": ev["reason"]}})
@@ -102,20 +155,16 @@ class Agent:
                 self.uplink.wake.set()
 
     async def start(self) -> None:
-        await self.store.open()
-        for p in self.cfg.all_points():
-            self._pids[p.tag] = await self.store.call("pid", p.tag, p.unit, p.type)
-        await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
         for dev in self.cfg.devices:
             task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link)
             self.devices.append(task)
             self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
+        self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
-        self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         log.info("agent started", extra={"fields": {
             "gateway": self.cfg.gateway_id, "devices": len(self.devices),
-            "points": len(self._pids), "version": __version__}})
+            "points": sum(len(d.points) for d in self.cfg.devices), "version": __version__}})
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -130,8 +179,9 @@ class Agent:
         for d in self.devices:
             await d.driver.close()
         if self._pending:  # the last polls: on disk before we go
-            with contextlib.suppress(sqlite3.Error):
-                await self.store.call("add_readings", self._pending)
+            pids = self._pids
+            with contextlib.suppress(sqlite3.Error, KeyError):
+                await self.store.call("add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in self._pending])
         await self.store.close()
         log.info("agent stopped")
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.config import DeviceConfig
 from agent.normalize import Normalizer, Reading
-from drivers.base import GOOD, Driver
+from drivers.base import BAD, GOOD, Driver
 
 log = logging.getLogger("hazgate.scheduler")
 
@@ -62,7 +62,9 @@ class DeviceTask:
         good = sum(1 for r in every if r.quality == GOOD)
         if good:
             self.last_good_ms = ts_ms
-        link = "up" if good or (every and self.driver.connected) else "down"
+        # up: something answered. A device that accepts the connection but only times out is down.
+        answered = any(r.quality != BAD or r.reason != "timeout" for r in every)
+        link = "up" if good or (every and self.driver.connected and answered) else "down"
         reason = None if link == "up" else next((r.reason for r in every if r.reason), "no answer")
         if link != self.link:
             fields = {"device": self.device.name, "endpoint": self.device.endpoint}

@@ -342,6 +342,10 @@ class Store:
         }
 
 
+class StoreUnavailable(sqlite3.OperationalError):
+    """The store is not open (yet): the data dir is missing, read-only or the file unusable."""
+
+
 class AsyncStore:
     """Runs every store call on one dedicated thread, so a commit never stalls the event loop."""
 
@@ -349,19 +353,32 @@ class AsyncStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._store: Store | None = None
         self._data_dir = data_dir
+        self.ready = asyncio.Event()
 
     async def open(self) -> None:
+        """Open the store; raises sqlite3.Error or OSError when it cannot be opened."""
         self._store = await self._run_raw(Store, self._data_dir)
+        self.ready.set()
+
+    async def close_quietly(self) -> None:
+        """Forget a half-opened store without giving up the worker thread."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            self.ready.clear()
+            with contextlib.suppress(sqlite3.Error):
+                await self._run_raw(store.close)
 
     async def _run_raw(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def call(self, name: str, *args: Any) -> Any:
-        assert self._store is not None, "store not open"
+        if self._store is None:
+            raise StoreUnavailable(f"store in {self._data_dir} is not open")
         return await self._run_raw(getattr(self._store, name), *args)
 
     async def close(self) -> None:
         if self._store is not None:
-            await self._run_raw(self._store.close)
-            self._store = None
+            store, self._store = self._store, None
+            self.ready.clear()
+            await self._run_raw(store.close)
         self._pool.shutdown(wait=True)

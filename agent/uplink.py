@@ -49,8 +49,9 @@ class Uplink:
         self.topics = {k: topic(up.topic_prefix, cfg.enterprise_code, cfg.gateway_id, k)
                        for k in ("readings", "events", "meta", "status")}
         self.wake = asyncio.Event()  # set when an event is stored: publish it now
-        self.state = "down"
+        self.state = "starting"  # so a broker unreachable from the start is logged as down
         self.on_state = on_state
+        self._store_warned = False
         self.published = 0
         self.acked = 0
         self.reconnects = 0
@@ -175,6 +176,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Forever: connect, drain, and on loss start again. Cancel to stop."""
+        await self.store.ready.wait()
         while True:
             client = await self._connect()
             self._client = client
@@ -182,6 +184,9 @@ class Uplink:
                 self.reconnects += 1
             try:
                 await self._session(client)
+            except Exception:  # a bug must not end the uplink: log it, reconnect
+                log.exception("uplink session failed")
+                await asyncio.sleep(BACKOFF_MIN)
             finally:
                 self._client = None
                 self._mid_seq.clear()
@@ -213,19 +218,26 @@ class Uplink:
     async def _session(self, client: mqtt.Client) -> None:
         self._publish(client, None, "status", self._status("online"), True)
         self._set_state("up")
-        self._watermark = await self.store.call("last_reading_id")  # at or below: collected while down
         self._sent_upto = 0  # highest outbox seq handed to this client
         self._next_live = time.monotonic()
-        await self.store.call("enqueue", "meta", True, self.build_meta)  # retained: restate it
+        try:
+            await self.store.call("enqueue", "meta", True, self.build_meta)  # retained: restate it
+            self._watermark = await self.store.call("last_reading_id")  # at or below: collected while down
+        except sqlite3.Error:
+            self._watermark = 0  # the store refuses writes: the rounds below keep re-sending
         while not self._lost.is_set():
             self.wake.clear()  # before the round: an ack arriving during it still wakes us
             try:
                 if await self._round(client):
                     continue
             except sqlite3.Error as exc:  # disk full or read-only: keep the link, retry shortly
-                log.warning("store unavailable to uplink", extra={"fields": {"error": str(exc)}})
+                if not self._store_warned:
+                    log.warning("store refuses writes: only already numbered messages are sent",
+                                extra={"fields": {"error": str(exc)}})
+                    self._store_warned = True
                 await asyncio.sleep(1.0)
                 continue
+            self._store_warned = False
             timeout = max(0.001, self._next_live - time.monotonic())
             lost = asyncio.ensure_future(self._lost.wait())
             woke = asyncio.ensure_future(self.wake.wait())
@@ -238,13 +250,14 @@ class Uplink:
     async def _round(self, client: mqtt.Client) -> bool:
         """One drain step; True if it published something (call again at once)."""
         store, batch = self.store, self.cfg.uplink.batch_size
+        ack_error: sqlite3.Error | None = None
         if self._acks:
             acks, self._acks = self._acks, []
             try:
                 await store.call("ack", acks)
-            except sqlite3.Error:
-                self._acks = acks + self._acks  # acknowledged all the same: retry the delete
-                raise
+            except sqlite3.Error as exc:  # delivered all the same: record later, keep draining
+                self._acks = acks + self._acks
+                ack_error = exc
         room = WINDOW - len(self._mid_seq)
         if room <= 0:
             return False
@@ -257,6 +270,8 @@ class Uplink:
             self._sent_upto = seq
         if resend:
             return True
+        if ack_error is not None:  # nothing new can be numbered while the store refuses writes
+            raise ack_error
         # 2. events at once
         if await store.call("take_events", self.build_events) is not None:
             return True
