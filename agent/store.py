@@ -29,8 +29,7 @@ T = TypeVar("T")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = ("good", "uncertain", "bad")
 DB_NAME = "hazgate.db"
-SEQ_FLOOR = "seq.floor"
-SEQ_FLOOR_STEP = 10_000
+SEQ_MARK = "seq.published"
 log = logging.getLogger("hazgate.store")
 
 SCHEMA = """
@@ -64,7 +63,7 @@ class Store:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
             return
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.floor_path = data_dir / SEQ_FLOOR
+        self.mark_path = data_dir / SEQ_MARK
         self.set_aside: Path | None = None  # where a corrupt store was moved, if it was
         try:
             self._open()
@@ -74,11 +73,11 @@ class Store:
             self.db.close()
             self._set_aside(str(exc))
             self._open()
-        self._floor = self._read_floor()
-        if self.get_state("next_seq") is None and self._floor > 1:
-            # a new database where an older one handed out numbers (lost, removed, set aside)
-            self.set_state({"next_seq": self._floor})
-        self._raise_floor()
+        self._published = self._read_mark()
+        if self._next_seq() <= self._published:
+            # the database lost numbers that were on the wire (a new or rolled-back database):
+            # continue above them, never reuse one
+            self.set_state({"next_seq": self._published + 1})
         if self.set_aside is not None:
             self.add_event(now_ms(), {
                 "id": f"store-reset-{self._next_seq()}", "kind": "store_reset", "severity": "alarm",
@@ -109,24 +108,27 @@ class Store:
         log.error("store was corrupt: moved aside, starting a new one", extra={"fields": {
             "moved_to": str(self.set_aside), "error": why}})
 
-    # The seq floor: a small file, synced to disk, that stays SEQ_FLOOR_STEP above every seq
-    # handed out. If the database is lost, the new one continues above it: the receiver sees a
-    # gap (what was lost) but never an old number with new content.
-    def _read_floor(self) -> int:
+    # The published mark: a small file, synced before any message goes to the broker, holding
+    # the highest seq ever handed out. If the database is lost or rolled back (a torn write),
+    # numbering continues above it: receivers may see a gap (what was lost), never an old
+    # number carrying new content.
+    def _read_mark(self) -> int:
         try:
-            return int(self.floor_path.read_text().strip())
+            return int(self.mark_path.read_text().strip())
         except (FileNotFoundError, ValueError):
-            return 1
+            return 0
 
-    def _raise_floor(self) -> None:
-        floor = self._next_seq() + SEQ_FLOOR_STEP
-        tmp = self.floor_path.with_suffix(".tmp")
+    def mark_published(self, seq: int) -> None:
+        """Record, durably, that messages up to `seq` may now be published."""
+        if seq <= self._published:
+            return
+        tmp = self.mark_path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            f.write(f"{floor}\n")
+            f.write(f"{seq}\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.floor_path)
-        self._floor = floor
+        os.replace(tmp, self.mark_path)
+        self._published = seq
 
     def close(self) -> None:
         self.db.close()
@@ -200,8 +202,6 @@ class Store:
         return int(self.get_state("next_seq", 1))
 
     def _enqueue(self, seq: int, kind: str, retain: bool, count: int, oldest: int | None, payload: bytes) -> None:
-        if seq + 1 >= self._floor - SEQ_FLOOR_STEP // 2:
-            self._raise_floor()
         self.db.execute(
             "INSERT INTO outbox(seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?)",
             (seq, kind, int(retain), now_ms(), count, oldest, payload),

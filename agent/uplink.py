@@ -263,6 +263,8 @@ class Uplink:
             return False
         # 1. anything already numbered, oldest first (re-sends keep their seq and content)
         resend = await store.call("unacked", self._sent_upto, room)
+        if resend:
+            await store.call("mark_published", resend[-1][0])  # durably, before the wire
         for seq, kind, retain, payload in resend:
             if not self._publish(client, seq, kind, payload, retain):
                 self._lost.set()

@@ -121,7 +121,8 @@ def test_corrupt_store_is_set_aside_and_seq_never_reused(tmp_path: Path) -> None
     s = Store(tmp_path)
     add(s, 5)
     s.take_readings(build, 2)
-    s.take_readings(build, 2)  # seq 1 and 2 are on the wire
+    s.take_readings(build, 2)
+    s.mark_published(2)  # as the uplink does before seq 1 and 2 go on the wire
     s.close()
     (tmp_path / "hazgate.db").write_bytes(b"garbage, not SQLite" * 100)  # a destroyed file
     (tmp_path / "hazgate.db-wal").unlink(missing_ok=True)
@@ -149,3 +150,18 @@ def test_a_failed_take_leaves_everything_as_it_was(tmp_path: Path) -> None:
     assert [u[0] for u in s.unacked()] == [1]  # the half-done message was rolled back
     assert s.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 3
     assert s.take_readings(build, 10) == (2, 3)  # seq 2 is still the next one
+
+
+def test_a_rolled_back_database_never_reuses_a_published_seq(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 6)
+    for _ in range(3):
+        s.take_readings(build, 2)
+    s.mark_published(3)
+    s.set_state({"next_seq": 2})  # what a torn write that lost the last commits leaves behind
+    s.close()
+    s = Store(tmp_path)
+    assert s.enqueue("meta", True, build) == 4  # continues above what went on the wire
+    s.close()
+    s = Store(tmp_path)  # a normal restart keeps counting, no jump
+    assert s.enqueue("meta", True, build) == 5
