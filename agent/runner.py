@@ -82,8 +82,8 @@ class Agent:
         while True:
             try:
                 await self.store.open()
-                for p in self.cfg.all_points():
-                    self._pids[p.tag] = await self.store.call("pid", p.tag, p.unit, p.type)
+                self._pids = await self.store.call(
+                    "pids", [(p.tag, p.unit, p.type) for p in self.cfg.all_points()])
                 await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
             except (sqlite3.Error, OSError) as exc:
                 if not failed:

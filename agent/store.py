@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox(
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS devices(
   name TEXT PRIMARY KEY, link TEXT NOT NULL, reason TEXT, last_good INTEGER, changed INTEGER);
+CREATE TABLE IF NOT EXISTS active(
+  key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, start INTEGER NOT NULL, data BLOB);
 """
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
@@ -174,6 +176,11 @@ class Store:
         )
 
     # --- writing ------------------------------------------------------------------------
+    def pids(self, points: list[tuple[str, str, str]]) -> dict[str, int]:
+        """Point ids for (tag, unit, type) triples, registered in one transaction."""
+        with self._tx():
+            return {key[0]: self.pid(*key) for key in points}
+
     def pid(self, tag: str, unit: str, ptype: str) -> int:
         key = (tag, unit, ptype)
         pid = self._pids.get(key)
@@ -196,6 +203,27 @@ class Store:
     def last_reading_id(self) -> int:
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()
         return row[0] if row else 0
+
+    # --- active alarms, bypasses and other conditions (agent/checks) ---------------------
+    def record_checks(self, events: list[tuple[int, dict]], upserts: list[tuple[str, str, str, int, dict]],
+                      deletes: list[str]) -> None:
+        """Events raised by the checks and the active conditions they start or end, in one
+        transaction: a restart never re-announces a condition whose event is stored, nor
+        forgets one. upserts: (key, kind, subject, start_ms, data); deletes: keys."""
+        with self._tx():
+            self.db.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",
+                                ((ts, orjson.dumps(body)) for ts, body in events))
+            self.db.executemany("INSERT OR REPLACE INTO active(key, kind, subject, start, data) VALUES (?,?,?,?,?)",
+                                ((k, kind, subj, start, orjson.dumps(data)) for k, kind, subj, start, data in upserts))
+            self.db.executemany("DELETE FROM active WHERE key = ?", ((k,) for k in deletes))
+
+    def active(self) -> list[tuple[str, str, str, int, dict]]:
+        """Active conditions, oldest first: (key, kind, subject, start_ms, data)."""
+        try:
+            rows = self.db.execute("SELECT key, kind, subject, start, data FROM active ORDER BY start, key").fetchall()
+        except sqlite3.OperationalError:  # read-only view of a store made before the table existed
+            return []
+        return [(k, kind, subj, start, orjson.loads(data) if data else {}) for k, kind, subj, start, data in rows]
 
     # --- building messages -------------------------------------------------------------
     def _next_seq(self) -> int:
