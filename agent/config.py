@@ -84,6 +84,7 @@ class GatewayConfig:
     devices: list[DeviceConfig]
     rules_file: Path | None = None
     store: StoreConfig = field(default_factory=StoreConfig)
+    rules: Any = None  # agent.rules.Rules: interlocks, detector and alarm settings (defaults without a file)
 
     def device(self, name: str) -> DeviceConfig:
         for d in self.devices:
@@ -289,6 +290,9 @@ def load_config(path: str | Path) -> GatewayConfig:
 
     st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
     devices = _load_devices(r, data.get("devices", []))
+    from agent.rules import load_checks  # here: agent.rules imports this module
+
+    rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
     if problems:
         raise ConfigError(problems)
     uplink = UplinkConfig(
@@ -300,7 +304,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     )
     return GatewayConfig(
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"],
-        data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"),
+        data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"), rules=rules,
         store=StoreConfig(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
     )
 

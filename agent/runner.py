@@ -9,6 +9,7 @@ import signal
 import sqlite3
 
 from agent import __version__
+from agent.checks import CheckStage
 from agent.config import DeviceConfig, GatewayConfig
 from agent.messages import now_ms, rfc3339
 from agent.normalize import QUALITY_CODE, Reading
@@ -30,6 +31,7 @@ class Agent:
         self.store = AsyncStore(cfg.data_dir)
         self.started_ms = now_ms()
         self.uplink = Uplink(cfg, self.store, self.started_ms, on_state=self._uplink_state)
+        self.checks = CheckStage(cfg, self.store, self.uplink.wake)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
         self._pids: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
@@ -58,6 +60,7 @@ class Agent:
 
     async def _sink(self, device: DeviceConfig, every: list[Reading], report: list[Reading]) -> None:
         """Queue a poll's readings for the writer; never waits for the disk."""
+        self.checks.feed(every)
         if not report:
             return
         self._pending.extend((r.ts_ms, r.point.tag, r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
@@ -160,6 +163,7 @@ class Agent:
             self.devices.append(task)
             self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
+        self._tasks.append(asyncio.create_task(self.checks.run(), name="checks"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         self._tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
         log.info("agent started", extra={"fields": {
@@ -182,6 +186,7 @@ class Agent:
             pids = self._pids
             with contextlib.suppress(sqlite3.Error, KeyError):
                 await self.store.call("add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in self._pending])
+        await self.checks.flush()
         await self.store.close()
         log.info("agent stopped")
 
