@@ -15,13 +15,21 @@ TK101_LT = { const = 7.25 }
 TK101_TT = { ramp = [20.0, 40.0], period = "60s", noise = 0.1 }
 PT101    = { sine = [0.2, 0.4], period = "30s" }
 GT101    = { steps = [["0s", 0.0], ["20s", 30.0]], repeat = "60s" }
+GT102    = { const = 1.5, noise = 0.2, freeze = [["30s", "45s"]] }   # flat-lined 30-45 s
+R101_BYP = { steps = [["0s", false], ["10s", true], ["40s", false]] } # bypass on 10-40 s
 ```
+
+`freeze` windows hold the value the signal had when each window began (a stuck transmitter);
+they repeat with `repeat`. A float point stepped to `nan` reads as a bad value. A top-level
+`t0 = <Unix seconds>` puts scenario time zero at that wall-clock instant instead of at the
+simulator's start, so a test or a drill knows exactly when each step happens.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +51,24 @@ class Signal:
     noise: float = 0.0
     steps: list[tuple[float, float | bool]] = field(default_factory=list)
     repeat: float | None = None
+    freeze: list[tuple[float, float]] = field(default_factory=list)
+    shift: float = 0.0  # added to t: scenario time zero at `t0` rather than at the start
+    _held: dict[tuple[int, int], float | bool] = field(default_factory=dict)
 
     def value(self, t: float) -> float | bool:
         """The engineering value `t` seconds after the scenario started."""
+        t += self.shift
+        if self.freeze:
+            cycle, tt = divmod(t, self.repeat) if self.repeat else (0.0, t)
+            for i, (a, b) in enumerate(self.freeze):
+                if a <= tt < b:
+                    key = (i, int(cycle))
+                    if key not in self._held:
+                        self._held[key] = self._value(t - (tt - a))
+                    return self._held[key]
+        return self._value(t)
+
+    def _value(self, t: float) -> float | bool:
         if self.shape == "const":
             v = self.const
         elif self.shape == "ramp":
@@ -99,6 +122,7 @@ def _signal(spec: object, where: str, problems: Problems, file: str) -> Signal |
             sig.steps = [(parse_duration(at), val) for at, val in spec["steps"]]
             if not sig.steps:
                 raise ValueError("steps is empty")
+        sig.freeze = [(parse_duration(a), parse_duration(b)) for a, b in spec.get("freeze", [])]
     except (ValueError, TypeError, KeyError) as exc:
         problems.add(file, 1, where, f"bad signal {spec!r}: {exc}")
         return None
@@ -152,6 +176,14 @@ def load_scenario(path: str | Path) -> list[SimPlc]:
                            int(raw.get("unit", 1)), points, signals, refuse))
     if not plcs and not problems:
         problems.add(file, 1, "plcs", "no [[plcs]] defined")
+    t0 = data.get("t0")
+    if t0 is not None and (isinstance(t0, bool) or not isinstance(t0, int | float)):
+        problems.add(file, 1, "t0", f"{t0!r} is not a time; valid: Unix seconds such as 1764000000.5")
     if problems:
         raise ConfigError(problems)
+    if t0 is not None:  # the caller starts its clock right after this returns
+        shift = time.time() - t0
+        for plc in plcs:
+            for sig in plc.signals.values():
+                sig.shift = shift
     return plcs
