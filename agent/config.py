@@ -130,8 +130,15 @@ PROTOCOL_KEYS = {
         "certificate": ("path", False), "private_key": ("path", False),
         "server_certificate": ("path", False), "application_uri": ("str", False),
         "username": ("str", False), "password_file": ("path", False),
+        "sampling_interval": ("duration", False), "queue_size": ("int", False),
+        "deadband": ("float", False),
     },
 }
+PROTOCOL_LIMITS = {
+    "modbus-rtu": {"unit": (1, 247), "baudrate": (300, 921600), "bytesize": (7, 8), "stopbits": (1, 2)},
+    "opcua": {"queue_size": (1, 1000)},
+}
+SERIAL_DEFAULTS = {"baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8, "request_pause": None}
 CHECKS_KEYS = {"rules": ("path", False)}
 STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
 TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store")
@@ -212,6 +219,10 @@ class _Reader:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{value!r} is not a whole number")
             return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise ValueError(f"{value!r} is not a number; valid: a number such as 0.5")
+            return float(value)
         if kind == "duration":
             seconds = parse_duration(value)
             if seconds <= 0:
@@ -316,6 +327,7 @@ def _load_devices(r: _Reader, raw: Any) -> list[DeviceConfig]:
     devices: list[DeviceConfig] = []
     names: dict[str, int] = {}
     endpoints: dict[tuple, int] = {}
+    buses: dict[str, tuple] = {}
     tags: dict[str, Point] = {}
     for i, item in enumerate(raw):
         loc = ("devices", i)
@@ -349,18 +361,37 @@ def _load_devices(r: _Reader, raw: Any) -> list[DeviceConfig]:
         if endpoint in endpoints:
             r.err((*loc, "unit"), "devices.unit", f"device {name!r} uses the same endpoint {dev.endpoint} and unit {dev.unit} as the device at line {endpoints[endpoint]}; valid: one device per endpoint and unit")
         endpoints.setdefault(endpoint, r.index.line(*loc))
+        if proto == "modbus-rtu":
+            _check_serial_bus(r, loc, dev, buses)
         dev.points = _load_points(r, loc, dev, tags)
         devices.append(dev)
     return devices
+
+
+def _check_serial_bus(r: _Reader, loc: tuple, dev: DeviceConfig, buses: dict[str, tuple]) -> None:
+    """Devices on one serial port are units of one physical bus: they share its line settings."""
+    settings = {k: dev.options.get(k, v) for k, v in SERIAL_DEFAULTS.items()}
+    line, first, theirs = buses.setdefault(str(dev.port), (r.index.line(*loc), dev.name, settings))
+    for key, value in settings.items():
+        if value != theirs[key]:
+            shown = ["default" if v is None else repr(v) for v in (value, theirs[key])]
+            r.err((*loc, key), f"devices.{key}", f"{shown[0]} differs from {shown[1]} of device {first!r} "
+                  f"(line {line}) on the same port {dev.port}; valid: the same value in every device on one port")
 
 
 def _check_device_ranges(r: _Reader, loc: tuple, dev: DeviceConfig, specific: dict) -> None:
     limits = {"unit": (0, 247), "max_gap": (0, 120), "max_registers": (1, 125), "max_bits": (1, 2000)}
     if dev.protocol == "modbus-tcp":
         limits["port"] = (1, 65535)
+    limits.update(PROTOCOL_LIMITS.get(dev.protocol, {}))
     for key, (lo, hi) in limits.items():
         if key in specific and not lo <= specific[key] <= hi:
             r.err((*loc, key), f"devices.{key}", f"{specific[key]} is out of range; valid: {lo}-{hi}")
+    if dev.protocol == "opcua":  # security, certificate and identity: drivers/opcua_config.py
+        from drivers.opcua_config import check_options
+
+        for key, msg in check_options(specific):
+            r.err((*loc, key), f"devices.{key}", msg)
     if dev.timeout >= dev.poll_interval * 10:
         r.err((*loc, "timeout"), "devices.timeout", f"{dev.timeout}s is ten or more poll intervals; valid: below {dev.poll_interval * 10:g}s")
 

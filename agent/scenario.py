@@ -37,6 +37,7 @@ from pathlib import Path
 from agent.durations import parse_duration
 from agent.points import ModbusAddress, Point, load_point_table, parse_modbus_address
 from agent.problems import ConfigError, Problems
+from agent.sim_options import SIM_PROTOCOLS, plc_options
 
 SHAPES = ("const", "ramp", "sine", "steps")
 
@@ -97,6 +98,7 @@ class SimPlc:
     points: list[Point]
     signals: dict[str, Signal]
     refuse: list[ModbusAddress]
+    options: dict = field(default_factory=dict)  # Modbus RTU and OPC UA keys: agent/sim_options.py
 
 
 def _signal(spec: object, where: str, problems: Problems, file: str) -> Signal | None:
@@ -145,11 +147,11 @@ def load_scenario(path: str | Path) -> list[SimPlc]:
     for i, raw in enumerate(data.get("plcs", [])):
         where = f"plcs[{i}]"
         proto = raw.get("protocol", "modbus-tcp")
-        if proto != "modbus-tcp":
-            problems.add(file, 1, f"{where}.protocol", f"{proto!r} cannot be simulated yet; valid: modbus-tcp")
+        if proto not in SIM_PROTOCOLS:
+            problems.add(file, 1, f"{where}.protocol", f"{proto!r} cannot be simulated; valid: {', '.join(SIM_PROTOCOLS)}")
             continue
         host = raw.get("host", "127.0.0.1")
-        if not str(host).startswith("127.") and host != "localhost":
+        if proto != "modbus-rtu" and not str(host).startswith("127.") and host != "localhost":
             problems.add(file, 1, f"{where}.host", f"{host!r}: the simulator serves on loopback only; valid: 127.x.x.x")
             continue
         table = path.parent / raw.get("points", "")
@@ -172,8 +174,10 @@ def load_scenario(path: str | Path) -> list[SimPlc]:
                 refuse.append(parse_modbus_address(text))
             except ValueError as exc:
                 problems.add(file, 1, f"{where}.refuse", str(exc))
-        plcs.append(SimPlc(raw.get("name", where), proto, host, int(raw.get("port", 5020)),
-                           int(raw.get("unit", 1)), points, signals, refuse))
+        options = plc_options(proto, raw, path.parent, tags, problems, file, where)
+        port = 0 if proto == "modbus-rtu" else int(raw.get("port", 4840 if proto == "opcua" else 5020))
+        plcs.append(SimPlc(raw.get("name", where), proto, host, port,
+                           int(raw.get("unit", 1)), points, signals, refuse, options))
     if not plcs and not problems:
         problems.add(file, 1, "plcs", "no [[plcs]] defined")
     t0 = data.get("t0")

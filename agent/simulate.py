@@ -1,9 +1,12 @@
-"""The simulated plant: Modbus TCP PLCs whose registers follow a scenario file."""
+"""The simulated plant: Modbus TCP PLCs whose registers follow a scenario file (OPC UA servers
+and Modbus RTU slaves: agent/simulate_opcua.py and agent/simulate_rtu.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
 from collections import defaultdict
 
@@ -99,8 +102,10 @@ async def serve(scenario_path: str, ready: asyncio.Event | None = None) -> None:
     started = time.monotonic()
     by_endpoint: dict[tuple[str, int], list[SimDevice]] = defaultdict(list)
     for plc in plcs:
-        by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
+        if plc.protocol == "modbus-tcp":
+            by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
     servers = []
+    stoppers: list = []  # OPC UA servers and serial ports (agent/simulate_opcua.py, simulate_rtu.py)
     try:
         for (host, port), devices in by_endpoint.items():
             server = ModbusTcpServer(devices, address=(host, port))
@@ -108,9 +113,22 @@ async def serve(scenario_path: str, ready: asyncio.Event | None = None) -> None:
             servers.append(server)
             names = ", ".join(p.name for p in plcs if (p.host, p.port) == (host, port))
             log.info("serving Modbus TCP on %s:%d: %s", host, port, names)
+        if ua_plcs := [p for p in plcs if p.protocol == "opcua"]:
+            from agent.simulate_opcua import start_opcua
+
+            await start_opcua(ua_plcs, started, stoppers)
+        if rtu_plcs := [p for p in plcs if p.protocol == "modbus-rtu"]:
+            from agent.simulate_rtu import start_rtu
+
+            await start_rtu(rtu_plcs, started, stoppers)
         if ready:
             ready.set()
-        await asyncio.Event().wait()
+        stop = asyncio.Event()  # SIGTERM ends the simulator cleanly: a virtual serial port's link goes too
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
     finally:
         for server in servers:
             await server.shutdown()
+        for stop in reversed(stoppers):
+            await stop()

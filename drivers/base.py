@@ -44,7 +44,15 @@ def make_driver(device) -> Driver:  # noqa: ANN001 - DeviceConfig, imported lazi
         from drivers.modbus_tcp import ModbusTcpDriver
 
         return ModbusTcpDriver(device)
+    if device.protocol == "modbus-rtu":
+        from drivers.modbus_rtu import ModbusRtuDriver
+
+        return ModbusRtuDriver(device)
+    if device.protocol == "opcua":
+        from drivers.opcua import OpcUaDriver
+
+        return OpcUaDriver(device)
     raise DeviceError(
         f"device {device.name!r}: protocol {device.protocol!r} has no driver in this version; "
-        "available: modbus-tcp"
+        "available: modbus-tcp, modbus-rtu, opcua"
     )
