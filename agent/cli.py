@@ -38,6 +38,21 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(read_device(device))
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    from agent.browse import browse_device
+
+    cfg = _load(args.config)
+    try:
+        device = cfg.device(args.device)
+    except KeyError as exc:
+        print(f"hazgate browse: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.depth < 1 or args.max_nodes < 1:
+        print("hazgate browse: --depth and --max-nodes must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(browse_device(device, args.node, args.depth, args.max_nodes, args.csv))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.runner import run_agent
     from drivers.base import DeviceError
@@ -106,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("device")
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("browse", help="list an OPC UA server's address space; --csv writes a starter point table")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.add_argument("node", nargs="?", default=None, help="NodeId to start from (default: the Objects folder)")
+    p.add_argument("--depth", type=int, default=4, help="levels below NODE to list (default 4)")
+    p.add_argument("--max-nodes", type=int, default=5000, help="stop after this many nodes (default 5000)")
+    p.add_argument("--csv", default=None, help="write a starter point table of the variables found (a new file)")
+    p.set_defaults(func=cmd_browse)
 
     p = sub.add_parser("status", help="device links, buffer depth, uplink state (agent running or not)")
     p.add_argument("-c", "--config", required=True)

@@ -16,14 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
-from asyncua.crypto.truststore import TrustStore
-from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography.hazmat.primitives import serialization
 
 from agent.points import Point
 from agent.scenario import SimPlc
-from drivers.opcua_config import certificate_uris, load_certificate, load_private_key
+from drivers.opcua_config import (
+    certificate_uris,
+    load_certificate,
+    load_private_key,
+    untrusted_reason,
+)
 
 log = logging.getLogger("hazgate.simulate")
 
@@ -95,10 +99,7 @@ class UaPlc:
             if uris := certificate_uris(cert):
                 await server.set_application_uri(uris[0])
         if o.get("trusted_clients") is not None:
-            store = TrustStore([o["trusted_clients"]], [])
-            await store.load()
-            opts = CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED
-            server.set_certificate_validator(CertificateValidator(opts, store))
+            server.set_certificate_validator(self._check_client)
         await self._address_space(server)
         self.server = server
         await server.start()
@@ -106,6 +107,14 @@ class UaPlc:
         self.task = asyncio.create_task(self._loop(), name=f"opcua-sim:{self.plc.name}")
         log.info("serving OPC UA on %s: %s (%d points, security %s%s)", self.endpoint, self.plc.name,
                  len(self.nodes), ", ".join(o["security"]), ", username logins" if users else "")
+
+    async def _check_client(self, cert, app) -> None:  # noqa: ANN001 - x509 certificate, ApplicationDescription
+        """Only client certificates in `trusted_clients` (or issued by one there) get a session."""
+        reason = untrusted_reason(cert.public_bytes(serialization.Encoding.DER), self.o["trusted_clients"])
+        if reason:
+            shown = reason.replace("server certificate not trusted", "client certificate refused").split("; valid")[0]
+            log.warning("%s; add it to trusted_clients to accept it", shown)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
     async def _address_space(self, server: Server) -> None:
         own = await server.register_namespace(self.o["namespace"])

@@ -60,6 +60,7 @@ POLICIES = {"Basic256Sha256": SecurityPolicyBasic256Sha256}
 LOGIN_CODES = {"BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadUserAccessDenied"}
 CERT_CODES = {"BadCertificateUntrusted", "BadSecurityChecksFailed", "BadCertificateInvalid",
               "BadCertificateUseNotAllowed", "BadCertificateIssuerUseNotAllowed", "BadCertificateRevoked"}
+REFUSALS = LOGIN_CODES | CERT_CODES | {"BadCertificateUriInvalid"}  # retrying cannot help `hazgate read`
 
 
 class PermanentError(DeviceError):
@@ -186,7 +187,7 @@ class OpcUaDriver:
         except asyncio.CancelledError:
             raise
         except (ConnectionError, OSError, ua.UaError) as exc:
-            reason = f"connection lost: {self._explain(exc)}"
+            reason = f"connection lost: {self.explain(exc)}"
             await self._drop(reason)
             return self._all_bad(reason)
         except Exception as exc:  # a surprise in the library must not end the device
@@ -195,6 +196,19 @@ class OpcUaDriver:
 
     async def close(self) -> None:
         await self._drop("closed")
+
+    async def open_session(self) -> Client:
+        """A bare session with this device's endpoint, security and login (for hazgate browse);
+        end it with end_session. DeviceError says what was tried and why it failed."""
+        try:
+            return await self._open()
+        except DeviceError as exc:
+            raise DeviceError(f"{self.describe()}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+            raise DeviceError(f"{self.describe()}: {self.explain(exc)}") from None
+
+    async def end_session(self, client: Client) -> None:
+        await self._dispose(client)
 
     # --- connection ------------------------------------------------------------------
     async def _ensure_connected(self) -> bool:
@@ -210,7 +224,7 @@ class OpcUaDriver:
             return False
         return True
 
-    def _explain(self, exc: BaseException) -> str:
+    def explain(self, exc: BaseException) -> str:
         if isinstance(exc, ua.UaStatusCodeError):
             return status_reason(exc, str(self.opts.certificate), self.opts.username)
         if isinstance(exc, ConnectionRefusedError):
@@ -233,7 +247,7 @@ class OpcUaDriver:
         except (DeviceError, Exception) as exc:
             if client is not None:
                 await self._dispose(client)
-            self._last_error = str(exc) if isinstance(exc, DeviceError) else f"connect failed: {self._explain(exc)}"
+            self._last_error = str(exc) if isinstance(exc, DeviceError) else f"connect failed: {self.explain(exc)}"
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff
             if self._last_error != self._logged_error:
@@ -243,6 +257,8 @@ class OpcUaDriver:
                     "retry_in": f"{self._backoff:g}s"}})
             if isinstance(exc, PermanentError):
                 raise
+            if isinstance(exc, ua.UaStatusCodeError) and ua.StatusCode(exc.code).name in REFUSALS:
+                raise PermanentError(self._last_error) from exc
             raise DeviceError(self._last_error) from exc
         self._client = client
         self._lost = None
@@ -291,7 +307,7 @@ class OpcUaDriver:
         return client
 
     async def _on_connection_lost(self, exc: Exception) -> None:
-        self._lost = self._lost or self._explain(exc)
+        self._lost = self._lost or self.explain(exc)
 
     async def _trusted_server_certificate(self, client: Client) -> bytes:
         """The server's certificate for our policy and mode, checked against server_certificate."""
