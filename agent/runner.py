@@ -14,7 +14,7 @@ from agent.config import DeviceConfig, GatewayConfig
 from agent.messages import now_ms, rfc3339
 from agent.normalize import QUALITY_CODE, Reading
 from agent.scheduler import DeviceTask
-from agent.store import AsyncStore
+from agent.store import QUALITY_NAME, AsyncStore
 from agent.uplink import Uplink
 from drivers.base import make_driver
 
@@ -37,6 +37,8 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._pending: list[tuple] = []  # polled rows not yet committed (bounded by HELD_MAX)
         self._written = asyncio.Event()
+        self._point_meta = {p.tag: (p.unit, p.type) for p in cfg.all_points()}
+        self.uplink.take_held, self.uplink.give_back = self._take_held, self._give_back
         self._background: set[asyncio.Task] = set()
         self.held_dropped = 0
         self._dropped = [0, 0, 0]  # readings dropped from memory not yet reported: count, first ts, last ts
@@ -71,6 +73,16 @@ class Agent:
             self._note_dropped(dropped)
         self._written.set()
 
+    def _take_held(self, limit: int) -> list[tuple]:
+        """For the uplink while the store refuses writes: the oldest held readings, in the
+        store's row format (ts, tag, unit, type, value, quality, reason)."""
+        rows, self._pending[:limit] = self._pending[:limit], []
+        meta = self._point_meta
+        return [(ts, tag, *meta[tag], v, QUALITY_NAME[q], r) for ts, tag, v, q, r in rows]
+
+    def _give_back(self, rows: list[tuple]) -> None:
+        self._pending[0:0] = [(ts, tag, v, QUALITY_CODE[q], r) for ts, tag, _u, _t, v, q, r in rows]
+
     def _note_dropped(self, rows: list[tuple]) -> None:
         first = self._dropped[1] if self._dropped[0] else rows[0][0]
         self._dropped = [self._dropped[0] + len(rows), first, rows[-1][0]]
@@ -88,6 +100,7 @@ class Agent:
                 self._pids = await self.store.call(
                     "pids", [(p.tag, p.unit, p.type) for p in self.cfg.all_points()])
                 await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
+                self.uplink.initial_backlog = await self.store.call("last_reading_id")
             except (sqlite3.Error, OSError) as exc:
                 if not failed:
                     log.error("cannot open the store; polling on, holding readings in memory, retrying every "

@@ -61,11 +61,12 @@ class Store:
     def __init__(self, data_dir: Path, readonly: bool = False):
         self.path = data_dir / DB_NAME
         self._pids: dict[tuple[str, str, str], int] = {}
+        self.mark_path = data_dir / SEQ_MARK
+        self._published = self._read_mark()
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
             return
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.mark_path = data_dir / SEQ_MARK
         self.set_aside: Path | None = None  # where a corrupt store was moved, if it was
         try:
             self._open()
@@ -75,11 +76,13 @@ class Store:
             self.db.close()
             self._set_aside(str(exc))
             self._open()
-        self._published = self._read_mark()
-        if self._next_seq() <= self._published:
-            # the database lost numbers that were on the wire (a new or rolled-back database):
-            # continue above them, never reuse one
-            self.set_state({"next_seq": self._published + 1})
+        # A database behind the mark (new, or rolled back) continues above it: _next_seq()
+        # never returns a number at or below one that may have been on the wire.
+        if not self.mark_path.exists():  # created while there is space; rewritten in place
+            with open(self.mark_path, "wb") as f:
+                f.write(f"{0:020d}\n".encode())
+                f.flush()
+                os.fsync(f.fileno())
         if self.set_aside is not None:
             self.add_event(now_ms(), {
                 "id": f"store-reset-{self._next_seq()}", "kind": "store_reset", "severity": "alarm",
@@ -121,16 +124,24 @@ class Store:
             return 0
 
     def mark_published(self, seq: int) -> None:
-        """Record, durably, that messages up to `seq` may now be published."""
+        """Record, durably, that messages up to `seq` may now be published.
+
+        The file is rewritten in place at a fixed width, so this works on a full disk too.
+        """
         if seq <= self._published:
             return
-        tmp = self.mark_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{seq}\n")
+        mode = "r+b" if self.mark_path.exists() else "wb"
+        with open(self.mark_path, mode) as f:
+            f.write(f"{seq:020d}\n".encode())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.mark_path)
         self._published = seq
+
+    def reserve_seq(self) -> int:
+        """A number for a message built outside the database (it refuses writes), marked used."""
+        seq = self._next_seq()
+        self.mark_published(seq)
+        return seq
 
     def close(self) -> None:
         self.db.close()
@@ -227,7 +238,7 @@ class Store:
 
     # --- building messages -------------------------------------------------------------
     def _next_seq(self) -> int:
-        return int(self.get_state("next_seq", 1))
+        return max(int(self.get_state("next_seq", 1)), self._published + 1)
 
     def _enqueue(self, seq: int, kind: str, retain: bool, count: int, oldest: int | None, payload: bytes) -> None:
         self.db.execute(

@@ -52,6 +52,13 @@ class Uplink:
         self.state = "starting"  # so a broker unreachable from the start is logged as down
         self.on_state = on_state
         self._store_warned = False
+        # While the store refuses writes, live readings held in memory go out directly, numbered
+        # by the store's synced mark; such messages stay here until acknowledged.
+        self.take_held: Callable[[int], list[tuple]] | None = None
+        self.give_back: Callable[[list[tuple]], None] | None = None
+        self._mem_msgs: dict[int, bytes] = {}
+        self._next_memory = 0.0
+        self.initial_backlog: int | None = None  # last reading id when this process opened the store
         self.published = 0
         self.acked = 0
         self.reconnects = 0
@@ -217,27 +224,32 @@ class Uplink:
 
     async def _session(self, client: mqtt.Client) -> None:
         self._publish(client, None, "status", self._status("online"), True)
+        await self._mark_backlog()
         self._set_state("up")
         self._sent_upto = 0  # highest outbox seq handed to this client
         self._next_live = time.monotonic()
-        try:
+        with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
             await self.store.call("enqueue", "meta", True, self.build_meta)  # retained: restate it
-            self._watermark = await self.store.call("last_reading_id")  # at or below: collected while down
-        except sqlite3.Error:
-            self._watermark = 0  # the store refuses writes: the rounds below keep re-sending
+        for seq in sorted(self._mem_msgs):  # sent from memory before the drop, not acknowledged
+            if not self._publish(client, seq, "readings", self._mem_msgs[seq], False):
+                return
         while not self._lost.is_set():
             self.wake.clear()  # before the round: an ack arriving during it still wakes us
             try:
                 if await self._round(client):
                     continue
-            except sqlite3.Error as exc:  # disk full or read-only: keep the link, retry shortly
+            except (sqlite3.Error, OSError) as exc:  # disk full or read-only: keep the link
                 if not self._store_warned:
-                    log.warning("store refuses writes: only already numbered messages are sent",
+                    log.warning("store refuses writes: sending live readings from memory",
                                 extra={"fields": {"error": str(exc)}})
                     self._store_warned = True
-                await asyncio.sleep(1.0)
+                if await self._round_from_memory(client):
+                    continue
+                await asyncio.sleep(min(1.0, max(0.05, self._next_memory - time.monotonic())))
                 continue
-            self._store_warned = False
+            if self._store_warned:  # writable again: what it holds now was collected while stuck
+                self._store_warned = False
+                await self._mark_backlog()
             timeout = max(0.001, self._next_live - time.monotonic())
             lost = asyncio.ensure_future(self._lost.wait())
             woke = asyncio.ensure_future(self.wake.wait())
@@ -247,10 +259,50 @@ class Uplink:
                 lost.cancel()
                 woke.cancel()
 
+    async def _mark_backlog(self) -> None:
+        """Readings stored up to now are backlog (sent last, marked backfill); newer are live.
+
+        On a first connection that did not have to wait (no outage), what this process polled
+        meanwhile is live: only what an earlier run left behind is backlog.
+        """
+        if self.state == "starting" and self.initial_backlog is not None:
+            self._watermark = self.initial_backlog
+            return
+        try:
+            self._watermark = await self.store.call("last_reading_id")
+        except sqlite3.Error:
+            self._watermark = 0
+
+    async def _round_from_memory(self, client: mqtt.Client) -> bool:
+        """One batch of held live readings straight to the broker; True if one went out."""
+        self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
+        now = time.monotonic()
+        if (self.take_held is None or self.give_back is None or now < self._next_memory
+                or len(self._mid_seq) >= WINDOW):
+            return False
+        rows = self.take_held(self.cfg.uplink.batch_size)
+        if not rows:
+            self._next_memory = now + self.cfg.uplink.publish_interval
+            return False
+        try:
+            seq = await self.store.call("reserve_seq")  # synced before the message exists
+        except (sqlite3.Error, OSError):
+            self.give_back(rows)  # read-only data dir: nothing can be numbered safely
+            self._next_memory = now + self.cfg.uplink.publish_interval
+            return False
+        payload = self.build_readings(False)(seq, rows)
+        self._mem_msgs[seq] = payload
+        if not self._publish(client, seq, "readings", payload, False):
+            self._lost.set()
+            return False
+        return True
+
     async def _round(self, client: mqtt.Client) -> bool:
         """One drain step; True if it published something (call again at once)."""
         store, batch = self.store, self.cfg.uplink.batch_size
         ack_error: sqlite3.Error | None = None
+        if self._mem_msgs:  # acknowledged messages sent from memory leave memory, not the store
+            self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
         if self._acks:
             acks, self._acks = self._acks, []
             try:

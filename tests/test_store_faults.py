@@ -102,37 +102,50 @@ def test_torn_writes_after_kill_recover_and_acks_were_true(tmp_path: Path, broke
             assert not reused, f"after truncating {victim}: seq reused for new content: {reused}"
 
 
-def test_disk_full_then_space_returns(tmp_path: Path, broker, procs) -> None:
+def test_disk_full_keeps_live_data_flowing_then_recovers(tmp_path: Path, broker, procs) -> None:
     data = tmp_path / "plant" / "data"
     with tmpfs(data, "2m"):
         dev = DeviceSpec("big", many_points(400), poll_interval="100ms", timeout="90ms")
-        broker.stop()  # everything buffers
         plant = write_plant(tmp_path / "plant", broker.url, [dev])
         add_store_limits(plant.config, "1GiB")  # the disk fills before the store's own bound
         plant.start_simulator(procs, "big")
+        broker.stop()  # everything buffers until the disk is full
         agent = plant.start_agent(procs)
         deadline = time.monotonic() + 40
         while "store refuses writes" not in agent.output() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "store refuses writes" in agent.output(), agent.output()[-2000:]
-        time.sleep(2.0)
-        assert agent.alive(), agent.output()[-2000:]
         full_at = time.time()
-        remount(data, "size=64m")  # space returns
-        deadline = time.monotonic() + 20
-        while "store writable again" not in agent.output() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert "store writable again" in agent.output(), agent.output()[-2000:]
+        agent.send(signal.SIGSTOP)  # our subscriber gets on the new broker first
         broker.start()
         with Subscriber(broker.port, plant.topic_filter) as sub:
-            sub.wait_until(lambda: any(parse_ts(r["ts"]) > time.time() - 1 for r in sub.readings("P000")),
-                           30, "live readings after recovery")
-            # the readings polled while the disk was full were held in memory and arrive
-            sub.wait_until(lambda: [r for r in sub.readings("P000") if full_at - 2 <= parse_ts(r["ts"]) <= full_at],
-                           30, "readings from the disk-full window")
+            agent.send(signal.SIGCONT)
+            # the disk is still full: live readings still reach the platform, from memory
+            sub.wait_until(lambda: any(parse_ts(r["ts"]) > full_at + 1 for r in sub.readings("P000")),
+                           20, "live readings while the disk is full")
+            assert agent.alive(), agent.output()[-2000:]
+            remount(data, "size=64m")  # space returns
+            deadline = time.monotonic() + 20
+            while "store writable again" not in agent.output() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "store writable again" in agent.output(), agent.output()[-2000:]
+            # the backlog buffered before the disk filled drains too
+            sub.wait_until(lambda: any(r["backfill"] for r in sub.readings("P000")), 30, "the backlog")
+            back = time.time()
+            sub.wait_until(lambda: any(parse_ts(r["ts"]) > back + 1 for r in sub.readings("P000")),
+                           20, "live readings after recovery")
+            time.sleep(2.0)
         assert agent.alive()
-        assert agent.output().count("store refuses writes") == 1, "the error is logged once, not per poll"
+        out = agent.output()
+        assert out.count("holding readings in memory") == 1, "the error is logged once, not per poll"
+        assert out.count("sending live readings from memory") == 1
         agent.stop()
+    seqs = {m.seq for m in sub.messages if m.seq is not None}
+    assert seqs == set(range(min(seqs), max(seqs) + 1)), "sequence numbers with holes"
+    assert not seq_reuse(sub.messages), "seq reused for other content"
+    stamps = sorted(parse_ts(r["ts"]) for r in sub.readings("P000"))
+    holes = [(a, b) for a, b in zip(stamps, stamps[1:], strict=False) if b - a > 0.35]
+    assert not holes, f"readings missing between {holes[:3]}"
 
 
 def test_read_only_data_dir_at_start_polls_on_and_recovers(tmp_path: Path, broker, procs) -> None:
