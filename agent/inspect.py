@@ -43,6 +43,7 @@ def status(cfg: GatewayConfig) -> int:
         st = store.stats()
         state = dict(store.db.execute("SELECT key, value FROM state").fetchall())
         devices = store.db.execute("SELECT name, link, reason, last_good FROM devices ORDER BY name").fetchall()
+        active = store.active()
     except sqlite3.Error as exc:
         print(f"cannot read store {store.path}: {exc}", file=sys.stderr)
         return 1
@@ -68,7 +69,18 @@ def status(cfg: GatewayConfig) -> int:
             link = f"{link} (when the agent last ran)"
         extra = f" ({reason})" if reason else ""
         print(f"  {dev.name:<20} {link}{extra}; last good read {_age(last_good)}")
+    _print_active(active, running)
     return 0
+
+
+def _print_active(active: list[tuple[str, str, str, int, dict]], running: bool) -> None:
+    """Active alarms, bypasses and interlock conditions (agent/checks), oldest first, with age."""
+    note = "" if running else " (when the agent last ran)"
+    bypasses = sum(1 for _, kind, *_ in active if kind == "interlock_bypass")
+    print(f"active:  {len(active)} alarms and conditions, {bypasses} bypasses{note}")
+    for _key, kind, subject, start, data in active:
+        detail = " ".join(f"{k}={v}" for k, v in data.items() if v not in (None, "", [], 0) or k == "overdue")
+        print(f"  {kind:<24} {subject:<20} since {_age(start)}" + (f"  {detail}" if detail else ""))
 
 
 def buffer(cfg: GatewayConfig, action: str, fmt: str, output: str | None) -> int:
