@@ -53,6 +53,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 READ_CHUNK = 500  # nodes per Read request (servers limit MaxNodesPerRead; 500 is widely accepted)
 ITEMS_CHUNK = 1000  # monitored items per CreateMonitoredItems request
 PENDING_MAX = 64  # values kept per point between two polls in subscribe mode
+PUBLISH_MIN_MS = 50.0
 SESSION_TIMEOUT_MS = 60_000  # the server drops our session (and subscription) a minute after we vanish
 DISCONNECT_TIMEOUT = 2.0
 TIMEOUTS_BEFORE_DROP = 2
@@ -151,6 +152,7 @@ class OpcUaDriver:
         # timestamps: last ts handed on per point, last source timestamp seen per point
         self._last_ts = [0.0] * n
         self._seen_src: list[float | None] = [None] * n
+        self._confirmed = 0.0
         self.notifications = 0
         self.connects = 0
 
@@ -183,7 +185,7 @@ class OpcUaDriver:
                 return self._all_bad(self._last_error)
             if self.opts.mode == "poll":
                 return await self._poll(now)
-            return self._from_subscription(now)
+            return await self._from_subscription(now)
         except asyncio.CancelledError:
             raise
         except (ConnectionError, OSError, ua.UaError) as exc:
@@ -354,15 +356,25 @@ class OpcUaDriver:
         if self.opts.mode == "subscribe":
             await self._subscribe(client)
             idxs = [i for i in range(len(self.points)) if i not in self._unresolved]
+            read_at = time.time()
             for i, dv in zip(idxs, await self._read_values(client, idxs), strict=True):
                 if self._latest[i] is None:
                     self._latest[i] = dv
+            self._confirmed = read_at
 
     async def _subscribe(self, client: Client) -> None:
         o = self.opts
-        publish_ms = self.device.poll_interval * 1000
+        # a publish (data or keep-alive) every half poll interval: by each poll the server has
+        # confirmed recently that nothing else changed, and unchanged values carry that time
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = max(PUBLISH_MIN_MS, self.device.poll_interval * 500)
+        params.RequestedMaxKeepAliveCount = 1
+        params.RequestedLifetimeCount = 600
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
         sampling_ms = (o.sampling_interval or self.device.poll_interval) * 1000
-        sub = await client.create_subscription(publish_ms, handler=None,
+        sub = await client.create_subscription(params, handler=None,
                                                queue_maxsize=max(1000, 4 * len(self.points) * o.queue_size),
                                                overflow=OverflowPolicy.DROP_OLDEST)
         self._sub = sub
@@ -484,7 +496,16 @@ class OpcUaDriver:
             out.append(self._sample(i, dv, now, fresh))
         return out
 
-    def _from_subscription(self, now: float) -> list[Sample]:
+    def _confirmed_at(self) -> float:
+        """Wall-clock time of the server's latest publish response: values are known up to then."""
+        mono = getattr(self._sub, "last_publish_at", None)
+        if mono is not None:
+            self._confirmed = max(self._confirmed, time.time() - (time.monotonic() - mono))
+        return self._confirmed
+
+    async def _from_subscription(self, now: float) -> list[Sample]:
+        await asyncio.sleep(0)  # let the consumer take in what the latest publish delivered
+        confirmed = self._confirmed_at()
         out = []
         for i, p in enumerate(self.points):
             if i in self._unresolved:
@@ -495,12 +516,12 @@ class OpcUaDriver:
                 while pending:
                     out.append(self._sample(i, pending.popleft(), now, True))
             elif (dv := self._latest[i]) is not None:
-                out.append(self._sample(i, dv, now, False))
+                out.append(self._sample(i, dv, now, False, confirmed))
             else:
                 out.append(Sample(p, None, BAD, "no value from the server yet"))
         return out
 
-    def _sample(self, i: int, dv: ua.DataValue, now: float, fresh: bool) -> Sample:
+    def _sample(self, i: int, dv: ua.DataValue, now: float, fresh: bool, confirmed: float | None = None) -> Sample:
         p = self.points[i]
         quality, reason = quality_of(dv.StatusCode)
         raw = None
@@ -514,5 +535,7 @@ class OpcUaDriver:
             src = epoch(dv.SourceTimestamp or dv.ServerTimestamp)
             if src is not None and src > self._last_ts[i]:
                 ts = src
+        elif confirmed is not None and self._last_ts[i] < confirmed <= now:
+            ts = confirmed  # unchanged as of the server's latest confirmation
         self._last_ts[i] = max(self._last_ts[i], ts or now)
         return Sample(p, raw, quality, reason, ts)
