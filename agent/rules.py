@@ -344,7 +344,8 @@ def load_rules(path: Path, points: list[Point], problems: Problems, shown: str) 
         m = re.search(r"at line (\d+)", str(exc))
         problems.add(shown, int(m.group(1)) if m else 1, "toml", f"syntax error: {exc}")
         return rules
-    r = _RulesReader(shown, text, problems, {p.tag: p for p in points})
+    found = Problems()
+    r = _RulesReader(shown, text, found, {p.tag: p for p in points})
     for key in data:
         if key not in TOP_KEYS:
             r.err(r.line(key), key, f"unknown section; valid: {', '.join(TOP_KEYS)}")
@@ -352,6 +353,7 @@ def load_rules(path: Path, points: list[Point], problems: Problems, shown: str) 
     _load_alarms(r, data, rules)
     _load_detectors(r, data, rules)
     _load_interlocks(r, data, rules)
+    problems.items.extend(sorted(found.items, key=lambda p: p.line))  # in file order
     return rules
 
 
