@@ -13,8 +13,9 @@ What is checked (event kinds are documented in docs/uplink.md, section 6):
   while the interlock is bypassed or out of service: critical) and `interlock_unknown` (a state or
   process point of the interlock gives no good data).
 
-Only good readings change a condition: a point that goes bad freezes what it showed (an alarm
-never clears on stale data) and makes its interlock `unknown`. Timers (on-delays, flat-line
+Only good readings change a condition: a point that goes bad (or uncertain for any reason but an
+unsynchronized gateway clock) freezes what it showed (an alarm never clears on stale data) and
+makes its interlock `unknown`. Timers (on-delays, flat-line
 windows, bypass ages) run on the monotonic clock; start times are wall-clock ms for reporting.
 Active conditions persist in the store (`active` table), written in the same transaction as the
 events that start or end them, so a restart neither forgets nor re-announces them.
@@ -49,6 +50,9 @@ DEFAULT_DEADBAND_SHARE = 0.005  # alarm deadband without a configured one: 0.5 %
 STORE_WAIT = 10.0  # seconds to wait for the store before checking without the saved state
 STORE_RETRY = 1.0
 HELD_MAX = 50_000  # events kept in memory while the store refuses writes
+# `uncertain` readings whose value is sound: only their time stamp is in doubt (the gateway's
+# clock is not synchronized). Checks act on them; on any other uncertain or bad reading they don't.
+USABLE_UNCERTAIN = frozenset({"clock_unsynchronized"})
 
 Op = tuple[str, str, str, int, dict] | None  # an upsert into `active`, or None: delete
 
@@ -338,7 +342,7 @@ class Checker:
             if now < 0:
                 now = self.clock()
             v = r.value
-            good = r.quality == "good" and v is not None
+            good = v is not None and (r.quality == "good" or (r.quality == "uncertain" and r.reason in USABLE_UNCERTAIN))
             w.seen, w.good, w.ts = True, good, r.ts_ms
             if good:
                 w.value = v

@@ -29,6 +29,8 @@ from agent.messages import topic
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "alarm": "bold red", "critical": "bold white on red"}
 EVENTS_SHOWN = 8
+ACTIVE_SHOWN = 10
+ENDS = ("cleared", "off", "reset")  # event states that end an active alarm, bypass or trip
 SEQUENCED = ("readings", "events", "meta")
 
 
@@ -72,6 +74,7 @@ class LiveState:
         self.lock = threading.Lock()
         self.latest: dict[str, dict] = {}
         self.events: deque[dict] = deque(maxlen=EVENTS_SHOWN)
+        self.active: dict[tuple, dict] = {}  # alarms, bypasses, trips now on (from the events)
         self.status: dict | None = None
         self.counts = {k: 0 for k in (*SEQUENCED, "status")}
         self.last_seq: int | None = None
@@ -112,6 +115,17 @@ class LiveState:
                 for ev in body.get("events", []):
                     if isinstance(ev, dict):
                         self.events.append(ev)
+                        self._track(ev)
+
+    def _track(self, ev: dict) -> None:
+        if ev.get("source") == "gateway":
+            return
+        key = (ev.get("kind"), ev.get("interlock"), ev.get("tag") if ev.get("kind") != "interlock_bypass" else None,
+               ev.get("cause"))
+        if ev.get("state") in ENDS:
+            self.active.pop(key, None)
+        else:
+            self.active[key] = ev
 
     def gaps(self) -> int:
         """Sequence numbers missing between the first and the last one seen live."""
@@ -250,7 +264,7 @@ class LiveView:
             events = list(self.state.events)
         for ev in reversed(events):
             sev = str(ev.get("severity", ""))
-            about = ev.get("tag") or ev.get("interlock") or ev.get("device") or ""
+            about = "/".join(x for x in (ev.get("interlock"), ev.get("tag")) if x) or ev.get("device") or ""
             ts = str(ev.get("ts", ""))
             table.add_row(ts[11:23] if len(ts) >= 23 else ts, Text(sev, style=SEVERITY_STYLE.get(sev, "")),
                           str(ev.get("kind", "")), str(about), str(ev.get("state", "")),
@@ -259,12 +273,30 @@ class LiveView:
             table.add_row(Text("(none yet)", style="dim"), "", "", "", "", "", "")
         return table
 
+    def _active(self, now: float) -> Table:
+        table = Table(title="active alarms, bypasses and interlock conditions", title_justify="left", pad_edge=False)
+        for col in ("severity", "kind", "about", "state", "value", "limit", "for s"):
+            table.add_column(col, no_wrap=True)
+        with self.state.lock:
+            active = sorted(self.state.active.values(), key=lambda e: str(e.get("start", e.get("ts", ""))))
+        for ev in active[:ACTIVE_SHOWN]:
+            sev = str(ev.get("severity", ""))
+            about = "/".join(x for x in (ev.get("interlock"), ev.get("tag")) if x)
+            state = str(ev.get("state", "")) + (f" ({ev['cause']})" if ev.get("cause") else "")
+            start = _ts(ev.get("start") or ev.get("ts"))
+            table.add_row(Text(sev, style=SEVERITY_STYLE.get(sev, "")), str(ev.get("kind", "")), about, state,
+                          format_value(ev.get("value")), format_value(ev.get("limit")),
+                          f"{max(0.0, now - start):.0f}" if start else "?")
+        if not active:
+            table.add_row(Text("(none)", style="dim"), "", "", "", "", "", "")
+        return table
+
     def render(self) -> Group:
         now = time.time()
         parts = [self._header(now)]
         if (procs := self._processes()) is not None:
             parts.append(procs)
-        parts += [self._readings(now), self._events()]
+        parts += [self._readings(now), self._active(now), self._events()]
         return Group(*parts)
 
     # --- running -------------------------------------------------------------------------

@@ -355,3 +355,13 @@ def test_a_poll_without_watched_points_costs_no_allocation(rig: Rig) -> None:
     c = rig.checker
     readings = [Reading(rig.points[t], T0, v, "good", None) for t, v in rig.state.items()]
     assert c.process(readings) is False and not c.pending
+
+
+def test_uncertain_only_for_the_clock_is_still_checked(rig: Rig) -> None:
+    """An unsynchronized gateway clock makes readings uncertain; their values still count."""
+    p = rig.points["TT"]
+    c = Checker(rig.cfg, [])
+    c.process([Reading(p, T0, 85.0, "uncertain", "clock_unsynchronized")])
+    assert brief([b for _, b in c.take()[0]]) == [("process_alarm", "TT", "raised", "h", "warning")]
+    c.process([Reading(p, T0 + 500, 50.0, "uncertain", "device says uncertain")])
+    assert c.take()[0] == []  # not cleared on an uncertain value

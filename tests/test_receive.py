@@ -484,6 +484,7 @@ def test_agent_messages_pass_the_receiver(broker, procs, tmp_path: Path):
     (tmp_path / "plant.toml").write_text(plant)
     gw = (ROOT / "config/gateway.toml").read_text().replace("port = 5020", f"port = {mport}")
     gw = gw.replace('"points/', f'"{ROOT}/config/points/').replace("mqtt://127.0.0.1:1883", broker.url)
+    gw = gw.replace('rules = "rules.toml"', f'rules = "{ROOT}/config/rules.toml"')
     gw = gw.replace('data_dir = "../var/hazgate"', f'data_dir = "{tmp_path / "data"}"')
     (tmp_path / "gateway.toml").write_text(gw)
     report = tmp_path / "r.json"
