@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.clock import SOURCES, ClockConfig
 from agent.durations import parse_duration
 from agent.points import Point, check_overlaps, load_point_table
 from agent.problems import ConfigError, Problems
@@ -84,6 +85,7 @@ class GatewayConfig:
     devices: list[DeviceConfig]
     rules_file: Path | None = None
     store: StoreConfig = field(default_factory=StoreConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
     rules: Any = None  # agent.rules.Rules: interlocks, detector and alarm settings (defaults without a file)
 
     def device(self, name: str) -> DeviceConfig:
@@ -141,7 +143,9 @@ PROTOCOL_LIMITS = {
 SERIAL_DEFAULTS = {"baudrate": 9600, "parity": "N", "stopbits": 1, "bytesize": 8, "request_pause": None}
 CHECKS_KEYS = {"rules": ("path", False)}
 STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
-TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store")
+CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
+              "step_threshold": ("duration", False)}
+TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store", "clock")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 MIN_STORE_BYTES = 1 << 20
@@ -300,6 +304,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         r.err(("checks", "rules"), "checks.rules", f"file {checks['rules']} does not exist")
 
     st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
+    ck = r.section(data.get("clock", {}), ("clock",), CLOCK_KEYS)
     devices = _load_devices(r, data.get("devices", []))
     from agent.rules import load_checks  # here: agent.rules imports this module
 
@@ -317,6 +322,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"],
         data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"), rules=rules,
         store=StoreConfig(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
+        clock=ClockConfig(**ck),
     )
 
 

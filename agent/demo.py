@@ -144,6 +144,8 @@ def gateway_copy(gateway: Path, workdir: Path, broker: str, moved: dict[int, int
     uplink = {k: v for k, v in data.get("uplink", {}).items() if k not in UPLINK_AUTH_KEYS}
     uplink["broker"] = broker
     data["uplink"] = uplink
+    # the simulated plant's readings are stamped by this machine: trust its clock for the demo
+    data.setdefault("clock", {})["sync_source"] = "trust"
     for dev in data.get("devices", []):
         if dev.get("protocol") == "modbus-tcp" and dev.get("port") in moved:
             dev["port"] = moved[dev["port"]]

@@ -54,6 +54,10 @@ def status(cfg: GatewayConfig) -> int:
     print(f"gateway {cfg.gateway_id} ({cfg.path})")
     print(f"agent:   {'running' if running else 'not running'}; started {_age(state.get('started_at'))}; "
           f"last heartbeat {_age(beat)}")
+    synced = state.get("clock_synchronized")
+    clock = "unknown" if synced is None else ("synchronized" if synced else
+                                                "NOT synchronized: readings are marked uncertain")
+    print(f"clock:   {clock} (source {state.get('clock_source', cfg.clock.sync_source)})")
     uplink = state.get("uplink_state", "unknown") if running else "down (agent not running)"
     print(f"uplink:  {uplink} ({cfg.uplink.broker}); since {_age(state.get('uplink_changed'))}")
     print(f"         last acknowledged publish: seq {st['last_ack_seq']} at {_age(st['last_ack_at'])}")

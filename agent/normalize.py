@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from agent.points import Point
-from drivers.base import BAD, GOOD, Sample
+from drivers.base import BAD, GOOD, UNCERTAIN, Sample
 
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 
@@ -40,8 +40,12 @@ class Normalizer:
         self._last: dict[str, tuple[float | bool | None, str, str | None]] = {}
         self._next_integrity = 0.0
 
-    def process(self, samples: list[Sample], ts_ms: int) -> tuple[list[Reading], list[Reading]]:
-        """Return (all readings of this poll, the ones to report)."""
+    def process(self, samples: list[Sample], ts_ms: int, clock_ok: bool = True) -> tuple[list[Reading], list[Reading]]:
+        """Return (all readings of this poll, the ones to report).
+
+        With `clock_ok` false (the system clock is not synchronized) good readings become
+        `uncertain`, reason `clock_unsynchronized`: they flow on, flagged.
+        """
         now = time.monotonic()
         full = now >= self._next_integrity
         if full:
@@ -56,11 +60,13 @@ class Normalizer:
                 value = engineering(p, s.raw)
                 if value is None:
                     quality, reason = BAD, "decode error: not a finite number"
+            if quality == GOOD and not clock_ok:
+                quality, reason = UNCERTAIN, "clock_unsynchronized"
             r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
             every.append(r)
             prev = last.get(p.tag)
             if (
-                full or prev is None or p.deadband <= 0 or quality != GOOD
+                full or prev is None or p.deadband <= 0 or quality == BAD
                 or prev[1] != quality or prev[2] != reason
                 or value is None or prev[0] is None
                 or abs(value - prev[0]) >= p.deadband  # type: ignore[operator]

@@ -10,6 +10,7 @@ import sqlite3
 
 from agent import __version__
 from agent.checks import CheckStage
+from agent.clock import ClockWatch
 from agent.config import DeviceConfig, GatewayConfig
 from agent.messages import now_ms, rfc3339
 from agent.normalize import QUALITY_CODE, Reading
@@ -22,6 +23,7 @@ log = logging.getLogger("hazgate.agent")
 STOP_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
 STORE_RETRY = 5.0
+UNKNOWN_AGE_S = 1e9
 HELD_MAX = 500_000  # readings kept in memory while the store refuses writes (disk full, read-only)
 
 
@@ -38,6 +40,8 @@ class Agent:
         self._pending: list[tuple] = []  # polled rows not yet committed (bounded by HELD_MAX)
         self._written = asyncio.Event()
         self._point_meta = {p.tag: (p.unit, p.type) for p in cfg.all_points()}
+        self.clock = ClockWatch(cfg.clock, self._clock_stepped, self._clock_sync_changed)
+        self.uplink.clock = self.clock
         self.uplink.take_held, self.uplink.give_back = self._take_held, self._give_back
         self._background: set[asyncio.Task] = set()
         self.held_dropped = 0
@@ -73,6 +77,28 @@ class Agent:
             self._note_dropped(dropped)
         self._written.set()
 
+    @staticmethod
+    def _event(kind: str, severity: str, state: str, **fields: object) -> tuple[int, dict]:
+        """A gateway-level event (no tag or interlock: `source` is the gateway)."""
+        ts = now_ms()
+        return ts, {"id": f"{kind}-{ts}", "kind": kind, "severity": severity, "state": state,
+                    "ts": rfc3339(ts), "source": "gateway", **fields}
+
+    def _gateway_event(self, kind: str, severity: str, state: str, **fields: object) -> None:
+        self._background_call("add_event", *self._event(kind, severity, state, **fields))
+        self.uplink.wake.set()
+
+    def _clock_stepped(self, step: float) -> None:
+        self._gateway_event("clock_step", "warning", "stepped", step_s=round(step, 3),
+                            direction="forward" if step > 0 else "backward")
+
+    def _clock_sync_changed(self, synchronized: bool) -> None:
+        self._gateway_event("clock_sync", "info" if synchronized else "warning",
+                            "synchronized" if synchronized else "unsynchronized",
+                            clock_source=self.cfg.clock.sync_source)
+        self._background_call("set_state", {"clock_synchronized": int(synchronized)})
+        self.uplink.restate_status()
+
     def _take_held(self, limit: int) -> list[tuple]:
         """For the uplink while the store refuses writes: the oldest held readings, in the
         store's row format (ts, tag, unit, type, value, quality, reason)."""
@@ -99,7 +125,9 @@ class Agent:
                 await self.store.open()
                 self._pids = await self.store.call(
                     "pids", [(p.tag, p.unit, p.type) for p in self.cfg.all_points()])
-                await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__})
+                await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__,
+                                                    "clock_synchronized": int(self.clock.synchronized),
+                                                    "clock_source": self.cfg.clock.sync_source})
                 self.uplink.initial_backlog = await self.store.call("last_reading_id")
             except (sqlite3.Error, OSError) as exc:
                 if not failed:
@@ -143,13 +171,9 @@ class Agent:
     async def _report_dropped(self) -> None:
         """Loss is never silent: readings dropped from memory become an event on the wire."""
         count, first, last = self._dropped
-        ts = now_ms()
-        await self.store.call("add_event", ts, {
-            "id": f"dropped-{first}-{last}", "kind": "readings_dropped", "severity": "alarm",
-            "state": "dropped", "ts": rfc3339(ts), "source": "gateway", "count": count,
-            "from_ts": rfc3339(first), "to_ts": rfc3339(last),
-            "reason": f"store unavailable and more than {HELD_MAX} readings waiting in memory",
-        })
+        await self.store.call("add_event", *self._event(
+            "readings_dropped", "alarm", "dropped", count=count, from_ts=rfc3339(first),
+            to_ts=rfc3339(last), reason=f"store unavailable and more than {HELD_MAX} readings waiting in memory"))
         self._dropped = [0, 0, 0]
         self.uplink.wake.set()
 
@@ -159,9 +183,12 @@ class Agent:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             try:
+                self.clock.check()  # also when no device polls
                 await self.store.call("heartbeat", [
                     (d.device.name, d.link, d.reason, d.last_good_ms) for d in self.devices])
-                events = await self.store.call("enforce_limits", limits.max_bytes, limits.max_age)
+                # an unsynchronized clock cannot tell a reading's age: only the size bound applies
+                max_age = limits.max_age if self.clock.synchronized else UNKNOWN_AGE_S
+                events = await self.store.call("enforce_limits", limits.max_bytes, max_age)
             except sqlite3.Error:
                 continue  # the writer reports a store that refuses writes
             for ev in events:
@@ -172,7 +199,7 @@ class Agent:
 
     async def start(self) -> None:
         for dev in self.cfg.devices:
-            task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link)
+            task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link, self.clock)
             self.devices.append(task)
             self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))

@@ -13,9 +13,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
+from agent.clock import ClockWatch
 from agent.config import DeviceConfig
 from agent.normalize import Normalizer, Reading
-from drivers.base import BAD, GOOD, Driver
+from drivers.base import BAD, Driver
 
 log = logging.getLogger("hazgate.scheduler")
 
@@ -24,8 +25,10 @@ Sink = Callable[[DeviceConfig, list[Reading], list[Reading]], Awaitable[None]]
 
 class DeviceTask:
     def __init__(self, device: DeviceConfig, driver: Driver, sink: Sink,
-                 on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None):
+                 on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None,
+                 clock: ClockWatch | None = None):
         self.device, self.driver, self.sink, self.on_link = device, driver, sink, on_link
+        self.clock = clock
         self.normalizer = Normalizer(device.integrity_interval)
         self.link = "unknown"
         self.reason: str | None = None
@@ -53,13 +56,17 @@ class DeviceTask:
             await asyncio.sleep(due - now)
 
     async def poll_once(self) -> None:
+        clock_ok = True
+        if self.clock is not None:
+            self.clock.check()  # a step is reported before the readings stamped after it
+            clock_ok = self.clock.synchronized
         ts_ms = int(time.time() * 1000)  # collection time: the wall clock, read once per batch
         samples = await self.driver.read()
         self.polls += 1
-        every, report = self.normalizer.process(samples, ts_ms)
+        every, report = self.normalizer.process(samples, ts_ms, clock_ok)
         for r in every:
             self.latest[r.point.tag] = r
-        good = sum(1 for r in every if r.quality == GOOD)
+        good = sum(1 for r in every if r.quality != BAD)  # uncertain: only the clock is in doubt
         if good:
             self.last_good_ms = ts_ms
         # up: something answered. A device that accepts the connection but only times out is down.

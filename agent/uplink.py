@@ -20,6 +20,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from agent import __version__
+from agent.clock import ClockWatch
 from agent.config import GatewayConfig
 from agent.messages import (
     encode,
@@ -58,6 +59,7 @@ class Uplink:
         self.give_back: Callable[[list[tuple]], None] | None = None
         self._mem_msgs: dict[int, bytes] = {}
         self._next_memory = 0.0
+        self.clock: ClockWatch | None = None  # its state goes into the status message
         self.initial_backlog: int | None = None  # last reading id when this process opened the store
         self.published = 0
         self.acked = 0
@@ -87,7 +89,15 @@ class Uplink:
         return encode(meta_body(self._env(seq), [p.metadata() for p in self.cfg.all_points()]))
 
     def _status(self, state: str) -> bytes:
-        return encode(status_body(self.cfg.gateway_id, self.cfg.enterprise_code, state, __version__, self.started_ms))
+        clock = self.clock.describe() if self.clock is not None else None
+        return encode(status_body(self.cfg.gateway_id, self.cfg.enterprise_code, state, __version__,
+                                  self.started_ms, clock))
+
+    def restate_status(self) -> None:
+        """Publish the retained `online` status again (its clock state changed)."""
+        client = self._client
+        if client is not None and self.state == "up":
+            self._publish(client, None, "status", self._status("online"), True)
 
     # --- connection ---------------------------------------------------------------------
     def _set_state(self, state: str, reason: str = "") -> None:

@@ -185,7 +185,7 @@ def write_points(path: Path, points: list[PointSpec]) -> Path:
 def write_plant(root: Path, broker_url: str, devices: list[DeviceSpec], *,
                 gateway_id: str = "GW-TEST-0001", enterprise: str = "120116999999",
                 prefix: str = "hazchem", publish_interval: str = "200ms",
-                keepalive: str = "10s", batch_size: int = 500) -> Plant:
+                keepalive: str = "10s", batch_size: int = 500, clock: str = "trust") -> Plant:
     """Write point tables, one scenario per device port and gateway.toml into `root`."""
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / "data"
@@ -216,6 +216,7 @@ def write_plant(root: Path, broker_url: str, devices: list[DeviceSpec], *,
                   f"points = {_toml(d.name + '.csv')}"]
         lines += [f"{k} = {_toml(v)}" for k, v in d.options.items()]
         lines.append("")
+    lines += ["[clock]", f"sync_source = {_toml(clock)}", ""]  # test boxes may lack NTP
     config = root / "gateway.toml"
     config.write_text("\n".join(lines), encoding="utf-8")
     return Plant(root, config, data_dir, devices, scenarios, gateway_id, enterprise, prefix)

@@ -1,0 +1,115 @@
+"""Time on a box without a real-time clock: wall-clock steps at run time (libfaketime with a
+timestamp file, the agent's monotonic clock left real) and an unsynchronized clock."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HAZGATE, ROOT, Proc
+from plant import DeviceSpec, PointSpec, Subscriber, parse_ts, write_plant
+
+POLL = 0.2
+
+
+def faketime_env(stamp_file: Path) -> dict[str, str]:
+    libs = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not libs:
+        pytest.fail("libfaketime is not installed: apt-get install -y faketime")
+    stamp_file.write_text("+0\n")
+    return {"LD_PRELOAD": libs[0], "FAKETIME_TIMESTAMP_FILE": str(stamp_file), "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def events(sub: Subscriber, kind: str) -> list[dict]:
+    return [e for m in sub.of_kind("events") for e in m.body["events"] if e["kind"] == kind]
+
+
+def test_wall_clock_steps_lose_nothing_and_keep_the_cadence(tmp_path: Path, broker, procs) -> None:
+    # the simulator's clock is real: the value is the real time of collection (seconds since it
+    # started), so it orders the readings and shows what the stamps should have been
+    clock_pt = PointSpec("A_T", "hr:0", "float32", signal={"ramp": [0.0, 3600.0], "period": "3600s"})
+    dev = DeviceSpec("plc", [clock_pt], poll_interval=f"{int(POLL * 1000)}ms")
+    plant = write_plant(tmp_path, broker.url, [dev])
+    plant.start_simulator(procs, "plc")
+    stamp = tmp_path / "faketime"
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        sub.client.reconnect_delay_set(1, 1)
+        agent = Proc([*HAZGATE, "run", "-c", str(plant.config)], tmp_path / "agent.log", env=faketime_env(stamp))
+        procs.append(agent)
+        sub.wait_until(lambda: len(sub.readings("A_T")) >= 10, 15, "readings")
+        stamp.write_text("+30s\n")  # forward step during live polling
+        time.sleep(3)
+        broker.kill()  # an outage: what follows is back-filled
+        time.sleep(1.5)
+        stamp.write_text("-30s\n")  # backward step of 60 s during the outage
+        time.sleep(2.5)
+        agent.send(signal.SIGSTOP)  # our subscriber gets on the new broker first
+        paused = time.time()
+        broker.start()
+        sub.wait_until(lambda: sub.client.is_connected(), 10, "subscriber back")
+        time.sleep(0.5)
+        agent.send(signal.SIGCONT)
+        resumed = time.time()
+        sub.wait_until(lambda: len(events(sub, "clock_step")) >= 2, 20, "two clock_step events")
+        sub.wait_until(lambda: any(r["backfill"] for r in sub.readings("A_T")), 20, "back-filled readings")
+        time.sleep(2.0)
+    assert agent.alive(), agent.output()
+
+    steps = events(sub, "clock_step")
+    assert [e["direction"] for e in steps] == ["forward", "backward"], steps
+    assert abs(steps[0]["step_s"] - 30) < 1.5 and abs(steps[1]["step_s"] + 60) < 1.5, steps
+
+    seqs = {m.seq for m in sub.messages if m.seq is not None}
+    assert seqs == set(range(1, max(seqs) + 1)), "sequence numbers missing"
+
+    readings = sorted({(r["value"], r["ts"]) for r in sub.readings("A_T")})  # in collection order
+    real0 = parse_ts(readings[0][1]) - readings[0][0]  # stamps were true before the first step
+    # intervals between collections in real time, leaving out the one the test itself paused
+    gaps = [(a[0] + real0, b[0] - a[0]) for a, b in zip(readings, readings[1:], strict=False)
+            if not (a[0] + real0 <= resumed and b[0] + real0 >= paused)]
+    odd = [(round(t - paused, 2), round(g, 3)) for t, g in gaps if not 0.5 * POLL < g < 1.5 * POLL]
+    # Had the cadence followed the wall clock, the +30 s step would have fired ~150 polls at
+    # once and the -60 s step paused polling for a minute. A loaded machine may delay a poll.
+    assert max(g for _, g in gaps) < 2.0, f"polling paused; odd intervals (s after the pause, length): {odd}"
+    bursts = [x for x in odd if x[1] <= 0.5 * POLL]
+    assert len(bursts) <= 5, f"a burst of polls: {odd}"
+    offsets = [parse_ts(ts) - value for value, ts in readings]
+    jumps = [b - a for a, b in zip(offsets, offsets[1:], strict=False) if abs(b - a) > 2]
+    assert len(jumps) == 2 and abs(jumps[0] - 30) < 1.5 and abs(jumps[1] + 60) < 1.5, jumps
+
+
+def test_unsynchronized_clock_marks_readings_uncertain_until_synchronized(tmp_path: Path, broker, procs) -> None:
+    dev = DeviceSpec("plc", [PointSpec("A_LT", "hr:0", "float32", 5.5, unit="m")], poll_interval="200ms")
+    plant = write_plant(tmp_path, broker.url, [dev], clock="file")
+    synced = tmp_path / "synchronized"
+    plant.config.write_text(plant.config.read_text() + f'sync_file = "{synced}"\n')
+    plant.start_simulator(procs, "plc")
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        agent = plant.start_agent(procs)
+        sub.wait_until(lambda: len(sub.readings("A_LT")) >= 5, 15, "readings")
+        first = sub.readings("A_LT")[:5]
+        assert all(r["quality"] == "uncertain" and r["reason"] == "clock_unsynchronized" for r in first), first
+        assert all(r["value"] == 5.5 for r in first), "the value flows on, only flagged"
+        status = sub.wait_for(lambda m: m.kind == "status", 5, "status")
+        assert status.body["clock"] == {"synchronized": False, "source": "file"}
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "-c", str(plant.config)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=30)
+        assert "NOT synchronized" in out.stdout, out.stdout + out.stderr
+
+        synced.write_text("")  # the time service says: synchronized
+        sub.wait_until(lambda: any(r["quality"] == "good" for r in sub.readings("A_LT")), 15, "good readings")
+        sub.wait_until(lambda: events(sub, "clock_sync"), 5, "a clock_sync event")
+        sub.wait_until(lambda: any(m.body.get("clock", {}).get("synchronized") for m in sub.of_kind("status")),
+                       5, "the status message restated as synchronized")
+    readings = sub.readings("A_LT")
+    switch = next(i for i, r in enumerate(readings) if r["quality"] == "good")
+    assert all(r["quality"] == "uncertain" for r in readings[:switch])
+    assert all(r["quality"] == "good" and "reason" not in r for r in readings[switch:])
+    assert [e["state"] for e in events(sub, "clock_sync")] == ["synchronized"]
+    agent.stop()
