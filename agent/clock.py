@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -36,11 +37,18 @@ class ClockConfig:
     step_threshold: float = 2.0
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def kernel_synchronized() -> bool | None:
     """The kernel's view via adjtimex(2) in read-only mode; None when it cannot be asked."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     timex = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only, change nothing
     state = libc.adjtimex(timex)
