@@ -243,8 +243,7 @@ class Checker:
         self.ops: dict[str, Op] = {}
         self._poll = 0
         # the two most recent movements by different points: (mono, tag)
-        self._moved1: tuple[float, str] = (float("-inf"), "")
-        self._moved2: tuple[float, str] = (float("-inf"), "")
+        self._m1_t, self._m1_tag, self._m2_t = float("-inf"), "", float("-inf")
         self._restore(active or [])
 
     # --- restart -----------------------------------------------------------------------
@@ -348,10 +347,9 @@ class Checker:
                 w.value = v
                 if w.numeric and (w.mv is None or abs(v - w.mv) > w.band):  # type: ignore[operator]
                     w.mv = v  # type: ignore[assignment]
-                    m1 = self._moved1
-                    if m1[1] != w.tag:
-                        self._moved2 = m1
-                    self._moved1 = (now, w.tag)
+                    if self._m1_tag != w.tag:
+                        self._m2_t = self._m1_t
+                    self._m1_t, self._m1_tag = now, w.tag
             else:
                 w.reason = r.reason
             if w.alarm is not None and good:
@@ -461,8 +459,7 @@ class Checker:
                             start=det.anchor_ts)
 
     def _others_moved(self, since: float, tag: str) -> bool:
-        m1 = self._moved1
-        return m1[0] > since if m1[1] != tag else self._moved2[0] > since
+        return self._m1_t > since if self._m1_tag != tag else self._m2_t > since
 
     def _condition(self, det: Detector, cause: str, on: bool, ts: int, fields: dict, start: int | None = None) -> None:
         active = det.active
@@ -500,15 +497,21 @@ class Checker:
 
     def _interlock(self, il: InterlockState, now: float) -> None:
         # 1. unknown: a state or process point without good data
-        bad = [w for w in il.all_w if w.seen and not w.good]
-        if bad:
+        nbad = nseen = 0
+        for w in il.all_w:
+            if w.seen:
+                nseen += 1
+                if not w.good:
+                    nbad += 1
+        if nbad:
+            bad = [w for w in il.all_w if w.seen and not w.good]
             if not il.unknown:
                 ts = max(w.ts for w in bad)
                 il.unknown, il.unknown_tags = ts, [w.tag for w in bad]
                 self._il_event(il, ts, "interlock_unknown", "alarm", "raised", "unknown",
                                {"tags": il.unknown_tags, "reason": bad[0].reason or "bad quality"},
                                ts, {"tags": il.unknown_tags})
-        elif il.unknown and all(w.seen for w in il.all_w):
+        elif il.unknown and nseen == len(il.all_w):
             ts = max(w.ts for w in il.all_w)
             self._il_event(il, ts, "interlock_unknown", "info", "cleared", "unknown",
                            {"tags": il.unknown_tags}, il.unknown)
@@ -516,8 +519,13 @@ class Checker:
         rule = il.rule
         # 2. bypass / override
         bw = il.bypass_w
-        if all(w.good for w in bw):
-            on_w = next((w for w in bw if w.value), None)
+        known, on_w = True, None
+        for w in bw:
+            if not w.good:
+                known = False
+            elif on_w is None and w.value:
+                on_w = w
+        if known:
             if on_w is not None and not il.bypass:
                 il.bypass, il.bypass_mono, il.overdue, il.bypass_tag = on_w.ts, now, 0, on_w.tag
                 self._il_event(il, on_w.ts, "interlock_bypass", "warning", "on", "bypass",
@@ -577,17 +585,14 @@ class Checker:
                                {"tag": tw.tag, "was": il.trip_state}, il.trip)
                 il.trip, il.trip_state = 0, ""
         # 5. a protected value beyond its trip limit while bypassed or out of service: critical
-        because = []
-        if il.bypass:
-            because.append("bypassed")
-        if il.oos:
-            because.append("out_of_service")
+        unprotected = bool(il.bypass or il.oos)
         for ps in il.protects:
             pw = ps.w
             if not pw.good:
                 continue  # frozen: neither raised nor cleared on stale data
             beyond = ps.beyond(pw.value, bool(ps.excursion))
-            if beyond and because and not ps.excursion:
+            if beyond and unprotected and not ps.excursion:
+                because = ["bypassed"] * bool(il.bypass) + ["out_of_service"] * bool(il.oos)
                 ts = max([pw.ts, *(w.ts for w in il.all_w if w.good and w is not pw and w.point.type == "bool")])
                 ps.excursion, ps.because = ts, because
                 fields = self._point_fields(pw)
@@ -597,7 +602,7 @@ class Checker:
                     fields["bypass_start"] = rfc3339(il.bypass)
                 self._il_event(il, ts, "unprotected_excursion", "critical", "raised", f"excursion:{pw.tag}",
                                fields, ts, {"tag": pw.tag, "limit": ps.limit, "because": because})
-            elif ps.excursion and (not beyond or not because):
+            elif ps.excursion and (not beyond or not unprotected):
                 ts = max(w.ts for w in il.all_w if w.good)
                 fields = self._point_fields(pw)
                 fields.update(value=pw.value, limit=ps.limit, because=ps.because,
