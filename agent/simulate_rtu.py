@@ -81,10 +81,15 @@ class VirtualPort:
         self.fds = []
 
 
-def _garbler(units: set[int]) -> Callable[[bool, bytes], bytes]:
+def _faults(silent: set[int], garble: set[int]) -> Callable[[bool, bytes], bytes]:
+    """What a silent or garbling unit puts on the line instead of its answer."""
+
     def trace(sending: bool, data: bytes) -> bytes:
-        if sending and data and data[0] in units:
-            return data[:-1] + bytes([data[-1] ^ 0x5A])  # a broken CRC
+        if sending and data:
+            if data[0] in silent:
+                return b""
+            if data[0] in garble:
+                return data[:-1] + bytes([data[-1] ^ 0x5A])  # a broken CRC
         return data
 
     return trace
@@ -111,15 +116,14 @@ async def start_rtu(plcs: list[SimPlc], started: float, stoppers: list[Callable[
             sim_end = where
             if problem := port_problem(where, settings):
                 raise OSError(problem)
-        served = [p for p in group if p.options["fault"] != "silent"]
+        silent = {p.unit for p in group if p.options["fault"] == "silent"}
         garble = {p.unit for p in group if p.options["fault"] == "garble"}
-        if served:
-            server = ModbusSerialServer(
-                [build_device(PlcModel(p, started)) for p in served], port=sim_end, ignore_missing_devices=True,
-                trace_packet=_garbler(garble) if garble else None, reconnect_delay=0, **settings,
-            )
-            await server.serve_forever(background=True)
-            stoppers.append(server.shutdown)
+        server = ModbusSerialServer(  # a unit not in the scenario never answers (ignore_missing_devices)
+            [build_device(PlcModel(p, started)) for p in group], port=sim_end, ignore_missing_devices=True,
+            trace_packet=_faults(silent, garble) if silent or garble else None, reconnect_delay=0, **settings,
+        )
+        await server.serve_forever(background=True)
+        stoppers.append(server.shutdown)
         units = ", ".join(f"{p.name} (unit {p.unit}{'' if p.options['fault'] == 'none' else ', ' + p.options['fault']})"
                           for p in group)
         log.info("serving Modbus RTU on %s%s: %s", where, f" (virtual, via {sim_end})" if vport else "", units)

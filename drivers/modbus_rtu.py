@@ -16,6 +16,7 @@ reopened (with back-off) only when the port fails (adapter unplugged, device gon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ log = logging.getLogger("hazgate.rtu")
 UNIT_BACKOFF_MIN, UNIT_BACKOFF_MAX = 1.0, 30.0
 PORT_BACKOFF_MIN, PORT_BACKOFF_MAX = 0.5, 30.0
 FAILS_BEFORE_BACKOFF = 2
+LOW_WAIT_MAX = 2.0  # longest a failing unit's request yields the line to answering units
 
 
 class GarbledAnswer(ModbusException):
@@ -44,6 +46,10 @@ class GarbledAnswer(ModbusException):
 
 
 class PortUnavailable(ConnectionException):
+    def __init__(self, string: str) -> None:
+        super().__init__(string)
+        self.string = string  # without pymodbus's "[Connection]" prefix
+
     def __str__(self) -> str:
         return self.string
 
@@ -80,7 +86,9 @@ class SerialBus:
     def __init__(self, port: str, settings: dict, key: tuple):
         self.port, self.settings, self.key = port, settings, key
         self.pause = settings["request_pause"]
-        self.lock = asyncio.Lock()
+        self._turns = asyncio.Condition()  # one request on the line at a time
+        self._busy = False
+        self._urgent = 0  # requests of answering units waiting for their turn
         self.client: AsyncModbusSerialClient | None = None
         self.users: set[int] = set()
         self.last_error = "not opened yet"
@@ -100,8 +108,32 @@ class SerialBus:
             self._rx += len(data)
         return data
 
+    @contextlib.asynccontextmanager
+    async def turn(self, low: bool = False):  # noqa: ANN201 - an async context manager
+        """Exclusive use of the line, in arrival order. `low` (a unit that is failing) waits while
+        answering units want the line, at most LOW_WAIT_MAX, so a dead unit never delays the others."""
+        async with self._turns:
+            if low:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._turns.wait_for(lambda: not self._busy and not self._urgent),
+                                           LOW_WAIT_MAX)
+                await self._turns.wait_for(lambda: not self._busy)
+            else:
+                self._urgent += 1
+                try:
+                    await self._turns.wait_for(lambda: not self._busy)
+                finally:
+                    self._urgent -= 1
+            self._busy = True
+        try:
+            yield
+        finally:
+            async with self._turns:
+                self._busy = False
+                self._turns.notify_all()
+
     async def open(self) -> bool:
-        async with self.lock:
+        async with self.turn():
             return await self._open()
 
     async def _open(self) -> bool:
@@ -140,10 +172,11 @@ class SerialBus:
             self.client.close()
             self.client = None
 
-    async def request(self, unit: int, table: str, start: int, count: int, answer_within: float):
+    async def request(self, unit: int, table: str, start: int, count: int, answer_within: float,
+                      low: bool = False):
         """One read request of `unit`; raises ModbusIOException (no answer), GarbledAnswer,
         PortUnavailable or ConnectionException like the TCP transport would."""
-        async with self.lock:
+        async with self.turn(low):
             if not await self._open():
                 raise PortUnavailable(self.last_error)
             wait = self._idle_since + self.pause - time.monotonic()
@@ -205,6 +238,7 @@ class ModbusRtuDriver:
         self._last_reason = "not polled yet"
         self._failure: Exception | None = None
         self._answered = False
+        self._ever_answered = False
         self.backoffs = 0
 
     @property
@@ -231,12 +265,15 @@ class ModbusRtuDriver:
         if self._failure is not None:  # the unit already failed this poll: no more bus time for it
             raise self._failure
         try:
-            resp = await self._bus().request(self.device.unit, table, start, count, self.device.timeout)
+            resp = await self._bus().request(self.device.unit, table, start, count, self.device.timeout,
+                                             low=self._fails > 0)
         except (ModbusIOException, GarbledAnswer) as exc:
-            if self._fails:
+            # a unit that missed its last poll, or has not answered since the start, gets no more
+            # line time this poll once a request fails; one that answered last time tries every block
+            if self._fails or (not self._answered and not self._ever_answered):
                 self._failure = exc
             raise
-        self._answered = True
+        self._answered = self._ever_answered = True
         return resp
 
     async def read(self) -> list[Sample]:

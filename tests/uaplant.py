@@ -71,7 +71,7 @@ def write_table(path: Path, rows: list[dict[str, str]]) -> Path:
 def gateway_head(root: Path, broker_url: str = "mqtt://127.0.0.1:1883") -> list[str]:
     return ["[gateway]", 'id = "GW-TEST-0006"', 'enterprise_code = "120116999999"',
             f"data_dir = {toml(root / 'data')}", "", "[uplink]", f"broker = {toml(broker_url)}",
-            'publish_interval = "200ms"', ""]
+            'publish_interval = "200ms"', "", "[clock]", 'sync_source = "trust"  # test boxes may lack NTP', ""]
 
 
 @dataclass
