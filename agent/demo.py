@@ -4,7 +4,8 @@ Everything runs on loopback as child processes this command owns, each in its ow
 group so a Ctrl-C reaches only the demo, which then ends them in order by PID: the agent first
 (it publishes `offline`), then the receiver, the simulator and the broker. The agent works on a
 temporary copy of config/gateway.toml pointed at the local broker, with a temporary data_dir;
-config/plant.toml is served as is when its port (5020) is free, else from a copy on a free port.
+config/plant.toml is served as is when its ports (5020, 4840) are free, else from a copy on free
+ports; a copy also puts its virtual serial port (the Modbus RTU bus) into the demo's temporary folder.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from agent.config import load_config
 from agent.liveview import LiveView, ProcessRow
@@ -124,11 +126,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def plant_copy(plant: Path, workdir: Path, busy: set[int]) -> tuple[Path, dict[int, int]]:
-    """A copy of the scenario with every PLC port in `busy` moved to a free port."""
+def plant_copy(plant: Path, workdir: Path, busy: set[int]) -> tuple[Path, dict]:
+    """A copy of the scenario with every PLC port in `busy` moved to a free port, and every
+    virtual serial port (`link`) moved into `workdir`; returns the copy and what moved where."""
     data = _absolute_paths(_load_toml(plant), plant.parent)
-    moved: dict[int, int] = {}
+    moved: dict = {}
     for plc in data.get("plcs", []):
+        if plc.get("link"):
+            plc["link"] = moved.setdefault(plc["link"], str(workdir / Path(plc["link"]).name))
+            continue
         port = int(plc.get("port", 5020))
         if port in busy:
             plc["port"] = moved.setdefault(port, free_port())
@@ -137,7 +143,7 @@ def plant_copy(plant: Path, workdir: Path, busy: set[int]) -> tuple[Path, dict[i
     return out, moved
 
 
-def gateway_copy(gateway: Path, workdir: Path, broker: str, moved: dict[int, int]) -> Path:
+def gateway_copy(gateway: Path, workdir: Path, broker: str, moved: dict) -> Path:
     """A copy of the gateway config: local broker, temp data_dir, moved PLC ports, absolute paths."""
     data = _absolute_paths(_load_toml(gateway), gateway.parent)
     data.setdefault("gateway", {})["data_dir"] = str(workdir / "data")
@@ -147,8 +153,10 @@ def gateway_copy(gateway: Path, workdir: Path, broker: str, moved: dict[int, int
     # the simulated plant's readings are stamped by this machine: trust its clock for the demo
     data.setdefault("clock", {})["sync_source"] = "trust"
     for dev in data.get("devices", []):
-        if dev.get("protocol") == "modbus-tcp" and dev.get("port") in moved:
+        if dev.get("protocol") in ("modbus-tcp", "modbus-rtu") and dev.get("port") in moved:
             dev["port"] = moved[dev["port"]]
+        elif dev.get("protocol") == "opcua" and (url := urlparse(dev.get("endpoint", ""))).port in moved:
+            dev["endpoint"] = url._replace(netloc=f"{url.hostname}:{moved[url.port]}").geturl()
     out = workdir / "gateway.toml"
     out.write_text(toml_dumps(data), encoding="utf-8")
     return out
@@ -236,14 +244,17 @@ class Demo:
         _wait_listening(self.spawn("mosquitto", [exe, "-c", str(conf)]), port)
         return f"mqtt://127.0.0.1:{port}"
 
-    def start_plant(self) -> dict[int, int]:
-        """Serve config/plant.toml (a copy on free ports when its ports are busy); returns moved ports."""
-        ports = {int(p.get("port", 5020)) for p in _load_toml(PLANT).get("plcs", [])}
+    def start_plant(self) -> dict:
+        """Serve config/plant.toml (a copy on free ports when its ports are busy, and with its virtual
+        serial ports in the demo's own folder); returns what moved."""
+        plcs = _load_toml(PLANT).get("plcs", [])
+        ports = {int(p.get("port", 5020)) for p in plcs if p.get("protocol") != "modbus-rtu"}
+        links = any(p.get("link") for p in plcs)
         busy = {p for p in ports if not port_free(p)}
         for attempt in range(2):
-            moved: dict[int, int] = {}
+            moved: dict = {}
             scenario = PLANT
-            if busy:
+            if busy or links:
                 scenario, moved = plant_copy(PLANT, self.workdir, busy)
             sim = self.spawn("simulator", [*HAZGATE, "simulate", "-s", str(scenario)])
             try:

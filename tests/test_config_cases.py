@@ -203,7 +203,7 @@ def test_valid_example_loads_as_written() -> None:
 def test_shipped_example_is_valid() -> None:
     result = validate("config/gateway.toml")
     assert (result.returncode, result.stderr) == (0, "")
-    assert re.fullmatch(r"config/gateway\.toml: valid: 2 devices, \d+ points\n", result.stdout)
+    assert re.fullmatch(r"config/gateway\.toml: valid: 5 devices, \d+ points\n", result.stdout)
 
 
 def test_missing_config_file() -> None:

@@ -486,6 +486,10 @@ def test_agent_messages_pass_the_receiver(broker, procs, tmp_path: Path):
     gw = gw.replace('"points/', f'"{ROOT}/config/points/').replace("mqtt://127.0.0.1:1883", broker.url)
     gw = gw.replace('rules = "rules.toml"', f'rules = "{ROOT}/config/rules.toml"')
     gw = gw.replace('data_dir = "../var/hazgate"', f'data_dir = "{tmp_path / "data"}"')
+    uport, link = free_port(), tmp_path / "gas-bus-1"  # the OPC UA server and the RTU bus: this test's own
+    plant = plant.replace("port = 4840", f"port = {uport}").replace("/tmp/hazgate-gas-bus-1", str(link))
+    (tmp_path / "plant.toml").write_text(plant)
+    gw = gw.replace("127.0.0.1:4840", f"127.0.0.1:{uport}").replace("/tmp/hazgate-gas-bus-1", str(link))
     (tmp_path / "gateway.toml").write_text(gw)
     report = tmp_path / "r.json"
     rx = start_receiver(procs, tmp_path, broker.url, "--idle-exit", "3", "--fail-on-gaps", "--report", str(report))
