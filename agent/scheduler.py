@@ -2,7 +2,8 @@
 
 The next poll is due one interval after the previous one was due, not after it finished, so
 the cadence does not drift. A poll that overruns skips the cycles it missed (counted in
-`overruns`) instead of firing them in a burst. Nothing a device does ends its task.
+`overruns`) instead of firing them in a burst, and never leaves less than half an interval
+before the next one. Nothing a device does ends its task.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class DeviceTask:
                 log.exception("poll failed", extra={"fields": {"device": self.device.name}})
             due += interval
             now = time.monotonic()
-            if now >= due:
-                missed = math.floor((now - due) / interval) + 1
+            if due - now < interval / 2:  # late: skip the slots it missed, and one too close to now
+                missed = max(0, math.floor((now - due) / interval) + 1)
+                if due + missed * interval - now < interval / 2:
+                    missed += 1
                 self.overruns += missed
                 due += missed * interval
             await asyncio.sleep(due - now)
