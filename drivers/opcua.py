@@ -9,9 +9,12 @@ Two modes per device:
 
 The server's status code becomes the quality (Good -> good, Uncertain* -> uncertain, Bad* ->
 bad, the status name as the reason). The server's source timestamp becomes the reading's
-timestamp when it is a new one for that point; a value seen again (unchanged since the last
-poll, or older than the session) is stamped with the collection time instead, so each tag's
-timestamps only move forward and no reading repeats an earlier one.
+timestamp when it is a new one for that point. A value seen again is stamped with the time it
+was last confirmed: the collection time in poll mode, the server's latest publish response in
+subscribe mode (the subscription publishes every half poll interval, keep-alives included). A
+source time older than the point's previous reading (a value older than the session, a server
+clock behind ours) becomes the collection time too, so each tag's timestamps only move forward
+and no reading repeats an earlier one.
 
 The driver owns its reconnection: a lost session (socket closed, watchdog probe failed,
 subscription ended by the server, two read timeouts in a row) is torn down completely and a

@@ -323,3 +323,20 @@ def test_browse_lists_the_address_space_and_writes_a_starter_table(procs, tmp_pa
     bad = subprocess.run([*HAZGATE, "browse", "-c", str(plant.config), "ua", "nsu=urn:nope;s=X"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "namespace 'urn:nope' is not on the server" in bad.stderr, bad.stderr
+
+
+def test_drivers_never_write() -> None:
+    """Read-only by construction: no driver calls a service or function that writes to a device."""
+    import ast
+
+    writes = re.compile(r"write|set_value|set_attribute|call_method|add_node|delete_node|add_reference|mask_write",
+                        re.IGNORECASE)
+    found = []
+    for path in sorted((ROOT / "drivers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+                if writes.search(name):
+                    found.append(f"{path.name}:{node.lineno}: {name}")
+    assert found == [], found
