@@ -11,8 +11,10 @@ from urllib.parse import urlparse
 
 from agent.clock import SOURCES, ClockConfig
 from agent.durations import parse_duration
+from agent.health import parse_listen
 from agent.points import Point, check_overlaps, load_point_table
 from agent.problems import ConfigError, Problems
+from agent.secrets import OPCUA_SECRET_KEYS, UPLINK_SECRET_KEYS, secret_file_problem
 
 PROTOCOLS = ("modbus-tcp", "modbus-rtu", "opcua")
 
@@ -86,6 +88,7 @@ class GatewayConfig:
     rules_file: Path | None = None
     store: StoreConfig = field(default_factory=StoreConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    health_listen: tuple[str, int] | None = None  # [health] listen; None: no health endpoint
     rules: Any = None  # agent.rules.Rules: interlocks, detector and alarm settings (defaults without a file)
 
     def device(self, name: str) -> DeviceConfig:
@@ -145,7 +148,8 @@ CHECKS_KEYS = {"rules": ("path", False)}
 STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
 CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
               "step_threshold": ("duration", False)}
-TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store", "clock")
+HEALTH_KEYS = {"listen": ("str", False)}
+TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store", "clock", "health")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 MIN_STORE_BYTES = 1 << 20
@@ -297,6 +301,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     for key in ("ca_file", "cert_file", "key_file", "password_file"):
         if up.get(key) is not None and not up[key].is_file():
             r.err(("uplink", key), f"uplink.{key}", f"file {up[key]} does not exist")
+        elif up.get(key) is not None and key in UPLINK_SECRET_KEYS and (why := secret_file_problem(up[key])):
+            r.err(("uplink", key), f"uplink.{key}", why)
     if ("cert_file" in up) != ("key_file" in up):
         r.err(("uplink",), "uplink.key_file", "cert_file and key_file go together; give both or neither")
     checks = r.section(data.get("checks", {}), ("checks",), CHECKS_KEYS)
@@ -305,6 +311,13 @@ def load_config(path: str | Path) -> GatewayConfig:
 
     st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
     ck = r.section(data.get("clock", {}), ("clock",), CLOCK_KEYS)
+    health = r.section(data.get("health", {}), ("health",), HEALTH_KEYS)
+    listen = None
+    if "listen" in health:
+        try:
+            listen = parse_listen(health["listen"])
+        except ValueError as exc:
+            r.err(("health", "listen"), "health.listen", str(exc))
     devices = _load_devices(r, data.get("devices", []))
     from agent.rules import load_checks  # here: agent.rules imports this module
 
@@ -322,7 +335,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"],
         data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"), rules=rules,
         store=StoreConfig(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
-        clock=ClockConfig(**ck),
+        clock=ClockConfig(**ck), health_listen=listen,
     )
 
 
@@ -398,6 +411,10 @@ def _check_device_ranges(r: _Reader, loc: tuple, dev: DeviceConfig, specific: di
 
         for key, msg in check_options(specific):
             r.err((*loc, key), f"devices.{key}", msg)
+        for key in OPCUA_SECRET_KEYS:  # the gateway's private key, the login password
+            path = specific.get(key)
+            if isinstance(path, Path) and path.is_file() and (why := secret_file_problem(path)):
+                r.err((*loc, key), f"devices.{key}", why)
     if dev.timeout >= dev.poll_interval * 10:
         r.err((*loc, "timeout"), "devices.timeout", f"{dev.timeout}s is ten or more poll intervals; valid: below {dev.poll_interval * 10:g}s")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sqlite3
 
 from agent import __version__
 from agent.checks import CheckStage
 from agent.clock import ClockWatch
 from agent.config import DeviceConfig, GatewayConfig
+from agent.health import MeteredDriver
 from agent.messages import now_ms, rfc3339
 from agent.normalize import QUALITY_CODE, Reading
 from agent.scheduler import DeviceTask
@@ -47,6 +47,7 @@ class Agent:
         self.held_dropped = 0
         self._dropped = [0, 0, 0]  # readings dropped from memory not yet reported: count, first ts, last ts
         self.store_error: str | None = None
+        self.opened = asyncio.Event()  # the store is open and the points registered (READY=1)
 
     def _uplink_state(self, state: str) -> None:
         self._background_call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
@@ -141,6 +142,7 @@ class Agent:
                 continue
             if failed:
                 log.warning("store open", extra={"fields": {"data_dir": str(self.cfg.data_dir)}})
+            self.opened.set()
             return
 
     async def _writer(self) -> None:
@@ -179,9 +181,9 @@ class Agent:
 
     async def _maintain(self) -> None:
         """Enforce the store's size and age bounds; report every eviction."""
-        limits = self.cfg.store
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
+            limits = self.cfg.store  # a reload may change the bounds
             try:
                 self.clock.check()  # also when no device polls
                 await self.store.call("heartbeat", [
@@ -199,9 +201,7 @@ class Agent:
 
     async def start(self) -> None:
         for dev in self.cfg.devices:
-            task = DeviceTask(dev, make_driver(dev), self._sink, self._on_link, self.clock)
-            self.devices.append(task)
-            self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
+            self._start_device(dev)
         self._tasks.append(asyncio.create_task(self._writer(), name="writer"))
         self._tasks.append(asyncio.create_task(self.checks.run(), name="checks"))
         self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
@@ -209,6 +209,73 @@ class Agent:
         log.info("agent started", extra={"fields": {
             "gateway": self.cfg.gateway_id, "devices": len(self.devices),
             "points": sum(len(d.points) for d in self.cfg.devices), "version": __version__}})
+
+    def _start_device(self, dev: DeviceConfig) -> None:
+        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock)
+        self.devices.append(task)
+        self._tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
+
+    async def _stop_device(self, name: str) -> None:
+        """Stop polling one device: a poll in progress is abandoned, what it polled before stays."""
+        tasks = [t for t in self._tasks if t.get_name() == f"device:{name}"]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = [t for t in self._tasks if t not in tasks]
+        for d in [d for d in self.devices if d.device.name == name]:
+            self.devices.remove(d)
+            with contextlib.suppress(Exception):
+                await d.driver.close()
+
+    async def apply_config(self, new: GatewayConfig, plan) -> None:  # noqa: ANN001 - service.ReloadPlan
+        """A reloaded config (agent/service.py plans it): stop removed and changed devices, start
+        new and changed ones, leave the others polling. Readings already polled stay queued for
+        the writer under the point ids they were polled with. Raises (changing nothing) when the
+        store cannot register the new points."""
+        points = new.all_points()
+        pids = await self.store.call("pids", [(p.tag, p.unit, p.type) for p in points])
+        for name in (*plan.stop, *plan.restart):
+            await self._stop_device(name)
+        meta = {p.tag: (p.unit, p.type) for p in points}
+        if any(self._point_meta.get(tag, m) != m for tag, m in meta.items()):
+            # a tag changed unit or type: what was polled under the old table is written first
+            for _ in range(100):
+                if not self._pending:
+                    break
+                await asyncio.sleep(0.02)
+        self._pids = {**self._pids, **pids}  # removed tags stay known: their last readings are queued
+        self._point_meta = {**self._point_meta, **meta}
+        self.cfg = new
+        self.clock.cfg = new.clock
+        self.uplink.reconfigure(new)
+        if plan.checks_changed:
+            await self._restart_checks(new)
+        for dev in new.devices:
+            if dev.name in plan.start or dev.name in plan.restart:
+                self._start_device(dev)
+        if plan.points_changed:  # the retained meta describes the new point set
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call("enqueue", "meta", True, self.uplink.build_meta)
+            self.uplink.wake.set()
+
+    async def _restart_checks(self, new: GatewayConfig) -> None:
+        """New rules or points: a new check stage, built from the active conditions in the store
+        once everything the old one raised is there."""
+        old = self.checks
+        self.checks = CheckStage(new, self.store, self.uplink.wake)  # polls feed the new one from now on
+        for _ in range(100):  # let the old stage's writer take what it still holds
+            if old.checker is None or not old.checker.pending:
+                break
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(sqlite3.Error):
+            await self.store.call("last_reading_id")  # the store runs calls in order: its last write is done
+        tasks = [t for t in self._tasks if t.get_name() == "checks"]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = [t for t in self._tasks if t not in tasks]
+        await old.flush()
+        self._tasks.append(asyncio.create_task(self.checks.run(), name="checks"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -232,14 +299,7 @@ class Agent:
 
 
 async def run_agent(cfg: GatewayConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    agent = Agent(cfg)
-    await agent.start()
-    try:
-        await stop.wait()
-    finally:
-        await agent.stop()
-    return 0
+    """Run until SIGTERM/SIGINT, as a service: sd_notify, watchdog, SIGHUP reload, health."""
+    from agent.service import run_service  # it builds on Agent
+
+    return await run_service(cfg)

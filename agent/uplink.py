@@ -64,6 +64,7 @@ class Uplink:
         self.published = 0
         self.acked = 0
         self.reconnects = 0
+        self.beat = time.monotonic()  # each turn of the connect and publish loops (the watchdog's view)
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []
         self._mid_seq: dict[int, int] = {}
@@ -92,6 +93,17 @@ class Uplink:
         clock = self.clock.describe() if self.clock is not None else None
         return encode(status_body(self.cfg.gateway_id, self.cfg.enterprise_code, state, __version__,
                                   self.started_ms, clock))
+
+    def reconfigure(self, cfg: GatewayConfig) -> None:
+        """A reloaded config (SIGHUP): batch size, publish interval and meta apply at once; a new
+        broker address, TLS file, credential or keepalive on a new connection, started here.
+        Messages in flight stay in the store and go out again on it with their seq."""
+        old, self.cfg = self.cfg.uplink, cfg
+        new = cfg.uplink
+        fields = ("broker", "ca_file", "cert_file", "key_file", "username", "password_file", "keepalive")
+        if any(getattr(old, f) != getattr(new, f) for f in fields):
+            log.info("uplink settings changed: connecting again", extra={"fields": {"broker": new.broker}})
+            self._lost.set()
 
     def restate_status(self) -> None:
         """Publish the retained `online` status again (its clock state changed)."""
@@ -155,8 +167,9 @@ class Uplink:
         """Connect with exponential back-off; returns a client whose CONNACK arrived."""
         loop = asyncio.get_running_loop()
         delay = BACKOFF_MIN
-        up = self.cfg.uplink
         while True:
+            self.beat = time.monotonic()
+            up = self.cfg.uplink  # a reload may have changed it
             self._connected.clear()
             self._lost.clear()
             client = self._new_client(loop)
@@ -244,6 +257,7 @@ class Uplink:
             if not self._publish(client, seq, "readings", self._mem_msgs[seq], False):
                 return
         while not self._lost.is_set():
+            self.beat = time.monotonic()
             self.wake.clear()  # before the round: an ack arriving during it still wakes us
             try:
                 if await self._round(client):
