@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(STAMP)
 	$(BIN)/hazgate demo
 
 test: $(STAMP)
-	$(BIN)/ruff check agent drivers tests
+	$(BIN)/ruff check agent drivers tests bench
 	$(BIN)/python -m pytest -q
+
+# quick mode, a few minutes; `make bench BENCH="--full"` for the issue's durations,
+# BENCH="--profile" to see where the agent's time goes (py-spy), `python -m bench -h` for more
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

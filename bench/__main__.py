@@ -1,0 +1,253 @@
+"""`make bench`: every figure of issue 9 beside its raw baseline measured in the same run.
+
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage] [--profile]
+                              [--markdown FILE] [--json FILE]
+
+Quick mode (default) takes about five minutes on a 2-core machine; --full uses the issue's
+durations (2 min steady load, 10 min outage) and takes about twenty.
+
+One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
+int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
+for live data during back-fill, and 20 event points stepping across an hh limit every second.
+One Mosquitto and one counting subscriber (in this process) serve all but the outage phase.
+The simulator, the broker and the subscriber share the two cores with the process measured:
+CPU figures come from /proc/<pid>/stat of that process alone, rates are what the machine
+delivered with everything running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import backfill, live, outage
+from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
+from bench.events import agent_events, raw_readings
+from bench.profile import summary
+from bench.report import (
+    Row,
+    fmt_mb,
+    fmt_ms,
+    fmt_pct,
+    fmt_rate,
+    fmt_s,
+    fmt_us,
+    markdown,
+    ratio,
+    text,
+    verdict,
+)
+
+PHASES = ("e2e", "steady", "backfill", "outage")
+QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
+         "outage_warm": 8, "outage": 60}
+FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
+        "outage_warm": 10, "outage": 600}
+E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
+EVENT_POLL = 0.2
+
+
+def build_plant(work: Path) -> tuple[Plant, list[Unit], Unit, Unit]:
+    ports = [free_port() for _ in range(6)]
+    main = [Unit(f"plc{k}", ports[k // 2], k % 2 + 1, 750, 250, prefix=f"P{k}") for k in range(10)]
+    bf_live, ev = backfill.plant_units(ports[5], 100)
+    return Plant(work, [*main, bf_live, ev]), main, bf_live, ev
+
+
+def machine_note(w: live.Window) -> str:
+    h = w.helpers
+    return (f"{w.who}: simulator {h.get('simulator', math.nan) * 100:.0f} %, mosquitto "
+            f"{h.get('mosquitto', math.nan) * 100:.0f} %, bench subscriber {h.get('bench', math.nan) * 100:.0f} % of a core")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="the issue's durations (about 20 minutes)")
+    ap.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the agent during the e2e and steady windows; print where time goes")
+    ap.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    ap.add_argument("--json", default=None, help="also write every figure as JSON to this file")
+    args = ap.parse_args()
+    only = {p.strip() for p in args.only.split(",") if p.strip()}
+    if bad := only - set(PHASES):
+        ap.error(f"unknown phase(s) {', '.join(sorted(bad))}; valid: {', '.join(PHASES)}")
+    P = FULL if args.full else QUICK
+    work = Path(tempfile.mkdtemp(prefix="hazgate-bench-"))
+    procs = Procs(work)
+    rows: list[Row] = []
+    notes: list[str] = []
+    profiles: list[tuple[str, Path]] = []
+    results: dict = {"mode": "full" if args.full else "quick", "cpus": os.cpu_count(), "started": time.time()}
+    sub = None
+
+    def on_term(_sig, _frame):  # noqa: ANN001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    t_start = time.monotonic()
+    try:
+        plant, units, bf_live, ev = build_plant(work)
+        sim = start_simulator(procs, plant)
+        mport = free_port()
+        broker = start_broker(procs, mport)
+        sub = Subscriber(mport, watch={t for t, *_ in ev.tags()})
+        ctx = live.Ctx(work, procs, mport, plant, sub, sim.pid, broker.pid, notes)
+        n_points = sum(u.n_points for u in units)
+        print(f"hazgate bench ({results['mode']} mode) on {os.cpu_count()} CPUs; plant: {n_points} points "
+              f"on {len(units)} units + {bf_live.n_points} live + {ev.n_points} event points", flush=True)
+
+        if "e2e" in only:
+            print(f"e2e: raw baseline, then the agent, polling {n_points} points back to back "
+                  f"({P['e2e']} s windows)", flush=True)
+            raw = live.run_raw(ctx, units, 0.0, P["e2e_warm"], P["e2e"])
+            prof = work / "profile-e2e.txt" if args.profile else None
+            agent = live.run_agent(ctx, "e2e", units, E2E_POLL, P["e2e_warm"], P["e2e"], timeout=E2E_TIMEOUT,
+                                   profile=prof)
+            if prof and prof.exists():
+                profiles.append(("end to end (saturated)", prof))
+            results["e2e"] = {"agent": _win(agent), "raw": _win(raw)}
+            cap, raw_cap = 1e6 / agent.cpu_us, 1e6 / raw.cpu_us
+            s = f"end to end: {n_points} points polled back to back"
+            rows += [
+                Row(s, "readings/s delivered and acknowledged", fmt_rate(agent.acked_rate), fmt_rate(raw.acked_rate),
+                    ratio(agent.acked_rate, raw.acked_rate), "≥ 60 000/s and ≥ 0.6× raw",
+                    verdict(agent.acked_rate >= 60_000 and agent.acked_rate >= 0.6 * raw.acked_rate)),
+                Row(s, "readings/s polled", fmt_rate(agent.polled / agent.seconds),
+                    fmt_rate(raw.polled / raw.seconds), ratio(agent.polled, raw.polled)),
+                Row(s, "CPU per delivered reading", fmt_us(agent.cpu_us), fmt_us(raw.cpu_us),
+                    ratio(agent.cpu_us, raw.cpu_us)),
+                Row(s, "one-core capacity (1 s / CPU per reading)", fmt_rate(cap), fmt_rate(raw_cap),
+                    ratio(cap, raw_cap), "≥ 60 000/s", verdict(cap >= 60_000)),
+                Row(s, "CPU share of one core", fmt_pct(agent.cpu_share), fmt_pct(raw.cpu_share),
+                    ratio(agent.cpu_share, raw.cpu_share)),
+                Row(s, "RSS at end of window", fmt_mb(agent.rss), fmt_mb(raw.rss), ratio(agent.rss, raw.rss)),
+                Row(s, "live reading latency p50 / p99", f"{fmt_s(agent.lat_p50)} / {fmt_s(agent.lat_p99)}",
+                    f"{fmt_s(raw.lat_p50)} / {fmt_s(raw.lat_p99)}"),
+            ]
+            notes += [machine_note(raw), machine_note(agent)]
+            print(text(rows), flush=True)
+
+        if "steady" in only:
+            print(f"steady: {n_points} points every 1 s and {ev.n_points} event points every "
+                  f"{EVENT_POLL * 1000:.0f} ms ({P['steady']} s windows)", flush=True)
+            raw = live.run_raw(ctx, [*units, ev], 1.0, P["steady_warm"], P["steady"],
+                               intervals={ev.name: EVENT_POLL})
+            prof = work / "profile-steady.txt" if args.profile else None
+            agent = live.run_agent(ctx, "steady", [*units, ev], "1s", P["steady_warm"], P["steady"],
+                                   polls={ev.name: f"{EVENT_POLL * 1000:.0f}ms"}, profile=prof)
+            if prof and prof.exists():
+                profiles.append(("steady load, 10 000 points at 1 s", prof))
+            ev_agent = agent_events(plant, agent.events, since=agent.started + 2.0)
+            ev_raw = raw_readings(plant, raw.watched)
+            results["steady"] = {"agent": _win(agent), "raw": _win(raw), "events": asdict(ev_agent),
+                                 "events_raw": asdict(ev_raw)}
+            s = f"steady load: {n_points} points at 1 s"
+            rows += [
+                Row(s, "CPU share of one core", fmt_pct(agent.cpu_share), fmt_pct(raw.cpu_share),
+                    ratio(agent.cpu_share, raw.cpu_share), "≤ 15 %", verdict(agent.cpu_share <= 0.15)),
+                Row(s, "CPU per reading", fmt_us(agent.cpu_us), fmt_us(raw.cpu_us), ratio(agent.cpu_us, raw.cpu_us)),
+                Row(s, "RSS at end of window", fmt_mb(agent.rss), fmt_mb(raw.rss), ratio(agent.rss, raw.rss),
+                    "≤ 60 MB", verdict(agent.rss <= 60e6)),
+                Row(s, "readings/s delivered and acknowledged", fmt_rate(agent.acked_rate),
+                    fmt_rate(raw.acked_rate), ratio(agent.acked_rate, raw.acked_rate)),
+                Row(s, "live reading latency p50 / p99", f"{fmt_s(agent.lat_p50)} / {fmt_s(agent.lat_p99)}",
+                    f"{fmt_s(raw.lat_p50)} / {fmt_s(raw.lat_p99)}"),
+            ]
+            e = "events (no back-fill, under the steady load)"
+            rows += _event_rows(e, ev_agent, ev_raw, "raw: same register's reading")
+            notes += [machine_note(raw), machine_note(agent)]
+            print(text(rows[-7:]), flush=True)
+
+        if "backfill" in only:
+            print(f"backfill: {P['readings']:,} readings buffered, raw drain then the agent's", flush=True)
+            b = backfill.run(ctx, bf_live, ev, P["readings"], after_s=P["after"])
+            results["backfill"] = asdict(b)
+            s = f"back-fill: {b.readings:,} readings buffered"
+            extra = b.live_during[1] - b.live_after[1]
+            rows += [
+                Row(s, "drain rate, readings/s acknowledged", fmt_rate(b.rate), fmt_rate(b.raw_rate),
+                    ratio(b.rate, b.raw_rate), "≥ 100 000/s", verdict(b.rate >= 100_000)),
+                Row(s, "live latency p99 during drain (baseline: after)", fmt_s(b.live_during[1]),
+                    fmt_s(b.live_after[1]), f"+{extra:.2f} s", "≤ +1 s", verdict(extra <= 1.0)),
+                Row(s, "store size per million readings", f"{b.mb_per_million:.1f} MB"),
+            ]
+            rows += _event_rows("events during back-fill (baseline: after it)", b.events_during, b.events_after,
+                                "same agent after the drain")
+            print(text(rows[-7:]), flush=True)
+
+        if "outage" in only:
+            out_units = units[:5]
+            print(f"outage: {sum(u.n_points for u in out_units)} points/s, broker gone for {P['outage']} s",
+                  flush=True)
+            o = outage.run(ctx, out_units, P["outage"], P["outage_warm"])
+            results["outage"] = asdict(o)
+            s = f"memory under outage: {o.points_per_s:,.0f} points/s for {o.seconds:.0f} s"
+            rows += [
+                Row(s, "RSS at end (baseline: at start of outage)", fmt_mb(o.rss_end), fmt_mb(o.rss_start),
+                    ratio(o.rss_end, o.rss_start), "within ±10 %", verdict(abs(o.rss_ratio - 1) <= 0.10)),
+                Row(s, "RSS peak during outage", fmt_mb(o.rss_max), fmt_mb(o.rss_start), ratio(o.rss_max, o.rss_start)),
+                Row(s, "CPU share of one core while buffering", fmt_pct(o.cpu_share)),
+                Row(s, "disk per reading buffered (db + WAL)", f"{o.bytes_per_reading:.1f} B"),
+                Row(s, "disk per hour of outage at this rate",
+                    fmt_mb(o.bytes_per_reading * o.points_per_s * 3600)),
+            ]
+            print(text(rows[-5:]), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted")
+        return 130
+    finally:
+        if sub is not None:
+            sub.close()
+        procs.stop_all()
+        profile_text = [(title, summary(path)) for title, path in profiles]
+        shutil.rmtree(work, ignore_errors=True)
+
+    elapsed = time.monotonic() - t_start
+    print()
+    print(f"hazgate bench, {results['mode']} mode, {os.cpu_count()} CPUs, {elapsed:.0f} s, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(text(rows))
+    if notes:
+        print("\nnotes:")
+        for n in notes:
+            print(f"- {n}")
+    for title, lines in profile_text:
+        print(f"\nprofile of the agent, {title} (py-spy, figures above measured while sampling):")
+        print("\n".join(lines))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    if args.json:
+        results["elapsed_s"] = elapsed
+        results["notes"] = notes
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+def _win(w: live.Window) -> dict:
+    d = {k: v for k, v in asdict(w).items() if k not in ("events", "watched")}
+    d.update(rate=w.rate, acked_rate=w.acked_rate, cpu_us=w.cpu_us, cpu_share=w.cpu_share)
+    return d
+
+
+def _event_rows(section: str, a, b, baseline: str) -> list[Row]:  # noqa: ANN001
+    return [
+        Row(section, f"poll → wire p50 (baseline: {baseline})", fmt_ms(a.poll_p50), fmt_ms(b.poll_p50),
+            ratio(a.poll_p50, b.poll_p50)),
+        Row(section, f"poll → wire p99, n={a.n}", fmt_ms(a.poll_p99), fmt_ms(b.poll_p99),
+            ratio(a.poll_p99, b.poll_p99), "≤ 50 ms", verdict(a.poll_p99 <= 0.050)),
+        Row(section, f"register change → wire p50 / p99 ({EVENT_POLL * 1000:.0f} ms poll)",
+            f"{fmt_ms(a.change_p50)} / {fmt_ms(a.change_p99)}", f"{fmt_ms(b.change_p50)} / {fmt_ms(b.change_p99)}"),
+    ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
