@@ -94,11 +94,12 @@ async def test_poll_and_subscribe_values_timestamps_and_qualities(procs, tmp_pat
             assert nope.quality == "bad" and "BadNodeIdUnknown" in nope.reason, nope
             assert nons.quality == "bad" and "urn:not-on-this-server" in nons.reason and NS in nons.reason, nons
         # unchanged values never repeat a timestamp: poll stamps them with the collection time (None),
-        # subscribe with the server's latest confirmation (a publish response within half a poll)
+        # subscribe with the server's latest confirmation (a publish response every half poll; 1 s
+        # of slack for a loaded test machine)
         for at, samples in log[2:]:
             for s in samples:
                 if s.point.tag in EXPECT:
-                    assert (s.ts is None) if mode == "poll" else (at - 0.5 <= s.ts <= at), (mode, at, s)
+                    assert (s.ts is None) if mode == "poll" else (at - 1.0 <= s.ts <= at), (mode, at, s)
         for tag in EXPECT:
             stamps = [s.ts if s.ts is not None else at for at, samples in log for s in samples if s.point.tag == tag]
             assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), (mode, tag, stamps)
@@ -108,7 +109,7 @@ async def test_poll_and_subscribe_values_timestamps_and_qualities(procs, tmp_pat
         changed = [(at, s) for at, s in steps if s.raw == 20.0]
         first_at, first = changed[0]
         assert first.ts is not None, (mode, first)
-        assert t0 + STEP_AT - 0.01 <= first.ts <= t0 + STEP_AT + 0.3, (mode, first.ts - t0)
+        assert t0 + STEP_AT - 0.01 <= first.ts <= t0 + STEP_AT + 1.0, (mode, first.ts - t0)
         assert first.ts <= first_at
         assert all(s.ts is None or s.ts > first.ts for _, s in changed[1:]), (mode, changed)
         step_ts[mode] = first.ts
@@ -186,6 +187,7 @@ def test_sign_and_encrypt_with_generated_certificates_and_a_login(procs, tmp_pat
     points = [UaPoint("TT", f"nsu={NS};s=TT", "float64", {"const": 42.5}),
               UaPoint("ON", f"nsu={NS};s=ON", "bool", {"const": True})]
     (tmp_path / "pass").write_text("s3cret\n")
+    (tmp_path / "pass").chmod(0o600)
     plant = UaPlant(tmp_path, points, server={
         "security": ["Basic256Sha256_SignAndEncrypt", "Basic256Sha256_Sign"], "certificate": server_cert,
         "private_key": server_key, "trusted_clients": trusted, "users": {"operator": "s3cret"},

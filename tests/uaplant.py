@@ -161,6 +161,7 @@ def make_cert(folder: Path, name: str, uri: str, *, server: bool = False, days: 
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
+    key_path.chmod(0o600)  # a private key readable by others is a config problem
     return cert_path, key_path
 
 
