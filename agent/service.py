@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -263,9 +264,13 @@ class Service:
         plan = plan_reload(self.cfg, new)
         try:
             await self.agent.apply_config(new, plan)
-        except Exception as exc:  # the store refused to register new points: nothing was changed
+        except sqlite3.Error as exc:  # the store refused to register the new points: nothing changed
             log.error("reload refused: cannot register the new points in the store; still running the "
                       "previous config", extra={"fields": {"config": str(path), "error": str(exc)}})
+            return False
+        except Exception:  # a bug part way through: say so plainly, keep the service alive
+            log.exception("reload failed part way: restart the service to run the new config",
+                          extra={"fields": {"config": str(path)}})
             return False
         old, self.cfg = self.cfg, new
         if self.progress is not None:
@@ -447,7 +452,12 @@ def health_listen(cfg: GatewayConfig) -> tuple[str, int] | None:
 def journal_prefixes() -> None:
     """Under systemd (JOURNAL_STREAM set) prefix each line with its syslog priority, `<3>` for
     errors and so on: `journalctl -p warning -u hazgate` then shows warnings and worse."""
-    if not os.environ.get("JOURNAL_STREAM"):
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return
+    if stream != f"{st.st_dev}:{st.st_ino}":  # stderr is not (or no longer) the journal
         return
     levels = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
