@@ -28,10 +28,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, live, outage
+from bench import backfill, live, outage, stages
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
-from bench.profile import summary
+from bench.profile import by_stage, summary
 from bench.report import (
     Row,
     fmt_mb,
@@ -46,7 +46,7 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages")
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
@@ -84,8 +84,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="hazgate-bench-"))
     procs = Procs(work)
     rows: list[Row] = []
+    stage_rows: list = []
     notes: list[str] = []
-    profiles: list[tuple[str, Path]] = []
+    profiles: list[tuple[str, Path, live.Window]] = []
     results: dict = {"mode": "full" if args.full else "quick", "cpus": os.cpu_count(), "started": time.time()}
     sub = None
 
@@ -94,6 +95,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     t_start = time.monotonic()
+    load0, busy0 = _load(), _busy()
     try:
         plant, units, bf_live, ev = build_plant(work)
         sim = start_simulator(procs, plant)
@@ -113,7 +115,7 @@ def main() -> int:
             agent = live.run_agent(ctx, "e2e", units, E2E_POLL, P["e2e_warm"], P["e2e"], timeout=E2E_TIMEOUT,
                                    profile=prof)
             if prof and prof.exists():
-                profiles.append(("end to end (saturated)", prof))
+                profiles.append(("end to end (saturated)", prof, agent))
             results["e2e"] = {"agent": _win(agent), "raw": _win(raw)}
             cap, raw_cap = 1e6 / agent.cpu_us, 1e6 / raw.cpu_us
             s = f"end to end: {n_points} points polled back to back"
@@ -125,6 +127,8 @@ def main() -> int:
                     fmt_rate(raw.polled / raw.seconds), ratio(agent.polled, raw.polled)),
                 Row(s, "CPU per delivered reading", fmt_us(agent.cpu_us), fmt_us(raw.cpu_us),
                     ratio(agent.cpu_us, raw.cpu_us)),
+                Row(s, "CPU per polled reading", fmt_us(agent.cpu_s / agent.polled * 1e6 if agent.polled else math.nan),
+                    fmt_us(raw.cpu_s / raw.polled * 1e6 if raw.polled else math.nan)),
                 Row(s, "one-core capacity (1 s / CPU per reading)", fmt_rate(cap), fmt_rate(raw_cap),
                     ratio(cap, raw_cap), "≥ 60 000/s", verdict(cap >= 60_000)),
                 Row(s, "CPU share of one core", fmt_pct(agent.cpu_share), fmt_pct(raw.cpu_share),
@@ -145,7 +149,7 @@ def main() -> int:
             agent = live.run_agent(ctx, "steady", [*units, ev], "1s", P["steady_warm"], P["steady"],
                                    polls={ev.name: f"{EVENT_POLL * 1000:.0f}ms"}, profile=prof)
             if prof and prof.exists():
-                profiles.append(("steady load, 10 000 points at 1 s", prof))
+                profiles.append(("steady load, 10 000 points at 1 s", prof, agent))
             ev_agent = agent_events(plant, agent.events, since=agent.started + 2.0)
             ev_raw = raw_readings(plant, raw.watched)
             results["steady"] = {"agent": _win(agent), "raw": _win(raw), "events": asdict(ev_agent),
@@ -201,6 +205,11 @@ def main() -> int:
                     fmt_mb(o.bytes_per_reading * o.points_per_s * 3600)),
             ]
             print(text(rows[-5:]), flush=True)
+
+        if "stages" in only:
+            print("stages: per-reading cost of each agent stage, in this process", flush=True)
+            stage_rows = stages.measure(broker=True)
+            results["stages"] = stage_rows
     except KeyboardInterrupt:
         print("interrupted")
         return 130
@@ -208,28 +217,53 @@ def main() -> int:
         if sub is not None:
             sub.close()
         procs.stop_all()
-        profile_text = [(title, summary(path)) for title, path in profiles]
+        profile_text = [(title, by_stage(path, w.polled, w.cpu_s, w.seconds) + [""] + summary(path))
+                        for title, path, w in profiles]
         shutil.rmtree(work, ignore_errors=True)
 
     elapsed = time.monotonic() - t_start
+    busy1 = _busy()
+    machine = (f"machine: load average {load0} at start, {_load()} at end; all CPUs "
+               f"{(busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100:.0f} % busy during the run "
+               "(everything measured plus whatever else ran)")
+    notes.insert(0, machine)
     print()
     print(f"hazgate bench, {results['mode']} mode, {os.cpu_count()} CPUs, {elapsed:.0f} s, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    print(text(rows))
+    if rows:
+        print(text(rows))
     if notes:
         print("\nnotes:")
         for n in notes:
             print(f"- {n}")
+    if stage_rows:
+        print("\nper-reading cost by stage (bench/stages.py: the agent's own code, 10 000 points):")
+        print(stages.render(stage_rows))
     for title, lines in profile_text:
-        print(f"\nprofile of the agent, {title} (py-spy, figures above measured while sampling):")
+        print(f"\nprofile of the agent, {title}: py-spy --gil over the measured window, CPU µs per "
+              "polled reading (figures above measured while sampling):")
         print("\n".join(lines))
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        md = markdown(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        if stage_rows:
+            md += "\n```\n" + stages.render(stage_rows) + "\n```\n"
+        Path(args.markdown).write_text(md)
     if args.json:
         results["elapsed_s"] = elapsed
         results["notes"] = notes
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return 0
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
 
 
 def _win(w: live.Window) -> dict:

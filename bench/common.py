@@ -246,7 +246,9 @@ def gateway_toml(work: Path, name: str, gw_id: str, broker_port: int, units: lis
     path = work / f"{name}.toml"
     path.write_text(f'[gateway]\nid = "{gw_id}"\nenterprise_code = "1"\ndata_dir = "{data}"\n'
                     f'[uplink]\nbroker = "mqtt://127.0.0.1:{broker_port}"\ntopic_prefix = "{TOPIC_PREFIX}"\n'
-                    f'[store]\n{store}\n' + "\n".join(devs))
+                    f'[store]\n{store}\n'
+                    # this machine's kernel may say "unsynchronized": readings would all be uncertain
+                    '[clock]\nsync_source = "trust"\n' + "\n".join(devs))
     return path
 
 
