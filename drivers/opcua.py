@@ -246,12 +246,10 @@ class OpcUaDriver:
             client = await self._open()
             await self._prepare(client)
         except asyncio.CancelledError:
-            if client is not None:
-                await self._dispose(client)
+            await self._abandon(client)
             raise
-        except (DeviceError, Exception) as exc:
-            if client is not None:
-                await self._dispose(client)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the reason of the readings
+            await self._abandon(client)
             self._last_error = str(exc) if isinstance(exc, DeviceError) else f"connect failed: {self.explain(exc)}"
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
             self._retry_at = time.monotonic() + self._backoff
@@ -446,6 +444,16 @@ class OpcUaDriver:
             self._backoff = 0.0
             self._retry_at = 0.0  # one immediate attempt; back-off from there
         await self._dispose(client)
+
+    async def _abandon(self, client: Client | None) -> None:
+        """Undo a connection attempt that failed half-way (the subscription consumer included)."""
+        consumer, self._consumer, self._sub = self._consumer, None, None
+        if consumer is not None:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await consumer
+        if client is not None:
+            await self._dispose(client)
 
     @staticmethod
     async def _dispose(client: Client) -> None:
