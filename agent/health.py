@@ -213,6 +213,7 @@ class StoreStats:
         self.values: dict[str, Any] = {}
         self.active: dict[str, int] = {}
         self.at: float | None = None  # monotonic time of the last good read
+        self.at_wall = 0.0  # the same, wall clock: ages are told as of the read
         self.took = 0.0
         self.error: str | None = None
         self._running = False
@@ -243,18 +244,24 @@ class StoreStats:
         try:
             self.values, self.active = await asyncio.get_running_loop().run_in_executor(self._pool, self._read)
             self.at, self.took, self.error = time.monotonic(), time.monotonic() - now, None
+            self.at_wall = time.time()
         except (sqlite3.Error, OSError) as exc:
             self.error = str(exc)
         finally:
             self._running = False
+
+    def oldest_age(self) -> float:
+        """Age of the oldest unacknowledged reading when the figures were read (0: none)."""
+        oldest = self.values.get("oldest_unsent_ms")
+        return round(max(0.0, self.at_wall - oldest / 1000), 3) if oldest else 0.0
 
     async def close(self) -> None:
         def shut() -> None:
             if self._store is not None:
                 self._store.close()
 
-        with contextlib.suppress(RuntimeError):
-            await asyncio.get_running_loop().run_in_executor(self._pool, shut)
+        with contextlib.suppress(RuntimeError, TimeoutError):  # bounded: a stuck disk must not hold the stop
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, shut), 2.0)
         self._pool.shutdown(wait=False)
 
 

@@ -211,8 +211,7 @@ class Service:
                      f"{uplink.reconnects} reconnects)")
         st = self.stats.values
         if st:
-            oldest = st.get("oldest_unsent_ms")
-            age = f", oldest {max(0.0, time.time() - oldest / 1000):.0f}s" if oldest else ""
+            age = f", oldest {self.stats.oldest_age():.0f}s" if st.get("oldest_unsent_ms") else ""
             parts.append(f"{st.get('readings_buffered', 0)} readings buffered{age}")
         if agent.store_error:
             parts.append(f"store refuses writes, {len(agent._pending)} readings held in memory")
@@ -380,14 +379,13 @@ class Service:
                     [({"device": d.device.name}, m) for d, m in metered])
         st = self.stats.values
         if st:
-            oldest = st.get("oldest_unsent_ms")
             e.family("hazgate_readings_buffered", "gauge", "Readings in the store not yet acknowledged.",
                      st["readings_buffered"])
             e.family("hazgate_readings_unsent", "gauge", "Readings in the store not yet put into a message.",
                      st["readings_unsent"])
             e.family("hazgate_oldest_unsent_age_seconds", "gauge",
-                     "Age of the oldest reading not yet acknowledged (0 when none).",
-                     round(max(0.0, time.time() - oldest / 1000), 3) if oldest else 0)
+                     "Age of the oldest reading not yet acknowledged, when the store figures were read "
+                     "(0 when none).", self.stats.oldest_age())
             e.family("hazgate_events_buffered", "gauge", "Events not yet put into a message.", st["events_buffered"])
             e.family("hazgate_messages_unacked", "gauge", "Messages published or waiting, not yet acknowledged.",
                      st["messages_unacked"])
