@@ -155,8 +155,10 @@ class UaPlc:
 
     async def _loop(self) -> None:
         interval = self.o.get("update_interval", 0.1)
-        while True:
-            await asyncio.sleep(interval)
+        due = time.monotonic()
+        while True:  # on a fixed cadence: an update that takes a while does not stretch the period
+            due += interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             try:
                 await self._update()
             except Exception:  # noqa: BLE001 - keep serving

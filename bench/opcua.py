@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +79,7 @@ class Counter:
     def __init__(self, port: int):
         import paho.mqtt.client as mqtt
 
-        self.arrivals: list[float] = []
+        self.arrivals: list[tuple[float, int]] = []  # (arrival, readings in the message)
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
         self.client.on_message = self._on_message
@@ -89,14 +88,20 @@ class Counter:
         self.client.loop_start()
 
     def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
-        stamps = [datetime.fromisoformat(r["ts"]).timestamp() for r in json.loads(msg.payload).get("readings", [])]
+        n = len(json.loads(msg.payload).get("readings", []))
         with self.lock:
-            self.arrivals.extend(stamps)
+            self.arrivals.append((time.time(), n))
 
     def count(self, start: float, end: float) -> int:
-        """Readings whose collection (or source) time lies in [start, end), wall clock."""
         with self.lock:
-            return sum(1 for ts in self.arrivals if start <= ts < end)
+            return sum(n for at, n in self.arrivals if start <= at < end)
+
+    def rate(self, start: float, end: float) -> float:
+        """Readings per second over the messages that arrived in [start, end): fence-posted from the
+        first arrival to the last, the first message's readings not counted (they came before)."""
+        with self.lock:
+            got = [(at, n) for at, n in self.arrivals if start <= at < end]
+        return sum(n for _, n in got[1:]) / (got[-1][0] - got[0][0]) if len(got) > 1 else 0.0
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -160,8 +165,7 @@ def measure_agent(work: Path, mode: str, ua_port: int, broker_port: int, counter
         rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{agent.p.pid}/status").read_text().splitlines()
                    if ln.startswith("VmRSS:"))
         time.sleep(2.5)  # let the last publishes of the window arrive
-        readings = counter.count(start, end)
-        return {"readings_per_s": readings / (end - start), "cpu_pct": 100 * (cpu1 - cpu0) / (end - start),
+        return {"readings_per_s": counter.rate(start, end), "cpu_pct": 100 * (cpu1 - cpu0) / (end - start),
                 "server_cpu_pct": 100 * (sim1 - sim0) / (end - start), "rss_mib": rss / 1024}
     finally:
         agent.stop()
@@ -202,19 +206,21 @@ async def raw_client(mode: str, ua_port: int, points: int, seconds: float) -> di
             sub = await client.create_subscription(1000, handler=None, queue_maxsize=10 * points)
             await sub.subscribe_data_change([client.get_node(n) for n in nodes], sampling_interval=1000)
 
-            async def drain(until: float, window: tuple[float, float]) -> int:
-                n = 0
+            async def drain(until: float) -> list[float]:
+                arrivals = []
                 while (left := until - time.monotonic()) > 0:
-                    ev = await sub.next_event(timeout=left)
-                    if ev is not None:  # counted by the server's source time, as the agent's by theirs
-                        src = ev.data.monitored_item.Value.SourceTimestamp.timestamp()
-                        n += window[0] <= src < window[1]
-                return n
+                    if await sub.next_event(timeout=left) is not None:
+                        arrivals.append(time.monotonic())
+                return arrivals
 
-            await drain(time.monotonic() + 3, (0, 0))
-            start, cpu0, wall = time.monotonic(), time.process_time(), time.time()
-            got = await drain(start + seconds + 2.5, (wall, wall + seconds))
-            span = seconds  # values stamped within the window; CPU over the window and a 2.5 s tail
+            await drain(time.monotonic() + 3)
+            start, cpu0 = time.monotonic(), time.process_time()
+            arrivals = await drain(start + seconds)
+            # fence-posted over whole publishes: from the first notification of the first publish to
+            # the first of the last, the last publish not counted
+            firsts = [t for i, t in enumerate(arrivals) if i == 0 or t - arrivals[i - 1] > 0.2]
+            got = sum(1 for t in arrivals if firsts[0] <= t < firsts[-1]) if len(firsts) > 1 else 0
+            span = firsts[-1] - firsts[0] if len(firsts) > 1 else float(seconds)
         end, cpu1 = time.monotonic(), time.process_time()
     finally:
         await client.disconnect()
