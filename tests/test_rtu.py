@@ -111,6 +111,8 @@ async def run_units(config: Path, names: list[str], seconds: float) -> dict[str,
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     for r in out.values():
+        bus = getattr(r["driver"], "bus", None)
+        r["bus_requests"] = bus.requests if bus else 0  # requests on the whole line, all units
         await r["driver"].close()
         r["good_polls"] = sum(1 for _, every in r["polls"] if every and all(x.quality == "good" for x in every))
         r["started"] = started
@@ -148,12 +150,12 @@ async def test_three_slaves_one_silent_one_garbling(procs, tmp_path: Path) -> No
     for r in (mute, noisy):
         assert r["task"].link == "down" and r["driver"].backoffs >= 2
     # bus time: the faulty units asked little once backed off (a probe now and then)
-    bus_requests = good["driver"].bus.requests if good["driver"].bus else None
     gaps = [b - a for (a, _), (b, _) in zip(good["polls"], good["polls"][1:], strict=False)]
     print(f"\nhealthy unit: {rate_alone:.2f} good polls/s alone, {rate_crowd:.2f} with a silent and a garbling "
           f"neighbour (poll gaps {min(gaps):.3f}-{max(gaps):.3f} s, median {statistics.median(gaps):.3f} s); "
           f"faulty units: {len(mute['polls'])} and {len(noisy['polls'])} polls reported, "
-          f"{mute['driver'].backoffs} and {noisy['driver'].backoffs} back-offs; bus requests {bus_requests}")
+          f"{mute['driver'].backoffs} and {noisy['driver'].backoffs} back-offs; requests on the line: "
+          f"{alone['bus_requests']} alone, {good['bus_requests']} with them")
 
 
 def _read(config: Path, device: str) -> subprocess.CompletedProcess[str]:
