@@ -145,7 +145,7 @@ def freeze(mnt: Path, on: bool) -> None:
 
 def test_watchdog_pings_follow_progress_and_stop_while_the_disk_hangs(broker, procs, tmp_path: Path,
                                                                        loop_fs: Path) -> None:
-    wd_usec = 3_000_000  # stale after 1.5 s, checked every 0.75 s
+    wd_usec = 4_000_000  # stale after 2 s, checked every second
     dev = DeviceSpec("plc", simple_points("A"), poll_interval="200ms", timeout="150ms")
     plant = write_plant(tmp_path, broker.url, [dev])
     data = loop_fs / "data"
@@ -164,7 +164,7 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_disk_hangs(broker, pr
         t0 = time.monotonic()
         time.sleep(4.0)
         pings = len(sock.having("WATCHDOG", t0 + 1.0))
-        assert pings >= 3, f"only {pings} pings while the PLC was down"
+        assert pings >= 2, f"only {pings} pings while the PLC was down"
         status, report = healthz(port)
         assert status == 503 and "all devices down" in report["problems"], report
         assert not any(p.startswith("stuck") for p in report["problems"]), report
@@ -176,9 +176,9 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_disk_hangs(broker, pr
         freeze(loop_fs, True)
         frozen = time.monotonic()
         try:
-            time.sleep(8.0)
-            late = sock.having("WATCHDOG", frozen + 4.0)
-            assert not late, f"{len(late)} pings 4-8 s into the freeze"
+            time.sleep(9.0)
+            late = sock.having("WATCHDOG", frozen + 5.0)
+            assert not late, f"{len(late)} pings 5-9 s into the freeze"
             stopped_after = max((n.at for n in sock.having("WATCHDOG", frozen)), default=frozen) - frozen
             status, report = healthz(port)
             assert status == 503 and any(p.startswith("stuck: ") for p in report["problems"]), report
@@ -200,8 +200,8 @@ def test_watchdog_pings_follow_progress_and_stop_while_the_disk_hangs(broker, pr
     seqs = sorted({m.seq for m in sub.messages if m.seq is not None})
     assert seqs == list(range(1, seqs[-1] + 1)), f"seq gaps: {sorted(set(range(1, seqs[-1] + 1)) - set(seqs))}"
     stamps = sorted({parse_ts(r["ts"]) for r in sub.readings("A_LT")})
-    during = [t for t in stamps if frozen_at_wall <= t <= frozen_at_wall + 8]
-    assert len(during) >= 30, f"only {len(during)} readings from the 8 s freeze (polled every 0.2 s)"
+    during = [t for t in stamps if frozen_at_wall <= t <= frozen_at_wall + 9]
+    assert len(during) >= 35, f"only {len(during)} readings from the 9 s freeze (polled every 0.2 s)"
     holes = [(a, b) for a, b in zip(stamps, stamps[1:], strict=False)
              if b - a > 0.5 and frozen_at_wall - 1 <= a <= thawed_wall + 1]
     assert not holes, f"holes in the collection times around the freeze: {holes}"
