@@ -62,9 +62,9 @@ def build_plant(work: Path) -> tuple[Plant, list[Unit], Unit, Unit]:
     return Plant(work, [*main, bf_live, ev]), main, bf_live, ev
 
 
-def machine_note(w: live.Window) -> str:
+def machine_note(phase: str, w: live.Window) -> str:
     h = w.helpers
-    return (f"{w.who}: simulator {h.get('simulator', math.nan) * 100:.0f} %, mosquitto "
+    return (f"{phase}, {w.who} window: simulator {h.get('simulator', math.nan) * 100:.0f} %, mosquitto "
             f"{h.get('mosquitto', math.nan) * 100:.0f} %, bench subscriber {h.get('bench', math.nan) * 100:.0f} % of a core")
 
 
@@ -108,6 +108,7 @@ def main() -> int:
               f"on {len(units)} units + {bf_live.n_points} live + {ev.n_points} event points", flush=True)
 
         if "e2e" in only:
+            first = len(rows)
             print(f"e2e: raw baseline, then the agent, polling {n_points} points back to back "
                   f"({P['e2e']} s windows)", flush=True)
             raw = live.run_raw(ctx, units, 0.0, P["e2e_warm"], P["e2e"])
@@ -137,10 +138,11 @@ def main() -> int:
                 Row(s, "live reading latency p50 / p99", f"{fmt_s(agent.lat_p50)} / {fmt_s(agent.lat_p99)}",
                     f"{fmt_s(raw.lat_p50)} / {fmt_s(raw.lat_p99)}"),
             ]
-            notes += [machine_note(raw), machine_note(agent)]
-            print(text(rows), flush=True)
+            notes += [machine_note("end to end", raw), machine_note("end to end", agent)]
+            print(text(rows[first:]), flush=True)
 
         if "steady" in only:
+            first = len(rows)
             print(f"steady: {n_points} points every 1 s and {ev.n_points} event points every "
                   f"{EVENT_POLL * 1000:.0f} ms ({P['steady']} s windows)", flush=True)
             raw = live.run_raw(ctx, [*units, ev], 1.0, P["steady_warm"], P["steady"],
@@ -168,10 +170,11 @@ def main() -> int:
             ]
             e = "events (no back-fill, under the steady load)"
             rows += _event_rows(e, ev_agent, ev_raw, "raw: same register's reading")
-            notes += [machine_note(raw), machine_note(agent)]
-            print(text(rows[-7:]), flush=True)
+            notes += [machine_note("steady", raw), machine_note("steady", agent)]
+            print(text(rows[first:]), flush=True)
 
         if "backfill" in only:
+            first = len(rows)
             print(f"backfill: {P['readings']:,} readings buffered, raw drain then the agent's", flush=True)
             b = backfill.run(ctx, bf_live, ev, P["readings"], after_s=P["after"])
             results["backfill"] = asdict(b)
@@ -181,14 +184,15 @@ def main() -> int:
                 Row(s, "drain rate, readings/s acknowledged", fmt_rate(b.rate), fmt_rate(b.raw_rate),
                     ratio(b.rate, b.raw_rate), "≥ 100 000/s", verdict(b.rate >= 100_000)),
                 Row(s, "live latency p99 during drain (baseline: after)", fmt_s(b.live_during[1]),
-                    fmt_s(b.live_after[1]), f"+{extra:.2f} s", "≤ +1 s", verdict(extra <= 1.0)),
+                    fmt_s(b.live_after[1]), f"{extra:+.2f} s", "≤ +1 s", verdict(extra <= 1.0)),
                 Row(s, "store size per million readings", f"{b.mb_per_million:.1f} MB"),
             ]
             rows += _event_rows("events during back-fill (baseline: after it)", b.events_during, b.events_after,
                                 "same agent after the drain")
-            print(text(rows[-7:]), flush=True)
+            print(text(rows[first:]), flush=True)
 
         if "outage" in only:
+            first = len(rows)
             out_units = units[:5]
             print(f"outage: {sum(u.n_points for u in out_units)} points/s, broker gone for {P['outage']} s",
                   flush=True)
@@ -204,7 +208,7 @@ def main() -> int:
                 Row(s, "disk per hour of outage at this rate",
                     fmt_mb(o.bytes_per_reading * o.points_per_s * 3600)),
             ]
-            print(text(rows[-5:]), flush=True)
+            print(text(rows[first:]), flush=True)
 
         if "stages" in only:
             print("stages: per-reading cost of each agent stage, in this process", flush=True)
