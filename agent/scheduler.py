@@ -48,6 +48,11 @@ class DeviceTask:
                 raise
             except Exception:  # a bug or surprise in one poll must not end the device
                 log.exception("poll failed", extra={"fields": {"device": self.device.name}})
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (inside pymodbus) can swallow a cancel that arrives
+                # with a response: honour it here, or SIGTERM would not stop a busy device
+                raise asyncio.CancelledError
             due += interval
             now = time.monotonic()
             if due - now < interval / 2:  # late: skip the slots it missed, and one too close to now
