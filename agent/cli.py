@@ -26,14 +26,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceConfig | None
+    """The device named on the command line, or None after saying which devices exist."""
+    cfg = _load(args.config)
+    try:
+        return cfg.device(args.device)
+    except KeyError as exc:
+        print(f"hazgate {command}: {exc.args[0]}", file=sys.stderr)
+        return None
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     from agent.commission import read_device
 
-    cfg = _load(args.config)
-    try:
-        device = cfg.device(args.device)
-    except KeyError as exc:
-        print(f"hazgate read: {exc.args[0]}", file=sys.stderr)
+    device = _device(args, "read")
+    if device is None:
         return EXIT_USAGE
     return asyncio.run(read_device(device))
 
@@ -41,11 +48,8 @@ def cmd_read(args: argparse.Namespace) -> int:
 def cmd_browse(args: argparse.Namespace) -> int:
     from agent.browse import browse_device
 
-    cfg = _load(args.config)
-    try:
-        device = cfg.device(args.device)
-    except KeyError as exc:
-        print(f"hazgate browse: {exc.args[0]}", file=sys.stderr)
+    device = _device(args, "browse")
+    if device is None:
         return EXIT_USAGE
     if args.depth < 1 or args.max_nodes < 1:
         print("hazgate browse: --depth and --max-nodes must be 1 or more", file=sys.stderr)

@@ -23,6 +23,17 @@ REFUSED = (2, 3)  # codes that mean "not this address": worth splitting the bloc
 Request = Callable[[str, int, int], Awaitable[Any]]
 
 
+async def read_table(client: Any, table: str, start: int, count: int, unit: int) -> Any:
+    """The pymodbus read request for one table (hr, ir, co, di): the only calls drivers make."""
+    if table == "hr":
+        return await client.read_holding_registers(start, count=count, device_id=unit)
+    if table == "ir":
+        return await client.read_input_registers(start, count=count, device_id=unit)
+    if table == "co":
+        return await client.read_coils(start, count=count, device_id=unit)
+    return await client.read_discrete_inputs(start, count=count, device_id=unit)
+
+
 class BlockReader:
     """Reads all points of a device block by block; refines the plan when blocks are refused."""
 

@@ -28,7 +28,7 @@ from pymodbus.framer import FramerType
 
 from agent.config import SERIAL_DEFAULTS, DeviceConfig
 from drivers.base import BAD, DeviceError, Sample
-from drivers.modbus_read import BlockReader
+from drivers.modbus_read import BlockReader, read_table
 
 log = logging.getLogger("hazgate.rtu")
 
@@ -188,13 +188,7 @@ class SerialBus:
             self._rx = 0
             self.requests += 1
             try:
-                if table == "hr":
-                    return await c.read_holding_registers(start, count=count, device_id=unit)
-                if table == "ir":
-                    return await c.read_input_registers(start, count=count, device_id=unit)
-                if table == "co":
-                    return await c.read_coils(start, count=count, device_id=unit)
-                return await c.read_discrete_inputs(start, count=count, device_id=unit)
+                return await read_table(c, table, start, count, unit)
             except ModbusIOException:
                 if self._rx:
                     raise GarbledAnswer(f"garbled answer ({self._rx} bytes without a valid frame: "

@@ -12,7 +12,7 @@ from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponen
 
 from agent.config import DeviceConfig
 from drivers.base import BAD, DeviceError, Sample
-from drivers.modbus_read import BlockReader
+from drivers.modbus_read import BlockReader, read_table
 
 log = logging.getLogger("hazgate.modbus")
 
@@ -80,14 +80,7 @@ class ModbusTcpDriver:
 
     async def _request(self, table: str, start: int, count: int):
         """One read request; raises ModbusException/ConnectionException/TimeoutError."""
-        c, unit = self.client, self.device.unit
-        if table == "hr":
-            return await c.read_holding_registers(start, count=count, device_id=unit)
-        if table == "ir":
-            return await c.read_input_registers(start, count=count, device_id=unit)
-        if table == "co":
-            return await c.read_coils(start, count=count, device_id=unit)
-        return await c.read_discrete_inputs(start, count=count, device_id=unit)
+        return await read_table(self.client, table, start, count, self.device.unit)
 
     async def read(self) -> list[Sample]:
         if not await self._ensure_connected():
