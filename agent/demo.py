@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 from agent.config import load_config
 from agent.liveview import LiveView, ProcessRow
+from agent.loopback import free_port
 from agent.problems import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,12 +119,6 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plant_copy(plant: Path, workdir: Path, busy: set[int]) -> tuple[Path, dict]:

@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+
+from agent.loopback import free_port, wait_port  # noqa: F401 - the bench modules import free_port from here
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -36,23 +37,6 @@ TOPIC_PREFIX = "hazchem"
 
 
 # --- ports ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
-
-
-# --- processes ------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -124,7 +108,7 @@ def start_broker(procs: Procs, port: int, name: str = "mosquitto") -> subprocess
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
                     "max_inflight_messages 100\npersistence false\n")
     p = procs.start(name, [mosquitto_binary(), "-c", str(conf)])
-    wait_port(port)
+    wait_port(port, 30)
     return p
 
 

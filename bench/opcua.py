@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,27 +27,13 @@ import threading
 import time
 from pathlib import Path
 
+from agent.loopback import free_port, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HAZGATE = [PY, "-m", "agent.cli"]
 NS = "urn:hazgate:bench"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, within: float) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing on 127.0.0.1:{port} after {within}s")
 
 
 def cpu_seconds(pid: int) -> float:
