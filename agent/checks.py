@@ -614,10 +614,11 @@ class Checker:
 
 class CheckStage:
     """The checks inside `hazgate run`: `feed` (from the poll sink, never waits) and a writer task
-    that stores events with the active state in one transaction, then wakes the uplink."""
+    that stores events with the active state in one transaction (an urgent store call), then
+    tells the uplink (`on_events`) to publish them."""
 
-    def __init__(self, cfg: GatewayConfig, store: Any, wake: asyncio.Event):
-        self.cfg, self.store, self.wake = cfg, store, wake
+    def __init__(self, cfg: GatewayConfig, store: Any, on_events: Callable[[], None]):
+        self.cfg, self.store, self.on_events = cfg, store, on_events
         self.checker: Checker | None = None  # built once the saved active state is loaded
         self._ready = asyncio.Event()
         self.errors = 0
@@ -658,7 +659,7 @@ class CheckStage:
             self._ready.clear()
             batch = c.take()
             try:
-                await self.store.call("record_checks", *batch)
+                await self.store.call_urgent("record_checks", *batch)
             except sqlite3.Error as exc:
                 c.put_back(*batch)
                 if not failed:
@@ -670,7 +671,7 @@ class CheckStage:
                 continue
             failed = False
             if batch[0]:
-                self.wake.set()
+                self.on_events()
 
     async def flush(self) -> None:
         """On stop: what the last polls raised goes to disk (published on the next start)."""

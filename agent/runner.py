@@ -7,6 +7,8 @@ import contextlib
 import gc
 import logging
 import sqlite3
+from collections.abc import Coroutine
+from typing import Any
 
 from agent import __version__
 from agent.checks import CheckStage
@@ -25,6 +27,7 @@ STOP_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
 STORE_RETRY = 5.0
 UNKNOWN_AGE_S = 1e9
+WRITE_CHUNK = 5_000  # rows per commit (about 15 ms of the store thread here)
 HELD_MAX = 500_000  # readings kept in memory while the store refuses writes (disk full, read-only)
 
 
@@ -34,7 +37,7 @@ class Agent:
         self.store = AsyncStore(cfg.data_dir)
         self.started_ms = now_ms()
         self.uplink = Uplink(cfg, self.store, self.started_ms, on_state=self._uplink_state)
-        self.checks = CheckStage(cfg, self.store, self.uplink.wake)  # alarms, gas, interlocks: events first
+        self.checks = CheckStage(cfg, self.store, self.uplink.events_stored)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
         self._pids: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
@@ -59,7 +62,10 @@ class Agent:
             with contextlib.suppress(sqlite3.Error):
                 await self.store.call(name, *args)
 
-        task = asyncio.get_running_loop().create_task(call())
+        self._spawn(call())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)  # keep a reference until done
         task.add_done_callback(self._background.discard)
 
@@ -87,8 +93,15 @@ class Agent:
                     "ts": rfc3339(ts), "source": "gateway", **fields}
 
     def _gateway_event(self, kind: str, severity: str, state: str, **fields: object) -> None:
-        self._background_call("add_event", *self._event(kind, severity, state, **fields))
-        self.uplink.wake.set()
+        """Stored ahead of waiting readings, then published; a store that is down misses it."""
+        event = self._event(kind, severity, state, **fields)
+
+        async def store() -> None:
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call_urgent("add_event", *event)
+                self.uplink.events_stored()
+
+        self._spawn(store())
 
     def _clock_stepped(self, step: float) -> None:
         self._gateway_event("clock_step", "warning", "stepped", step_s=round(step, 3),
@@ -147,15 +160,21 @@ class Agent:
             return
 
     async def _writer(self) -> None:
-        """Group commit: everything polled since the last commit goes in one transaction."""
+        """Group commit: what was polled since the last commit goes in one transaction, at most
+        WRITE_CHUNK rows, so one commit never keeps the store thread (and events) waiting long."""
         await self._open_store()
         while True:
             await self._written.wait()
             self._written.clear()
-            rows, self._pending = self._pending, []
+            rows, self._pending = self._pending[:WRITE_CHUNK], self._pending[WRITE_CHUNK:]
+            if self._pending:
+                self._written.set()  # the rest in the next turn
             pids = self._pids
             try:
-                await self.store.call("add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in rows])
+                # shielded: a stop that cancels the writer while this waits its turn does not
+                # lose the rows; the store thread still writes them, before stop() writes the rest
+                await asyncio.shield(self.store.call(
+                    "add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in rows]))
                 if self._dropped[0]:
                     await self._report_dropped()
             except sqlite3.Error as exc:
@@ -174,11 +193,11 @@ class Agent:
     async def _report_dropped(self) -> None:
         """Loss is never silent: readings dropped from memory become an event on the wire."""
         count, first, last = self._dropped
-        await self.store.call("add_event", *self._event(
+        await self.store.call_urgent("add_event", *self._event(
             "readings_dropped", "alarm", "dropped", count=count, from_ts=rfc3339(first),
             to_ts=rfc3339(last), reason=f"store unavailable and more than {HELD_MAX} readings waiting in memory"))
         self._dropped = [0, 0, 0]
-        self.uplink.wake.set()
+        self.uplink.events_stored()
 
     async def _maintain(self) -> None:
         """Enforce the store's size and age bounds; report every eviction."""
@@ -198,7 +217,7 @@ class Agent:
                 log.warning("buffer eviction", extra={"fields": {
                     "count": ev["count"], "from": ev["from_ts"], "to": ev["to_ts"], "reason": ev["reason"]}})
             if events:
-                self.uplink.wake.set()
+                self.uplink.events_stored()
 
     async def start(self) -> None:
         for dev in self.cfg.devices:
@@ -268,7 +287,7 @@ class Agent:
         """New rules or points: a new check stage, built from the active conditions in the store
         once everything the old one raised is there."""
         old = self.checks
-        self.checks = CheckStage(new, self.store, self.uplink.wake)  # polls feed the new one from now on
+        self.checks = CheckStage(new, self.store, self.uplink.events_stored)  # polls feed the new one from now on
         for _ in range(100):  # let the old stage's writer take what it still holds
             if old.checker is None or not old.checker.pending:
                 break

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +57,30 @@ CREATE TABLE IF NOT EXISTS active(
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
 Builder = Callable[[int, list[tuple]], bytes]
+EVENTS_PER_MESSAGE = 100
+
+
+@dataclass(slots=True)
+class DrainRequest:
+    """What the uplink asks of one `Store.drain` call."""
+    acks: list[int]  # seqs the broker acknowledged since the last call
+    sent_upto: int  # highest seq already handed to this connection
+    room: int  # free places in the in-flight window
+    build_events: Builder
+    build_live: Builder | None  # None: live readings are not due yet
+    live_batch: int
+    watermark: int  # readings up to this id are backlog; 0: no backlog
+    build_backlog: Builder | None
+    backlog_batch: int
+    budget: int  # readings to number at most in this call (keeps the store thread's turns short)
+
+
+@dataclass(slots=True)
+class DrainResult:
+    messages: list[tuple[int, str, bool, bytes]] = field(default_factory=list)  # (seq, kind, retain, payload)
+    error: sqlite3.Error | None = None  # the store refused writes: nothing new was numbered
+    live_short: bool = False  # live readings are exhausted (the last batch was not full)
+    backlog_done: bool = False
 
 
 class Store:
@@ -253,33 +281,83 @@ class Store:
         Rows handed to `build`: (ts_ms, tag, unit, type, value, quality name, reason).
         Returns (seq, readings) or None when there is nothing to take.
         """
-        upto = upto_id if upto_id is not None else 2**62
         with self._tx():
-            rows = self.db.execute(
-                "SELECT r.id, r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason "
-                "FROM readings r JOIN points p ON p.pid = r.pid "
-                "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?",
-                (after_id, upto, limit),
-            ).fetchall()
-            if not rows:
-                return None
-            seq = self._next_seq()
-            body = [(ts, tag, unit, ptype, value, QUALITY_NAME[q], reason) for _, ts, tag, unit, ptype, value, q, reason in rows]
-            self._enqueue(seq, "readings", False, len(rows), rows[0][1], build(seq, body))
-            self.db.execute("DELETE FROM readings WHERE id >= ? AND id <= ? AND id > ? AND id <= ?",
-                            (rows[0][0], rows[-1][0], after_id, upto))
+            return self._take_readings(build, limit, after_id, upto_id)
+
+    def _take_readings(self, build: Builder, limit: int, after_id: int, upto_id: int | None) -> tuple[int, int] | None:
+        upto = upto_id if upto_id is not None else 2**62
+        rows = self.db.execute(
+            "SELECT r.id, r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason "
+            "FROM readings r JOIN points p ON p.pid = r.pid "
+            "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?",
+            (after_id, upto, limit),
+        ).fetchall()
+        if not rows:
+            return None
+        seq = self._next_seq()
+        body = [(ts, tag, unit, ptype, value, QUALITY_NAME[q], reason) for _, ts, tag, unit, ptype, value, q, reason in rows]
+        self._enqueue(seq, "readings", False, len(rows), rows[0][1], build(seq, body))
+        self.db.execute("DELETE FROM readings WHERE id >= ? AND id <= ? AND id > ? AND id <= ?",
+                        (rows[0][0], rows[-1][0], after_id, upto))
         return seq, len(rows)
 
-    def take_events(self, build: Builder, limit: int = 100) -> int | None:
+    def take_events(self, build: Builder, limit: int = EVENTS_PER_MESSAGE) -> int | None:
         """Move pending events into one outbox message; rows handed to `build`: event dicts."""
         with self._tx():
-            rows = self.db.execute("SELECT id, ts, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
-            if not rows:
-                return None
-            seq = self._next_seq()
-            self._enqueue(seq, "events", False, len(rows), rows[0][1], build(seq, [orjson.loads(r[2]) for r in rows]))
-            self.db.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
+            return self._take_events(build, limit)
+
+    def _take_events(self, build: Builder, limit: int) -> int | None:
+        rows = self.db.execute("SELECT id, ts, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
+        if not rows:
+            return None
+        seq = self._next_seq()
+        self._enqueue(seq, "events", False, len(rows), rows[0][1], build(seq, [orjson.loads(r[2]) for r in rows]))
+        self.db.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
         return seq
+
+    def drain(self, req: DrainRequest) -> DrainResult:
+        """One uplink step in one store call and one transaction: record the acknowledgements,
+        number new messages (events, then live readings, then backlog) for the free window,
+        and hand back every message not yet given to this connection, oldest first, with the
+        published mark synced past them (so they may go on the wire).
+
+        A store that refuses writes (disk full) numbers nothing new; messages numbered before
+        still come back, and the error with them.
+        """
+        res = DrainResult()
+        try:
+            with self._tx():
+                if req.acks:
+                    self._ack(req.acks)
+                waiting = self.db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE seq > ? LIMIT ?)",
+                                          (req.sent_upto, req.room)).fetchone()[0]
+                self._number(req, req.room - waiting, res)
+        except sqlite3.Error as exc:
+            res.error = exc
+        res.messages = self.unacked(req.sent_upto, req.room)
+        if res.messages:
+            self.mark_published(res.messages[-1][0])  # durably, before the wire
+        return res
+
+    def _number(self, req: DrainRequest, free: int, res: DrainResult) -> None:
+        """Build up to `free` messages within the request's reading budget."""
+        budget = req.budget
+        while free > 0 and self._take_events(req.build_events, EVENTS_PER_MESSAGE) is not None:
+            free -= 1
+        while free > 0 and budget > 0 and req.build_live is not None:
+            taken = self._take_readings(req.build_live, req.live_batch, req.watermark, None)
+            count = taken[1] if taken else 0
+            if taken:
+                free, budget = free - 1, budget - count
+            if count < req.live_batch:
+                res.live_short = True
+                break
+        while free > 0 and budget > 0 and req.watermark and req.build_backlog is not None:
+            taken = self._take_readings(req.build_backlog, req.backlog_batch, 0, req.watermark)
+            if taken is None:
+                res.backlog_done = True
+                break
+            free, budget = free - 1, budget - taken[1]
 
     def enqueue(self, kind: str, retain: bool, build: Builder) -> int:
         """Put a ready-made message (meta) into the outbox with the next seq."""
@@ -300,11 +378,14 @@ class Store:
     def ack(self, seqs: list[int]) -> None:
         """The broker acknowledged these messages: they leave the store."""
         with self._tx():
-            self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
-            self.db.executemany(
-                "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
-                (("last_ack_seq", max(seqs)), ("last_ack_at", now_ms())),
-            )
+            self._ack(seqs)
+
+    def _ack(self, seqs: list[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+            (("last_ack_seq", max(seqs)), ("last_ack_at", now_ms())),
+        )
 
     # --- bounds -------------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -386,17 +467,38 @@ class StoreUnavailable(sqlite3.OperationalError):
 
 
 class AsyncStore:
-    """Runs every store call on one dedicated thread, so a commit never stalls the event loop."""
+    """Runs every store call on one dedicated thread, so a commit never stalls the event loop.
+
+    Calls run in the order they were made, except that urgent ones (events, and the uplink
+    step that publishes them) go before every ordinary call still waiting: an alarm never
+    queues behind a batch of readings.
+    """
 
     def __init__(self, data_dir: Path):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="store", daemon=True)
+        self._thread.start()
         self._store: Store | None = None
         self._data_dir = data_dir
         self.ready = asyncio.Event()
 
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller
+                fut.set_exception(exc)
+
     async def open(self) -> None:
         """Open the store; raises sqlite3.Error or OSError when it cannot be opened."""
-        self._store = await self._run_raw(Store, self._data_dir)
+        self._store = await self._run_raw(False, Store, self._data_dir)
         self.ready.set()
 
     async def close_quietly(self) -> None:
@@ -405,19 +507,31 @@ class AsyncStore:
             store, self._store = self._store, None
             self.ready.clear()
             with contextlib.suppress(sqlite3.Error):
-                await self._run_raw(store.close)
+                await self._run_raw(False, store.close)
 
-    async def _run_raw(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def _run_raw(self, urgent: bool, fn: Callable[..., T], *args: Any) -> T:
+        if not self._thread.is_alive():
+            raise StoreUnavailable(f"store in {self._data_dir} is closed")
+        fut: Future = Future()
+        self._jobs.put((0 if urgent else 1, next(self._order), (fut, fn, args)))
+        return await asyncio.wrap_future(fut)
 
     async def call(self, name: str, *args: Any) -> Any:
+        return await self._call(False, name, args)
+
+    async def call_urgent(self, name: str, *args: Any) -> Any:
+        """A call that goes before the ordinary ones still waiting."""
+        return await self._call(True, name, args)
+
+    async def _call(self, urgent: bool, name: str, args: tuple) -> Any:
         if self._store is None:
             raise StoreUnavailable(f"store in {self._data_dir} is not open")
-        return await self._run_raw(getattr(self._store, name), *args)
+        return await self._run_raw(urgent, getattr(self._store, name), *args)
 
     async def close(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
             self.ready.clear()
-            await self._run_raw(store.close)
-        self._pool.shutdown(wait=True)
+            await self._run_raw(False, store.close)
+        self._jobs.put((2, next(self._order), None))  # after everything still waiting
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)

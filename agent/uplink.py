@@ -1,7 +1,8 @@
 """MQTT uplink ("north" side): drains the store to the provincial broker, QoS 1.
 
 Drain order in every round: messages already numbered but unacknowledged (oldest first),
-then events, then live readings (collected since the link came up), then the backlog.
+then events, then live readings (collected since the link came up), then the backlog. One
+round is one store call (`Store.drain`) that fills the free in-flight window.
 Each connection uses a fresh paho client, so what is re-sent after a reconnect is decided
 here from the store, never by paho's own session replay.
 """
@@ -32,12 +33,13 @@ from agent.messages import (
     status_body,
     topic,
 )
-from agent.store import AsyncStore
+from agent.store import AsyncStore, DrainRequest
 
 log = logging.getLogger("hazgate.uplink")
 
 WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
 BACKLOG_BATCH = 2000  # readings per back-fill message
+DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 CONNECT_TIMEOUT = 10.0
 
@@ -49,7 +51,8 @@ class Uplink:
         up = cfg.uplink
         self.topics = {k: topic(up.topic_prefix, cfg.enterprise_code, cfg.gateway_id, k)
                        for k in ("readings", "events", "meta", "status")}
-        self.wake = asyncio.Event()  # set when an event is stored: publish it now
+        self.wake = asyncio.Event()  # something to publish (an ack freed the window, a message waits)
+        self._events_waiting = False  # events stored: the next store call goes before the writer's
         self.state = "starting"  # so a broker unreachable from the start is logged as down
         self.on_state = on_state
         self._store_warned = False
@@ -104,6 +107,11 @@ class Uplink:
         if any(getattr(old, f) != getattr(new, f) for f in fields):
             log.info("uplink settings changed: connecting again", extra={"fields": {"broker": new.broker}})
             self._lost.set()
+
+    def events_stored(self) -> None:
+        """Events are in the store: publish them now."""
+        self._events_waiting = True
+        self.wake.set()
 
     def restate_status(self) -> None:
         """Publish the retained `online` status again (its clock state changed)."""
@@ -322,48 +330,39 @@ class Uplink:
         return True
 
     async def _round(self, client: mqtt.Client) -> bool:
-        """One drain step; True if it published something (call again at once)."""
-        store, batch = self.store, self.cfg.uplink.batch_size
-        ack_error: sqlite3.Error | None = None
+        """One drain step, one store call; True if it published something (call again at once)."""
         if self._mem_msgs:  # acknowledged messages sent from memory leave memory, not the store
             self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
-        if self._acks:
-            acks, self._acks = self._acks, []
-            try:
-                await store.call("ack", acks)
-            except sqlite3.Error as exc:  # delivered all the same: record later, keep draining
-                self._acks = acks + self._acks
-                ack_error = exc
         room = WINDOW - len(self._mid_seq)
-        if room <= 0:
+        if room <= 0 and not self._acks:
             return False
-        # 1. anything already numbered, oldest first (re-sends keep their seq and content)
-        resend = await store.call("unacked", self._sent_upto, room)
-        if resend:
-            await store.call("mark_published", resend[-1][0])  # durably, before the wire
-        for seq, kind, retain, payload in resend:
+        now = time.monotonic()
+        live_due = now >= self._next_live  # once per publish interval, sooner while full batches wait
+        acks, self._acks = self._acks, []
+        req = DrainRequest(
+            acks, self._sent_upto, max(0, room), self.build_events,
+            self.build_readings(False) if live_due else None, self.cfg.uplink.batch_size,
+            self._watermark, self.build_readings(True) if self._watermark else None, BACKLOG_BATCH,
+            DRAIN_BUDGET)
+        urgent, self._events_waiting = self._events_waiting, False
+        try:
+            res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)
+        except BaseException:
+            self._acks = acks + self._acks  # recorded on a later call (a repeat deletes nothing)
+            raise
+        if res.error is not None:  # delivered all the same: record later, keep draining
+            self._acks = acks + self._acks
+        if live_due and res.live_short:
+            self._next_live = now + self.cfg.uplink.publish_interval
+        if res.backlog_done:
+            self._watermark = 0
+        for seq, kind, retain, payload in res.messages:  # re-sends keep their seq and content
             if not self._publish(client, seq, kind, payload, retain):
                 self._lost.set()
                 return False
             self._sent_upto = seq
-        if resend:
+        if res.messages:
             return True
-        if ack_error is not None:  # nothing new can be numbered while the store refuses writes
-            raise ack_error
-        # 2. events at once
-        if await store.call("take_events", self.build_events) is not None:
-            return True
-        # 3. live readings once per publish interval (sooner when a full batch is waiting)
-        now = time.monotonic()
-        if now >= self._next_live:
-            taken = await store.call("take_readings", self.build_readings(False), batch, self._watermark)
-            if taken is None or taken[1] < batch:
-                self._next_live = now + self.cfg.uplink.publish_interval
-            if taken is not None:
-                return True
-        # 4. backlog, in large batches, only while the window has room
-        if self._watermark:
-            if await store.call("take_readings", self.build_readings(True), BACKLOG_BATCH, 0, self._watermark):
-                return True
-            self._watermark = 0  # backlog drained
+        if res.error is not None:  # nothing new can be numbered while the store refuses writes
+            raise res.error
         return False
