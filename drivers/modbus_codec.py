@@ -57,3 +57,53 @@ def encode(value: float | int | bool, ptype: str, order: str) -> list[int]:
 
 def registers_to_bytes(registers: list[int]) -> bytes:
     return struct.pack(f">{len(registers)}H", *registers)
+
+
+_NATIVE = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f", "float64": "d"}
+
+
+class BlockDecoder:
+    """Decodes the register points of one block read with one precompiled `struct` call.
+
+    Points in big-endian order (ABCD; for 16-bit values ABCD or CDAB) become fields of one
+    format over the whole block, gaps as pad bytes. The others (bools, swapped byte orders,
+    points overlapping an earlier one) are decoded one by one with `decode`.
+    """
+
+    def __init__(self, start: int, points: list) -> None:  # points: agent.points.Point, block order
+        fmt, cursor = [">"], 0  # cursor: registers covered so far, from the block's start
+        self.fast: list[int] = []  # positions in `points` decoded by the struct
+        self.slow: list[tuple[int, int]] = []  # (position, byte offset) decoded one by one
+        for i, p in enumerate(points):
+            off = p.modbus.index - start
+            code = None if p.modbus.bit is not None else _NATIVE.get(p.type)
+            if code is not None and p.width > 1 and p.byte_order != "ABCD":
+                code = None
+            if code is not None and p.width == 1 and _order_16(p.byte_order) != "ABCD":
+                code = None
+            if code is None or off < cursor:
+                self.slow.append((i, off * 2))
+                continue
+            if off > cursor:
+                fmt.append(f"{2 * (off - cursor)}x")
+            fmt.append(code)
+            cursor = off + p.width
+            self.fast.append(i)
+        self.struct = struct.Struct("".join(fmt))
+        self.points = points
+
+    def values(self, data: bytes) -> list[float | int | bool | Exception]:
+        """Raw values in block order; a point that cannot be decoded gets its exception."""
+        fast = self.struct.unpack_from(data)
+        if not self.slow:
+            return list(fast)
+        out: list = [None] * len(self.points)
+        for i, v in zip(self.fast, fast, strict=True):
+            out[i] = v
+        for i, off in self.slow:
+            p = self.points[i]
+            try:
+                out[i] = decode(data[off : off + 2 * p.width], p.type, p.byte_order, p.modbus.bit)
+            except (struct.error, ValueError) as exc:
+                out[i] = exc
+        return out

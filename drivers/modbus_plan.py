@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.points import BIT_TABLES, Point
+from drivers.modbus_codec import BlockDecoder
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Block:
     start: int
     count: int
     points: list[Point] = field(default_factory=list)
+    decoder: BlockDecoder | None = field(default=None, repr=False, compare=False)  # built on first read
 
     def __str__(self) -> str:
         return f"{self.table}:{self.start}+{self.count}"

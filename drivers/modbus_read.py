@@ -10,7 +10,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from agent.config import DeviceConfig
 from drivers.base import BAD, GOOD, Sample
-from drivers.modbus_codec import decode
+from drivers.modbus_codec import BlockDecoder
 from drivers.modbus_plan import Block, plan_blocks, split_block
 
 EXCEPTION_NAMES = {
@@ -98,14 +98,10 @@ class BlockReader:
         regs = resp.registers
         if len(regs) < block.count:
             return [Sample(p, None, BAD, "decode error: short response") for p in block.points]
-        data = struct.pack(f">{len(regs)}H", *regs)
-        for p in block.points:
-            a = p.modbus
-            off = (a.index - block.start) * 2  # type: ignore[union-attr]
-            try:
-                raw = decode(data[off : off + 2 * p.width], p.type, p.byte_order, a.bit)  # type: ignore[union-attr]
-            except (struct.error, ValueError) as exc:
-                out.append(Sample(p, None, BAD, f"decode error: {exc}"))
-                continue
-            out.append(Sample(p, raw, GOOD))
-        return out
+        if block.decoder is None:
+            block.decoder = BlockDecoder(block.start, block.points)
+        values = block.decoder.values(struct.pack(f">{len(regs)}H", *regs))
+        if not block.decoder.slow:
+            return list(map(Sample, block.points, values))
+        return [Sample(p, None, BAD, f"decode error: {v}") if isinstance(v, Exception) else Sample(p, v, GOOD)
+                for p, v in zip(block.points, values, strict=True)]
