@@ -12,7 +12,7 @@ import orjson
 
 from agent.config import GatewayConfig
 from agent.messages import rfc3339
-from agent.store import DB_NAME, QUALITY_NAME, Store
+from agent.store import DB_NAME, Store
 
 HEARTBEAT_STALE_MS = 15_000
 
@@ -133,13 +133,10 @@ def _export(store: Store, fmt: str, out) -> int:  # noqa: ANN001 - text stream
     for seq, payload in store.db.execute("SELECT seq, payload FROM outbox WHERE kind='readings' ORDER BY seq"):
         for r in orjson.loads(payload)["readings"]:
             emit(("sent", seq, r["tag"], r["ts"], r["value"], r["unit"], r["quality"], r.get("reason")))
-    for ts, tag, unit, ptype, value, q, reason in store.db.execute(
-        "SELECT r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason FROM readings r "
-        "JOIN points p ON p.pid = r.pid ORDER BY r.id"
-    ):
+    for ts, tag, unit, ptype, value, quality, reason in store.queued():
         if ptype == "bool" and value is not None:
             value = bool(value)
-        emit(("queued", None, tag, rfc3339(ts), value, unit, QUALITY_NAME[q], reason))
+        emit(("queued", None, tag, rfc3339(ts), value, unit, quality, reason))
     return count
 
 

@@ -35,7 +35,7 @@ ADDRESS_VALID = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModbusAddress:
     table: str  # hr | ir | co | di
     index: int  # zero-based wire address
@@ -68,7 +68,7 @@ def parse_modbus_address(text: str) -> ModbusAddress:
     return ModbusAddress(table, index, bit)
 
 
-@dataclass
+@dataclass(slots=True)
 class Point:
     tag: str
     address: str  # as written: Modbus address or OPC UA NodeId

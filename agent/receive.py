@@ -394,6 +394,9 @@ def open_db(path: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     # FULL: what is acknowledged to the broker is on disk, power loss included.
     db.execute("PRAGMA synchronous=FULL")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone():
+        db.close()  # checked before anything is created in it
+        raise sqlite3.DatabaseError("not a hazgate receive database (it is a gateway's store: it has an outbox)")
     db.executescript(DB_SCHEMA)
     for table, first in (("readings", "gateway, seq, tag, ts"), ("messages", "gateway, seq, kind")):
         cols = ", ".join(row[1] for row in db.execute(f"PRAGMA table_info({table})"))

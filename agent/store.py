@@ -2,10 +2,13 @@
 published, and leaves only when the broker has acknowledged the message that carried it.
 
 Flow inside the database:
-  readings / events  --take_*-->  outbox (message with its seq and payload)  --ack-->  gone
+  chunks (readings) / events  --take_*-->  outbox (message with its seq and payload)  --ack-->  gone
 A message gets its sequence number in the same transaction that moves its rows into the
 outbox, so a message re-sent after a lost acknowledgement keeps its number and content.
-Rows keep insertion order (AUTOINCREMENT ids, never reused): draining never sorts by time.
+Readings are stored packed, up to CHUNK_ROWS to a row of the `chunks` table (one SQLite row
+per poll or so instead of one per reading: the per-row cost of SQLite was most of the agent's
+CPU). Chunks keep insertion order (AUTOINCREMENT ids, never reused): draining never sorts by
+time; a message may take the first part of a chunk (`taken` counts what left).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from agent.messages import now_ms, rfc3339
 T = TypeVar("T")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = ("good", "uncertain", "bad")
+CHUNK_ROWS = 500  # readings packed into one row of `chunks`: JSON [[ts, pid, value, quality, reason], ...]
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"
 log = logging.getLogger("hazgate.store")
@@ -40,9 +44,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS points(
   pid INTEGER PRIMARY KEY, tag TEXT NOT NULL, unit TEXT NOT NULL, type TEXT NOT NULL,
   UNIQUE(tag, unit, type));
-CREATE TABLE IF NOT EXISTS readings(
-  id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, pid INTEGER NOT NULL,
-  value REAL, quality INTEGER NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS chunks(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, oldest INTEGER NOT NULL, newest INTEGER NOT NULL,
+  count INTEGER NOT NULL, taken INTEGER NOT NULL DEFAULT 0, rows BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox(
@@ -89,6 +93,7 @@ class Store:
     def __init__(self, data_dir: Path, readonly: bool = False):
         self.path = data_dir / DB_NAME
         self._pids: dict[tuple[str, str, str], int] = {}
+        self._points: dict[int, tuple[str, str, str]] = {}  # pid -> (tag, unit, type)
         self.mark_path = data_dir / SEQ_MARK
         self._published = self._read_mark()
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
@@ -129,6 +134,18 @@ class Store:
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
+        self._migrate_readings()
+
+    def _migrate_readings(self) -> None:
+        """A store written by hazgate 0.1 keeps one row per reading in `readings`: pack what it
+        still holds into chunks, in order, and drop the table (one transaction)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='readings'").fetchone():
+            return
+        with self._tx():
+            cur = self.db.execute("SELECT ts, pid, value, quality, reason FROM readings ORDER BY id")
+            while rows := cur.fetchmany(CHUNK_ROWS):
+                self._add_chunk(rows)
+            self.db.execute("DROP TABLE readings")
 
     def _set_aside(self, why: str) -> None:
         """Move a corrupt store (and its WAL) aside for forensics; the agent starts a new one."""
@@ -230,18 +247,39 @@ class Store:
         return pid
 
     def add_readings(self, rows: list[tuple[int, int, Any, int, str | None]]) -> int:
-        """rows: (ts_ms, pid, value, quality code, reason). Returns the last row id."""
+        """rows: (ts_ms, pid, value, quality code, reason), packed CHUNK_ROWS to a row.
+        Returns the last chunk id."""
         with self._tx():
-            self.db.executemany("INSERT INTO readings(ts, pid, value, quality, reason) VALUES (?,?,?,?,?)", rows)
-            return self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()[0]
+            for i in range(0, len(rows), CHUNK_ROWS):
+                self._add_chunk(rows[i : i + CHUNK_ROWS])
+            return self.last_reading_id()
+
+    def _add_chunk(self, rows: list) -> None:
+        stamps = [r[0] for r in rows]
+        self.db.execute("INSERT INTO chunks(oldest, newest, count, rows) VALUES (?,?,?,?)",
+                        (min(stamps), max(stamps), len(rows), orjson.dumps(rows)))
 
     def add_event(self, ts_ms: int, body: dict) -> None:
         with self._tx():
             self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts_ms, orjson.dumps(body)))
 
     def last_reading_id(self) -> int:
-        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()
+        """The newest chunk's id: readings up to it are older than any added later."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='chunks'").fetchone()
         return row[0] if row else 0
+
+    def _point(self, pid: int) -> tuple[str, str, str]:
+        point = self._points.get(pid)
+        if point is None:
+            point = self._points[pid] = self.db.execute(
+                "SELECT tag, unit, type FROM points WHERE pid=?", (pid,)).fetchone()
+        return point
+
+    def queued(self) -> Iterator[tuple[int, str, str, str, Any, str, str | None]]:
+        """Readings not yet in a message, oldest first: (ts_ms, tag, unit, type, value, quality, reason)."""
+        for taken, blob in self.db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
+            for ts, pid, value, q, reason in orjson.loads(blob)[taken:]:
+                yield (ts, *self._point(pid), value, QUALITY_NAME[q], reason)
 
     # --- active alarms, bypasses and other conditions (agent/checks) ---------------------
     def record_checks(self, events: list[tuple[int, dict]], upserts: list[tuple[str, str, str, int, dict]],
@@ -286,20 +324,29 @@ class Store:
 
     def _take_readings(self, build: Builder, limit: int, after_id: int, upto_id: int | None) -> tuple[int, int] | None:
         upto = upto_id if upto_id is not None else 2**62
-        rows = self.db.execute(
-            "SELECT r.id, r.ts, p.tag, p.unit, p.type, r.value, r.quality, r.reason "
-            "FROM readings r JOIN points p ON p.pid = r.pid "
-            "WHERE r.id > ? AND r.id <= ? ORDER BY r.id LIMIT ?",
-            (after_id, upto, limit),
-        ).fetchall()
-        if not rows:
+        body: list[tuple] = []
+        point = self._point
+        last_whole = None  # the last chunk taken whole
+        for cid, count, taken, blob in self.db.execute(
+                "SELECT id, count, taken, rows FROM chunks WHERE id > ? AND id <= ? ORDER BY id", (after_id, upto)):
+            stored = orjson.loads(blob)
+            end = min(count, taken + limit - len(body))
+            body.extend((ts, *point(pid), value, QUALITY_NAME[q], reason)
+                        for ts, pid, value, q, reason in stored[taken:end])
+            if end < count:  # the rest stays for the next message
+                self.db.execute("UPDATE chunks SET taken=?, oldest=? WHERE id=?",
+                                (end, min(r[0] for r in stored[end:]), cid))
+                break
+            last_whole = cid
+            if len(body) >= limit:
+                break
+        if not body:
             return None
         seq = self._next_seq()
-        body = [(ts, tag, unit, ptype, value, QUALITY_NAME[q], reason) for _, ts, tag, unit, ptype, value, q, reason in rows]
-        self._enqueue(seq, "readings", False, len(rows), rows[0][1], build(seq, body))
-        self.db.execute("DELETE FROM readings WHERE id >= ? AND id <= ? AND id > ? AND id <= ?",
-                        (rows[0][0], rows[-1][0], after_id, upto))
-        return seq, len(rows)
+        self._enqueue(seq, "readings", False, len(body), min(r[0] for r in body), build(seq, body))
+        if last_whole is not None:
+            self.db.execute("DELETE FROM chunks WHERE id > ? AND id <= ?", (after_id, last_whole))
+        return seq, len(body)
 
     def take_events(self, build: Builder, limit: int = EVENTS_PER_MESSAGE) -> int | None:
         """Move pending events into one outbox message; rows handed to `build`: event dicts."""
@@ -402,29 +449,29 @@ class Store:
         """
         raised = []
         cutoff = now_ms() - int(max_age_s * 1000)
-        # age: the oldest rows in insertion order, up to the first one that is young enough
-        young = self.db.execute("SELECT MIN(id) FROM readings WHERE ts >= ?", (cutoff,)).fetchone()[0]
+        # age: the oldest chunks in insertion order, up to the first one holding a young reading
+        young = self.db.execute("SELECT MIN(id) FROM chunks WHERE newest >= ?", (cutoff,)).fetchone()[0]
         old_upto = self.db.execute(
-            "SELECT MAX(id) FROM readings WHERE id < COALESCE(?, 1 << 62)", (young,)
+            "SELECT MAX(id) FROM chunks WHERE id < COALESCE(?, 1 << 62)", (young,)
         ).fetchone()[0]
         if old_upto is not None:
             raised.append(self._evict(old_upto, f"age limit {max_age_s:g}s"))
         used = self.used_bytes()
         if used > max_bytes:
-            count, first = self.db.execute("SELECT COUNT(*), MIN(id) FROM readings").fetchone()
+            count = self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
             if count:
                 share = min(1.0, (used - 0.9 * max_bytes) / used)
                 n = max(1, min(count, int(count * share) + 1))
-                upto = self.db.execute("SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET ?", (n - 1,)).fetchone()[0]
+                upto = self.db.execute("SELECT id FROM chunks ORDER BY id LIMIT 1 OFFSET ?", (n - 1,)).fetchone()[0]
                 raised.append(self._evict(upto, f"size limit {max_bytes} bytes"))
         return raised
 
     def _evict(self, upto_id: int, why: str) -> dict:
         with self._tx():
             count, first_ts, last_ts, first_id = self.db.execute(
-                "SELECT COUNT(*), MIN(ts), MAX(ts), MIN(id) FROM readings WHERE id <= ?", (upto_id,)
+                "SELECT SUM(count - taken), MIN(oldest), MAX(newest), MIN(id) FROM chunks WHERE id <= ?", (upto_id,)
             ).fetchone()
-            self.db.execute("DELETE FROM readings WHERE id <= ?", (upto_id,))
+            self.db.execute("DELETE FROM chunks WHERE id <= ?", (upto_id,))
             total = int(self.get_state("evicted_readings", 0)) + count
             self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('evicted_readings', ?)", (total,))
             ts = now_ms()
@@ -438,7 +485,7 @@ class Store:
 
     # --- inspection -----------------------------------------------------------------------
     def stats(self) -> dict:
-        r_count, r_oldest = self.db.execute("SELECT COUNT(*), MIN(ts) FROM readings").fetchone()
+        r_count, r_oldest = self.db.execute("SELECT COALESCE(SUM(count - taken), 0), MIN(oldest) FROM chunks").fetchone()
         o_msgs, o_readings, o_oldest = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(count), 0), MIN(oldest) FROM outbox WHERE kind='readings'"
         ).fetchone()

@@ -178,30 +178,31 @@ async def backfill(args: argparse.Namespace) -> None:
     pub = Publisher(args.broker_port, Path(args.stats) if args.stats else None)
     quality = ("good", "uncertain", "bad")
     stamps: dict[int, str] = {}
-    last_id, sent = 0, 0
+    points = {pid: (tag, unit) for pid, tag, unit in db.execute("SELECT pid, tag, unit FROM points")}
+    sent = 0
     t0 = time.monotonic()
     try:
-        while True:
-            rows = db.execute(
-                "SELECT r.id, r.ts, p.tag, p.unit, r.value, r.quality, r.reason FROM readings r "
-                "JOIN points p ON p.pid = r.pid WHERE r.id > ? ORDER BY r.id LIMIT ?",
-                (last_id, BACKFILL_BATCH)).fetchall()
-            if not rows:
-                break
-            readings = []
-            for _id, ts, tag, unit, value, q, reason in rows:
+        # the agent's packed chunks, read in order, published BACKFILL_BATCH readings at a time
+        readings: list[dict] = []
+        for taken, blob in db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
+            for ts, pid, value, q, reason in orjson.loads(blob)[taken:]:
                 s = stamps.get(ts)
                 if s is None:
                     s = stamps[ts] = stamp(ts)
+                tag, unit = points[pid]
                 r = {"tag": tag, "ts": s, "value": value, "unit": unit, "quality": quality[q], "backfill": True}
                 if reason:
                     r["reason"] = reason
                 readings.append(r)
+                if len(readings) == BACKFILL_BATCH:
+                    await pub.publish(readings, backfill=True)
+                    sent += len(readings)
+                    readings = []
+                    if pub.seq % 50 == 0:
+                        pub.write_stats()
+        if readings:
             await pub.publish(readings, backfill=True)
-            sent += len(rows)
-            last_id = rows[-1][0]
-            if pub.seq % 50 == 0:
-                pub.write_stats()
+            sent += len(readings)
         await pub.drain()
     finally:
         pub.write_stats(done=True, readings=sent, seconds=time.monotonic() - t0)

@@ -600,7 +600,7 @@ def test_restart_with_an_active_bypass_no_duplicate_and_age_from_its_real_start(
 
 
 # --- while a large backlog is draining --------------------------------------------------------
-BACKLOG = 600_000  # about 8 s of back-fill on this machine; the events come 1.5-4.5 s into it
+BACKLOG = 1_500_000  # about 11 s of back-fill on this machine; the events come 1.5-4.5 s into it
 BACKLOG_RULES = """
 [[interlocks]]
 id = "IL-K"

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.store import Store
+from agent.store import CHUNK_ROWS, Store
 
 
 def build(seq: int, rows: list) -> bytes:
@@ -54,6 +54,57 @@ def test_insertion_order_not_timestamp_order(tmp_path: Path) -> None:
     assert [r[4] for r in rows] == [1.0, 2.0]
 
 
+def test_messages_cut_across_packed_chunks_keep_every_reading_once(tmp_path: Path) -> None:
+    """Readings are packed CHUNK_ROWS to a row; a message may end inside a chunk and the next
+    one goes on from there: every reading leaves exactly once, in order."""
+    s = Store(tmp_path)
+    add(s, CHUNK_ROWS + 7)  # two chunks in one commit
+    add(s, 3, ts=1_800_000_000_000)  # a third
+    sizes, values = [], []
+    while (taken := s.take_readings(build, 333)) is not None:
+        sizes.append(taken[1])
+    for _seq, _kind, _retain, payload in s.unacked(limit=10):
+        values += [r[4] for r in orjson.loads(payload)["rows"]]
+    assert sizes == [333, CHUNK_ROWS + 10 - 333]
+    assert values == [float(i) for i in range(CHUNK_ROWS + 7)] + [0.0, 1.0, 2.0]
+    assert s.stats()["readings_unsent"] == 0
+
+
+def test_partly_taken_chunk_counts_and_exports_only_its_rest(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    add(s, 10)
+    s.take_readings(build, 4)
+    assert s.stats()["readings_unsent"] == 6
+    assert [r[4] for r in s.queued()] == [float(i) for i in range(4, 10)]
+    assert s.stats()["oldest_unsent_ms"] == 1_700_000_000_000  # the message in the outbox holds the oldest
+    s.ack([1])
+    assert s.stats()["oldest_unsent_ms"] == 1_700_000_000_004
+    raised = s.enforce_limits(1 << 30, 1.0)  # all too old: the rest is evicted, and counted right
+    assert [e["count"] for e in raised] == [6]
+
+
+def test_store_of_one_row_per_reading_is_packed_on_open(tmp_path: Path) -> None:
+    """A store left by hazgate 0.1 (one row per reading in `readings`) opens with its readings
+    packed into chunks, in order, none lost."""
+    db = sqlite3.connect(tmp_path / "hazgate.db")
+    db.executescript("""
+        CREATE TABLE points(pid INTEGER PRIMARY KEY, tag TEXT NOT NULL, unit TEXT NOT NULL, type TEXT NOT NULL,
+                            UNIQUE(tag, unit, type));
+        CREATE TABLE readings(id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, pid INTEGER NOT NULL,
+                              value REAL, quality INTEGER NOT NULL, reason TEXT);
+        INSERT INTO points VALUES (1, 'T1', 'm', 'float32');""")
+    db.executemany("INSERT INTO readings(ts, pid, value, quality, reason) VALUES (?,?,?,?,?)",
+                   [(1000 + i, 1, float(i), 2 if i == 3 else 0, "timeout" if i == 3 else None) for i in range(1200)])
+    db.commit()
+    db.close()
+    s = Store(tmp_path)
+    rows = list(s.queued())
+    assert [r[4] for r in rows] == [float(i) for i in range(1200)]
+    assert rows[3][5:] == ("bad", "timeout") and rows[0][:4] == (1000, "T1", "m", "float32")
+    assert s.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 3
+    assert not s.db.execute("SELECT 1 FROM sqlite_master WHERE name='readings'").fetchone()
+
+
 def test_live_and_backlog_split_by_watermark(tmp_path: Path) -> None:
     s = Store(tmp_path)
     add(s, 5)
@@ -84,7 +135,7 @@ def test_size_limit_evicts_oldest_readings_never_events_and_reports(tmp_path: Pa
     assert raised[0]["count"] > 0 and "size limit" in raised[0]["reason"]
     assert s.stats()["evicted_readings"] == raised[0]["count"]
     # the oldest went first: what is left starts right after the evicted range
-    first_left = s.db.execute("SELECT MIN(ts) FROM readings").fetchone()[0]
+    first_left = next(s.queued())[0]
     assert first_left == 1_900_000_000_000 + raised[0]["count"]
     bodies = [orjson.loads(b) for (b,) in s.db.execute("SELECT body FROM events ORDER BY id")]
     assert [b["id"] for b in bodies][0] == "alarm-1"  # events survive
@@ -101,7 +152,7 @@ def test_age_limit_evicts_prefix_in_insertion_order(tmp_path: Path) -> None:
     add(s, 5, ts=10**13)  # far future: young
     raised = s.enforce_limits(1 << 30, 86400.0)
     assert [e["count"] for e in raised] == [10]
-    assert s.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5
+    assert [r[0] for r in s.queued()] == [10**13 + i for i in range(5)]
 
 
 def test_disk_full_raises_then_recovers(tmp_path: Path) -> None:
@@ -148,7 +199,7 @@ def test_a_failed_take_leaves_everything_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         s.take_readings(fail_after_insert, 2)
     assert [u[0] for u in s.unacked()] == [1]  # the half-done message was rolled back
-    assert s.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 3
+    assert s.stats()["readings_unsent"] == 3
     assert s.take_readings(build, 10) == (2, 3)  # seq 2 is still the next one
 
 
