@@ -136,9 +136,16 @@ def test_metrics_scraped_and_parsed_as_prometheus_text(broker, procs, tmp_path: 
         sub.wait_until(lambda: {r["tag"] for r in sub.readings() if r["quality"] == "good"}
                        >= set(plant.tags("plc-a")) | set(plant.tags("plc-b")), 20, "good readings from both PLCs")
         assert "certificate expires in under 30 days" in agent.output()
-        time.sleep(11.0)  # the store figures are refreshed every 10 s at most
-
-        strict, ref = scrape(port)
+        # the store figures are refreshed every 10 s at most, longer when a read was slow (as at
+        # start-up): scrape until they include an acknowledgement, bounded
+        time.sleep(11.0)
+        deadline = time.monotonic() + 20
+        while True:
+            strict, ref = scrape(port)
+            acked = "hazgate_uplink_last_ack_seq" in ref and value(ref, "hazgate_uplink_last_ack_seq") > 0
+            if acked or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         assert value(ref, "hazgate_build_info", version="0.1.0", gateway=plant.gateway_id) == 1
         assert value(ref, "hazgate_ready") == 1 and value(ref, "hazgate_healthy") == 1
         for dev in ("plc-a", "plc-b"):
