@@ -64,7 +64,7 @@ def status(cfg: GatewayConfig) -> int:
     print(f"buffer:  {st['readings_buffered']} readings buffered, {st['messages_unacked']} messages unacknowledged, "
           f"{st['events_buffered']} events waiting; oldest unsent {_age(st['oldest_unsent_ms'])}")
     print(f"         store {st['used_bytes'] / 1e6:.1f} MB used of {cfg.store.max_bytes / 1e6:.0f} MB; "
-          f"{st['evicted_readings']} readings evicted in total")
+          f"{st['stored_readings']} readings stored and {st['evicted_readings']} evicted in total")
     known = {name: (link, reason, last_good) for name, link, reason, last_good in devices}
     print("devices:")
     for dev in cfg.devices:

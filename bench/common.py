@@ -241,14 +241,13 @@ def start_agent(procs: Procs, config: Path, name: str = "agent") -> subprocess.P
 
 
 def store_state(data_dir: Path) -> dict:
-    """Read-only look at a running agent's store: last reading id, last acknowledged seq."""
+    """Read-only look at a running agent's store: readings stored so far, last acknowledged seq."""
     db = sqlite3.connect(f"file:{data_dir / 'hazgate.db'}?mode=ro", uri=True, timeout=5)
     try:
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='readings'").fetchone()
-        ack = db.execute("SELECT value FROM state WHERE key='last_ack_seq'").fetchone()
-        return {"last_reading_id": row[0] if row else 0, "last_ack_seq": int(ack[0]) if ack else 0}
+        state = dict(db.execute("SELECT key, value FROM state WHERE key IN ('stored_readings', 'last_ack_seq')"))
+        return {"stored_readings": int(state.get("stored_readings", 0)), "last_ack_seq": int(state.get("last_ack_seq", 0))}
     except sqlite3.Error:
-        return {"last_reading_id": 0, "last_ack_seq": 0}
+        return {"stored_readings": 0, "last_ack_seq": 0}
     finally:
         db.close()
 

@@ -177,7 +177,7 @@ def run_agent(ctx: Ctx, name: str, units: list[Unit], poll: str, warm: float, wi
     p = start_agent(ctx.procs, cfg, name)
     try:
         w = _measure(ctx, "agent", gw, p.pid, warm, window,
-                     lambda: store_state(data)["last_ack_seq"], lambda: store_state(data)["last_reading_id"],
+                     lambda: store_state(data)["last_ack_seq"], lambda: store_state(data)["stored_readings"],
                      profile)
     except Exception:
         print(ctx.procs.log_tail(name))

@@ -73,7 +73,7 @@ def run(ctx: Ctx, units: list[Unit], seconds: float, warm: float = 10.0) -> Outa
         sub.close()
         procs.stop(broker)  # the link goes
         time.sleep(2)  # the agent notices; what it had in flight settles
-        s0, r0, rss0, c0, t0 = store_bytes(data), store_state(data)["last_reading_id"], rss_bytes(agent.pid), \
+        s0, r0, rss0, c0, t0 = store_bytes(data), store_state(data)["stored_readings"], rss_bytes(agent.pid), \
             cpu_seconds(agent.pid), time.monotonic()
         samples = [(0.0, rss0)]
         end = t0 + seconds
@@ -81,7 +81,7 @@ def run(ctx: Ctx, units: list[Unit], seconds: float, warm: float = 10.0) -> Outa
             time.sleep(min(2.0, max(0.0, end - time.monotonic())))
             samples.append((time.monotonic() - t0, rss_bytes(agent.pid)))
         elapsed = time.monotonic() - t0
-        s1, r1, c1 = store_bytes(data), store_state(data)["last_reading_id"], cpu_seconds(agent.pid)
+        s1, r1, c1 = store_bytes(data), store_state(data)["stored_readings"], cpu_seconds(agent.pid)
     finally:
         code = procs.stop(agent)
     if code:

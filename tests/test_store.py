@@ -68,6 +68,8 @@ def test_messages_cut_across_packed_chunks_keep_every_reading_once(tmp_path: Pat
     assert sizes == [333, CHUNK_ROWS + 10 - 333]
     assert values == [float(i) for i in range(CHUNK_ROWS + 7)] + [0.0, 1.0, 2.0]
     assert s.stats()["readings_unsent"] == 0
+    s.close()
+    assert Store(tmp_path).stats()["stored_readings"] == CHUNK_ROWS + 10  # counted for good
 
 
 def test_partly_taken_chunk_counts_and_exports_only_its_rest(tmp_path: Path) -> None:
