@@ -36,7 +36,6 @@ class DeviceTask:
         self.polls = 0
         self.overruns = 0
         self.last_good_ms: int | None = None
-        self.latest: dict[str, Reading] = {}
 
     async def run(self) -> None:
         interval = self.device.poll_interval
@@ -72,9 +71,7 @@ class DeviceTask:
         samples = await self.driver.read()
         self.polls += 1
         every, report = self.normalizer.process(samples, ts_ms, clock_ok)
-        for r in every:
-            self.latest[r.point.tag] = r
-        good = sum(1 for r in every if r.quality != BAD)  # uncertain: only the clock is in doubt
+        good = any(r.quality != BAD for r in every)  # uncertain: only the clock is in doubt
         if good:
             self.last_good_ms = ts_ms
         # up: something answered. A device that accepts the connection but only times out is down.

@@ -35,7 +35,7 @@ from agent.messages import now_ms, rfc3339
 T = TypeVar("T")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = ("good", "uncertain", "bad")
-CHUNK_ROWS = 500  # readings packed into one row of `chunks`: JSON [[ts, pid, value, quality, reason], ...]
+CHUNK_ROWS = 500  # readings packed into one row of `chunks` (see pack_chunk)
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"
 log = logging.getLogger("hazgate.store")
@@ -58,6 +58,25 @@ CREATE TABLE IF NOT EXISTS devices(
 CREATE TABLE IF NOT EXISTS active(
   key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, start INTEGER NOT NULL, data BLOB);
 """
+
+def pack_chunk(rows: list[tuple[int, int, Any, int, str | None]]) -> bytes:
+    """Readings (ts_ms, pid, value, quality code, reason) as one JSON blob, by column: the first
+    timestamp and offsets from it, point ids, values, then quality and reason, each a single
+    value when the whole chunk shares it (the usual case). About 24 bytes per float reading."""
+    t0 = rows[0][0]
+    stamps, pids, values, qualities, reasons = zip(*rows, strict=True)
+    quality = qualities[0] if qualities.count(qualities[0]) == len(qualities) else qualities
+    reason = None if reasons.count(None) == len(reasons) else reasons
+    return orjson.dumps([t0, [t - t0 for t in stamps], pids, values, quality, reason])
+
+
+def unpack_chunk(blob: bytes) -> list[tuple[int, int, Any, int, str | None]]:
+    t0, offsets, pids, values, quality, reason = orjson.loads(blob)
+    n = len(pids)
+    return list(zip([t0 + d for d in offsets], pids, values,
+                    quality if isinstance(quality, list) else itertools.repeat(quality, n),
+                    reason if reason is not None else itertools.repeat(None, n), strict=True))
+
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
 Builder = Callable[[int, list[tuple]], bytes]
@@ -260,7 +279,7 @@ class Store:
     def _add_chunk(self, rows: list) -> None:
         stamps = [r[0] for r in rows]
         self.db.execute("INSERT INTO chunks(oldest, newest, count, rows) VALUES (?,?,?,?)",
-                        (min(stamps), max(stamps), len(rows), orjson.dumps(rows)))
+                        (min(stamps), max(stamps), len(rows), pack_chunk(rows)))
 
     def add_event(self, ts_ms: int, body: dict) -> None:
         with self._tx():
@@ -281,7 +300,7 @@ class Store:
     def queued(self) -> Iterator[tuple[int, str, str, str, Any, str, str | None]]:
         """Readings not yet in a message, oldest first: (ts_ms, tag, unit, type, value, quality, reason)."""
         for taken, blob in self.db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
-            for ts, pid, value, q, reason in orjson.loads(blob)[taken:]:
+            for ts, pid, value, q, reason in unpack_chunk(blob)[taken:]:
                 yield (ts, *self._point(pid), value, QUALITY_NAME[q], reason)
 
     # --- active alarms, bypasses and other conditions (agent/checks) ---------------------
@@ -332,7 +351,7 @@ class Store:
         last_whole = None  # the last chunk taken whole
         for cid, count, taken, blob in self.db.execute(
                 "SELECT id, count, taken, rows FROM chunks WHERE id > ? AND id <= ? ORDER BY id", (after_id, upto)):
-            stored = orjson.loads(blob)
+            stored = unpack_chunk(blob)
             end = min(count, taken + limit - len(body))
             body.extend((ts, *point(pid), value, QUALITY_NAME[q], reason)
                         for ts, pid, value, q, reason in stored[taken:end])

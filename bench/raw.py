@@ -33,6 +33,8 @@ import orjson
 import paho.mqtt.client as mqtt
 from pymodbus.client import AsyncModbusTcpClient
 
+from agent.store import unpack_chunk
+
 GATEWAY = "RAW"
 BATCH = 500  # readings per message: the agent's default uplink.batch_size
 BACKFILL_BATCH = 2000  # the agent's back-fill message size
@@ -182,10 +184,11 @@ async def backfill(args: argparse.Namespace) -> None:
     sent = 0
     t0 = time.monotonic()
     try:
-        # the agent's packed chunks, read in order, published BACKFILL_BATCH readings at a time
+        # the agent's packed chunks (decoded with the store's own unpack_chunk), read in order,
+        # published BACKFILL_BATCH readings at a time
         readings: list[dict] = []
         for taken, blob in db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
-            for ts, pid, value, q, reason in orjson.loads(blob)[taken:]:
+            for ts, pid, value, q, reason in unpack_chunk(blob)[taken:]:
                 s = stamps.get(ts)
                 if s is None:
                     s = stamps[ts] = stamp(ts)
