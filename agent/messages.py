@@ -63,7 +63,7 @@ def events_body(env: dict, events: list[dict]) -> dict:
     return {**env, "events": events}
 
 
-def meta_body(env: dict, points: list[dict]) -> dict:
+def meta_body(env: dict, points: list[dict] | orjson.Fragment) -> dict:
     return {**env, "points": points}
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def parse_modbus_address(text: str) -> ModbusAddress:
     s = text.strip()
     m = re.fullmatch(r"(hr|ir|co|di):(\d+)(?:\.(\d+))?", s, re.IGNORECASE)
     if m:
-        table, index = m.group(1).lower(), int(m.group(2))
+        table, index = sys.intern(m.group(1).lower()), int(m.group(2))
         bit = int(m.group(3)) if m.group(3) is not None else None
     else:
         m = re.fullmatch(r"([0134])(\d{4,5})(?:\.(\d+))?", s)
@@ -206,14 +207,14 @@ def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: 
     tag = cells.get("tag", "")
     if not TAG_RE.match(tag):
         err("tag", f"{tag!r} is not a valid tag; valid: 1-64 letters, digits, '_', '-', '.'")
-    ptype = cells.get("type", "").lower()
+    ptype = sys.intern(cells.get("type", "").lower())  # interned: thousands of points share a few values
     if ptype not in TYPES:
         err("type", f"{cells.get('type', '')!r} is not a type; valid: {', '.join(TYPES)}")
     point = Point(tag=tag, address=cells.get("address", ""), type=ptype, line=line, file=shown)
     point.name = cells.get("name", "")
-    point.unit = cells.get("unit", "")
-    point.hazard_source = cells.get("hazard_source", "")
-    point.equipment = cells.get("equipment", "")
+    point.unit = sys.intern(cells.get("unit", ""))
+    point.hazard_source = sys.intern(cells.get("hazard_source", ""))
+    point.equipment = sys.intern(cells.get("equipment", ""))
     point.target_code = cells.get("target_code", "")
     if protocol.startswith("modbus"):
         try:
@@ -233,11 +234,11 @@ def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: 
     bo = cells.get("byte_order", "").upper() or "ABCD"
     if bo not in BYTE_ORDERS:
         err("byte_order", f"{cells.get('byte_order')!r} is not a byte order; valid: {', '.join(BYTE_ORDERS)}")
-    point.byte_order = bo
+    point.byte_order = sys.intern(bo)
     kind = cells.get("kind", "").lower() or "other"
     if kind not in KINDS:
         err("kind", f"{cells.get('kind')!r} is not a kind; valid: {', '.join(KINDS)}")
-    point.kind = kind
+    point.kind = sys.intern(kind)
     overlap = cells.get("overlap", "").lower()
     if overlap not in ("", "yes", "no", "true", "false", "1", "0"):
         err("overlap", f"{cells.get('overlap')!r}: valid: yes or no (yes = this point may share registers with another)")

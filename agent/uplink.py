@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import orjson
 import paho.mqtt.client as mqtt
 
 from agent import __version__
@@ -90,7 +91,10 @@ class Uplink:
         return encode(events_body(self._env(seq), rows))
 
     def build_meta(self, seq: int, _rows: list) -> bytes:
-        return encode(meta_body(self._env(seq), [p.metadata() for p in self.cfg.all_points()]))
+        # point by point: the descriptions of 10 000 points never exist as objects at once
+        # (a 12 MB peak whose pages RSS kept), only their JSON
+        points = b"[" + b",".join(orjson.dumps(p.metadata()) for p in self.cfg.all_points()) + b"]"
+        return encode(meta_body(self._env(seq), orjson.Fragment(points)))
 
     def _status(self, state: str) -> bytes:
         clock = self.clock.describe() if self.clock is not None else None
