@@ -151,11 +151,16 @@ def read_table_text(path: Path) -> tuple[str, str]:
     raise UnicodeDecodeError("point table", data, 0, len(data), "not UTF-8, UTF-8 with BOM or GBK")
 
 
+_NUMBERS: dict[float, float] = {}  # one object per distinct value: tables repeat ranges and limits
+
+
 def _number(text: str) -> float:
     value = float(text)
     if math.isnan(value) or math.isinf(value):
         raise ValueError("not finite")
-    return value
+    if value == 0.0:  # 0.0 and -0.0 are equal keys: keep each as written
+        return value
+    return _NUMBERS.setdefault(value, value)
 
 
 def load_point_table(path: Path, protocol: str, problems: Problems, shown: str) -> list[Point]:
