@@ -50,20 +50,21 @@ class Normalizer:
         full = now >= self._next_integrity
         if full:
             self._next_integrity = now + self.integrity_interval
-        every, report = [], []
-        last = self._last
+        every: list[Reading] = []
+        report: list[Reading] = []
+        keep, send, last, isfinite = every.append, report.append, self._last, math.isfinite
         for s in samples:
-            p = s.point
-            quality, reason = s.quality, s.reason
-            value = None
-            if s.raw is not None and quality != BAD:
-                value = engineering(p, s.raw)
-                if value is None:
-                    quality, reason = BAD, "decode error: not a finite number"
+            p, raw, quality, reason = s.point, s.raw, s.quality, s.reason
+            if raw is None or quality == BAD:
+                value = None
+            else:
+                value = p.to_engineering(raw)
+                if value.__class__ is float and not isfinite(value):  # a float register holding garbage
+                    value, quality, reason = None, BAD, "decode error: not a finite number"
             if quality == GOOD and not clock_ok:
                 quality, reason = UNCERTAIN, "clock_unsynchronized"
             r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
-            every.append(r)
+            keep(r)
             prev = last.get(p.tag)
             if (
                 full or prev is None or p.deadband <= 0 or quality == BAD
@@ -72,5 +73,5 @@ class Normalizer:
                 or abs(value - prev[0]) >= p.deadband  # type: ignore[operator]
             ):
                 last[p.tag] = (value, quality, reason)
-                report.append(r)
+                send(r)
         return every, report

@@ -169,12 +169,10 @@ class Agent:
             rows, self._pending = self._pending[:WRITE_CHUNK], self._pending[WRITE_CHUNK:]
             if self._pending:
                 self._written.set()  # the rest in the next turn
-            pids = self._pids
             try:
                 # shielded: a stop that cancels the writer while this waits its turn does not
                 # lose the rows; the store thread still writes them, before stop() writes the rest
-                await asyncio.shield(self.store.call(
-                    "add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in rows]))
+                await asyncio.shield(self.store.call("add_readings", rows, self._pids))
                 if self._dropped[0]:
                     await self._report_dropped()
             except sqlite3.Error as exc:
@@ -318,9 +316,8 @@ class Agent:
         for d in self.devices:
             await d.driver.close()
         if self._pending:  # the last polls: on disk before we go
-            pids = self._pids
             with contextlib.suppress(sqlite3.Error, KeyError):
-                await self.store.call("add_readings", [(ts, pids[tag], v, q, r) for ts, tag, v, q, r in self._pending])
+                await self.store.call("add_readings", self._pending, self._pids)
         await self.checks.flush()
         await self.store.close()
         log.info("agent stopped")

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +59,12 @@ CREATE TABLE IF NOT EXISTS active(
   key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, start INTEGER NOT NULL, data BLOB);
 """
 
-def pack_chunk(rows: list[tuple[int, int, Any, int, str | None]]) -> bytes:
-    """Readings (ts_ms, pid, value, quality code, reason) as one JSON blob, by column: the first
-    timestamp and offsets from it, point ids, values, then quality and reason, each a single
-    value when the whole chunk shares it (the usual case). About 24 bytes per float reading."""
-    t0 = rows[0][0]
-    stamps, pids, values, qualities, reasons = zip(*rows, strict=True)
+def pack_chunk(stamps: Sequence[int], pids: Sequence[int], values: Sequence[Any], qualities: Sequence[int],
+               reasons: Sequence[str | None]) -> bytes:
+    """Readings, given by column, as one JSON blob: the first timestamp and offsets from it,
+    point ids, values, then quality and reason, each a single value when the whole chunk
+    shares it (the usual case). About 24 bytes per float reading."""
+    t0 = stamps[0]
     quality = qualities[0] if qualities.count(qualities[0]) == len(qualities) else qualities
     reason = None if reasons.count(None) == len(reasons) else reasons
     return orjson.dumps([t0, [t - t0 for t in stamps], pids, values, quality, reason])
@@ -266,20 +266,22 @@ class Store:
             self._pids[key] = pid
         return pid
 
-    def add_readings(self, rows: list[tuple[int, int, Any, int, str | None]]) -> int:
-        """rows: (ts_ms, pid, value, quality code, reason), packed CHUNK_ROWS to a row.
-        Returns the last chunk id."""
+    def add_readings(self, rows: list[tuple[int, Any, Any, int, str | None]], pids: dict[str, int] | None = None) -> int:
+        """rows: (ts_ms, pid, value, quality code, reason), packed CHUNK_ROWS to a row; with
+        `pids`, the second field is the tag and `pids` gives its id. Returns the last chunk id."""
         with self._tx():
             for i in range(0, len(rows), CHUNK_ROWS):
-                self._add_chunk(rows[i : i + CHUNK_ROWS])
+                self._add_chunk(rows[i : i + CHUNK_ROWS], pids)
             # readings stored since the store was created: an audit figure (and the benchmarks')
             self.db.execute("UPDATE state SET value = value + ? WHERE key = 'stored_readings'", (len(rows),))
             return self.last_reading_id()
 
-    def _add_chunk(self, rows: list) -> None:
-        stamps = [r[0] for r in rows]
+    def _add_chunk(self, rows: list, pids: dict[str, int] | None = None) -> None:
+        stamps, keys, values, qualities, reasons = zip(*rows, strict=True)
+        if pids is not None:
+            keys = tuple(pids[tag] for tag in keys)
         self.db.execute("INSERT INTO chunks(oldest, newest, count, rows) VALUES (?,?,?,?)",
-                        (min(stamps), max(stamps), len(rows), pack_chunk(rows)))
+                        (min(stamps), max(stamps), len(rows), pack_chunk(stamps, keys, values, qualities, reasons)))
 
     def add_event(self, ts_ms: int, body: dict) -> None:
         with self._tx():
@@ -292,9 +294,10 @@ class Store:
 
     def _point(self, pid: int) -> tuple[str, str, str]:
         point = self._points.get(pid)
-        if point is None:
-            point = self._points[pid] = self.db.execute(
-                "SELECT tag, unit, type FROM points WHERE pid=?", (pid,)).fetchone()
+        if point is None:  # a point registered since the last look: read them all again, at once
+            self._points = {pid: (tag, unit, ptype) for pid, tag, unit, ptype in
+                            self.db.execute("SELECT pid, tag, unit, type FROM points")}
+            point = self._points[pid]
         return point
 
     def queued(self) -> Iterator[tuple[int, str, str, str, Any, str, str | None]]:

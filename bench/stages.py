@@ -121,16 +121,12 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
                 _run_sink(agent, d, every, report)
 
         add("sink: readings to row tuples", "agent/runner.py Agent._sink", n, sink)
-        pids = {p.tag: i + 1 for i, p in enumerate(cfg.all_points())}
         rows = list(agent._pending)
-        add("writer: tag -> point id (replica)", "agent/runner.py Agent._writer list comprehension", n,
-            lambda: [(t, pids[tag], v, q, r) for t, tag, v, q, r in rows])
 
         store = Store(work / "store")
         spids = store.pids([(p.tag, p.unit, p.type) for p in cfg.all_points()])
-        db_rows = [(t, spids[tag], v, q, r) for t, tag, v, q, r in rows]
-        add("store: add_readings, one transaction per second", "agent/store.py Store.add_readings", n,
-            lambda: store.add_readings(db_rows))
+        add("store: add_readings (tag -> id, pack, insert), one transaction per second",
+            "agent/store.py Store.add_readings", n, lambda: store.add_readings(rows, spids))
         uplink = Uplink(cfg, agent.store, agent.started_ms)
         build = uplink.build_readings(False)
         taken: list[int] = []

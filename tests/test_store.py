@@ -75,10 +75,10 @@ def test_messages_cut_across_packed_chunks_keep_every_reading_once(tmp_path: Pat
 def test_chunk_packing_round_trips_mixed_rows() -> None:
     rows = [(1_000, 1, 1.5, 0, None), (990, 2, True, 0, None), (1_010, 3, None, 2, "timeout"),
             (1_000, 4, 7, 1, "clock_unsynchronized")]
-    assert unpack_chunk(pack_chunk(rows)) == rows
+    assert unpack_chunk(pack_chunk(*zip(*rows, strict=True))) == rows
     uniform = [(5_000 + i, i, float(i), 0, None) for i in range(10)]
-    assert unpack_chunk(pack_chunk(uniform)) == uniform
-    assert len(pack_chunk(uniform)) < len(orjson.dumps(uniform)) * 0.7  # by column, shared fields once
+    assert unpack_chunk(pack_chunk(*zip(*uniform, strict=True))) == uniform
+    assert len(pack_chunk(*zip(*uniform, strict=True))) < len(orjson.dumps(uniform)) * 0.7  # by column, shared fields once
 
 
 def test_partly_taken_chunk_counts_and_exports_only_its_rest(tmp_path: Path) -> None:
