@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import logging
@@ -37,14 +36,13 @@ from agent.health import (
     is_loopback,
     process_figures,
 )
+from agent.memory import limit_malloc_arenas
 from agent.notify import Notifier
 from agent.problems import ConfigError
 from agent.runner import Agent
 from agent.secrets import CertInfo, check_certificates
 
 log = logging.getLogger("hazgate.service")
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
-MALLOC_ARENAS = 2
 
 STATUS_EVERY = 30.0  # a STATUS line at least this often, and whenever it changes (rate-limited)
 CERT_CHECK_EVERY = 12 * 3600.0
@@ -472,14 +470,6 @@ def journal_prefixes() -> None:
 
     for handler in logging.getLogger().handlers:
         handler.setFormatter(Prefixed(handler.formatter))
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """glibc gives threads that allocate their own malloc arenas (up to 8 per core) and keeps
-    what they freed: with the store, uplink and executor threads that was ~4 MB of RSS at
-    10 000 points. Fewer arenas, set before any thread starts; other C libraries: no-op."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
 async def run_service(cfg: GatewayConfig) -> int:
