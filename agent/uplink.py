@@ -40,6 +40,7 @@ log = logging.getLogger("hazgate.uplink")
 
 WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
 BACKLOG_BATCH = 2000  # readings per back-fill message
+BACKLOG_INFLIGHT_BYTES = 600_000  # about two back-fill messages on the wire at once
 DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 CONNECT_TIMEOUT = 10.0
@@ -72,6 +73,8 @@ class Uplink:
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []
         self._mid_seq: dict[int, int] = {}
+        self._mid_bytes: dict[int, int] = {}  # payload size of each message in flight
+        self._inflight_bytes = 0
         self._lock = threading.Lock()
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
@@ -174,6 +177,7 @@ class Uplink:
 
     def _on_ack(self, mid: int) -> None:
         seq = self._mid_seq.pop(mid, None)
+        self._inflight_bytes -= self._mid_bytes.pop(mid, 0)
         if seq is not None:
             self._acks.append(seq)
             self.acked += 1
@@ -217,6 +221,8 @@ class Uplink:
                 return False
             if seq is not None:
                 self._mid_seq[info.mid] = seq
+                self._mid_bytes[info.mid] = len(payload)
+                self._inflight_bytes += len(payload)
         self.published += 1
         return True
 
@@ -236,6 +242,8 @@ class Uplink:
             finally:
                 self._client = None
                 self._mid_seq.clear()
+                self._mid_bytes.clear()
+                self._inflight_bytes = 0
                 if self._acks:  # delivered: record it, so they are not sent again
                     with contextlib.suppress(sqlite3.Error):
                         await self.store.call("ack", self._acks)
@@ -346,12 +354,14 @@ class Uplink:
             return False
         now = time.monotonic()
         live_due = now >= self._next_live  # once per publish interval, sooner while full batches wait
+        # an event published now waits on the connection behind every byte in flight: back-fill
+        # only while little is (a full window of back-fill is ~4 MB, ~40 ms on loopback)
+        backlog_ok = bool(self._watermark) and self._inflight_bytes < BACKLOG_INFLIGHT_BYTES
         acks, self._acks = self._acks, []
         req = DrainRequest(
             acks, self._sent_upto, max(0, room), self.build_events,
             self.build_readings(False) if live_due else None, self.cfg.uplink.batch_size,
-            self._watermark, self.build_readings(True) if self._watermark else None, BACKLOG_BATCH,
-            DRAIN_BUDGET)
+            self._watermark, self.build_readings(True) if backlog_ok else None, BACKLOG_BATCH, DRAIN_BUDGET)
         urgent, self._events_waiting = self._events_waiting, False
         try:
             res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)
