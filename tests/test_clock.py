@@ -107,7 +107,13 @@ def test_wall_clock_steps_lose_nothing_and_keep_the_cadence(tmp_path: Path, brok
     bursts = [x for x in odd if x[1] <= 0.5 * POLL]
     assert len(bursts) <= 5, f"a burst of polls: {odd}"
     offsets = [parse_ts(ts) - value for value, ts in readings]
-    jumps = without_blips([b - a for a, b in zip(offsets, offsets[1:], strict=False) if abs(b - a) > 2])
+    max_blips = 1
+    if len(offsets) > 2 and abs(offsets[-1] - offsets[-2]) > 2:
+        # the last reading alone off the line: the libfaketime blip of without_blips, caught
+        # before its undoing (seen once in CI); it counts as the one blip tolerated
+        offsets, max_blips = offsets[:-1], 0
+    jumps = without_blips([b - a for a, b in zip(offsets, offsets[1:], strict=False) if abs(b - a) > 2],
+                          max_blips)
     assert len(jumps) == 2 and abs(jumps[0] - 30) < 1.5 and abs(jumps[1] + 60) < 1.5, jumps
 
 
