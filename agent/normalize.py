@@ -52,15 +52,15 @@ class Normalizer:
             self._next_integrity = now + self.integrity_interval
         every: list[Reading] = []
         report: list[Reading] = []
-        keep, send, last, isfinite = every.append, report.append, self._last, math.isfinite
+        keep, send, last = every.append, report.append, self._last
         for s in samples:
             p, raw, quality, reason = s.point, s.raw, s.quality, s.reason
             if raw is None or quality == BAD:
                 value = None
             else:
-                value = p.to_engineering(raw)
-                if value.__class__ is float and not isfinite(value):  # a float register holding garbage
-                    value, quality, reason = None, BAD, "decode error: not a finite number"
+                value = engineering(p, raw)
+                if value is None:
+                    quality, reason = BAD, "decode error: not a finite number"
             if quality == GOOD and not clock_ok:
                 quality, reason = UNCERTAIN, "clock_unsynchronized"
             r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)

@@ -7,8 +7,7 @@ import contextlib
 import gc
 import logging
 import sqlite3
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from agent import __version__
 from agent.checks import CheckStage
@@ -57,16 +56,17 @@ class Agent:
     def _uplink_state(self, state: str) -> None:
         self._background_call("set_state", {"uplink_state": state, "uplink_changed": now_ms()})
 
-    def _background_call(self, name: str, *args: object) -> None:
-        """A store write nobody waits for; a store that is down just misses it."""
+    def _background_call(self, name: str, *args: object, urgent: bool = False,
+                         then: Callable[[], None] | None = None) -> None:
+        """A store write nobody waits for (`then` runs once it is done); a store that is down
+        just misses it."""
         async def call() -> None:
             with contextlib.suppress(sqlite3.Error):
-                await self.store.call(name, *args)
+                await (self.store.call_urgent if urgent else self.store.call)(name, *args)
+                if then is not None:
+                    then()
 
-        self._spawn(call())
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(call())
         self._background.add(task)  # keep a reference until done
         task.add_done_callback(self._background.discard)
 
@@ -95,14 +95,8 @@ class Agent:
 
     def _gateway_event(self, kind: str, severity: str, state: str, **fields: object) -> None:
         """Stored ahead of waiting readings, then published; a store that is down misses it."""
-        event = self._event(kind, severity, state, **fields)
-
-        async def store() -> None:
-            with contextlib.suppress(sqlite3.Error):
-                await self.store.call_urgent("add_event", *event)
-                self.uplink.events_stored()
-
-        self._spawn(store())
+        self._background_call("add_event", *self._event(kind, severity, state, **fields),
+                              urgent=True, then=self.uplink.events_stored)
 
     def _clock_stepped(self, step: float) -> None:
         self._gateway_event("clock_step", "warning", "stepped", step_s=round(step, 3),

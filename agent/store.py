@@ -153,7 +153,6 @@ class Store:
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
-        self.db.execute("INSERT OR IGNORE INTO state(key, value) VALUES ('stored_readings', 0)")
         self._migrate_readings()
 
     def _migrate_readings(self) -> None:
@@ -273,7 +272,8 @@ class Store:
             for i in range(0, len(rows), CHUNK_ROWS):
                 self._add_chunk(rows[i : i + CHUNK_ROWS], pids)
             # readings stored since the store was created: an audit figure (and the benchmarks')
-            self.db.execute("UPDATE state SET value = value + ? WHERE key = 'stored_readings'", (len(rows),))
+            self.db.execute("INSERT INTO state(key, value) VALUES ('stored_readings', ?) "
+                            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value", (len(rows),))
             return self.last_reading_id()
 
     def _add_chunk(self, rows: list, pids: dict[str, int] | None = None) -> None:

@@ -72,9 +72,7 @@ class Uplink:
         self.beat = time.monotonic()  # each turn of the connect and publish loops (the watchdog's view)
         self._client: mqtt.Client | None = None
         self._acks: list[int] = []
-        self._mid_seq: dict[int, int] = {}
-        self._mid_bytes: dict[int, int] = {}  # payload size of each message in flight
-        self._inflight_bytes = 0
+        self._in_flight: dict[int, tuple[int, int]] = {}  # paho mid -> (seq, payload bytes)
         self._lock = threading.Lock()
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
@@ -176,10 +174,9 @@ class Uplink:
         return client
 
     def _on_ack(self, mid: int) -> None:
-        seq = self._mid_seq.pop(mid, None)
-        self._inflight_bytes -= self._mid_bytes.pop(mid, 0)
-        if seq is not None:
-            self._acks.append(seq)
+        sent = self._in_flight.pop(mid, None)
+        if sent is not None:
+            self._acks.append(sent[0])
             self.acked += 1
             self.wake.set()
 
@@ -220,9 +217,7 @@ class Uplink:
                 log.debug("publish refused", extra={"fields": {"rc": mqtt.error_string(info.rc), "seq": seq}})
                 return False
             if seq is not None:
-                self._mid_seq[info.mid] = seq
-                self._mid_bytes[info.mid] = len(payload)
-                self._inflight_bytes += len(payload)
+                self._in_flight[info.mid] = (seq, len(payload))
         self.published += 1
         return True
 
@@ -241,9 +236,7 @@ class Uplink:
                 await asyncio.sleep(BACKOFF_MIN)
             finally:
                 self._client = None
-                self._mid_seq.clear()
-                self._mid_bytes.clear()
-                self._inflight_bytes = 0
+                self._in_flight.clear()
                 if self._acks:  # delivered: record it, so they are not sent again
                     with contextlib.suppress(sqlite3.Error):
                         await self.store.call("ack", self._acks)
@@ -257,7 +250,7 @@ class Uplink:
         if client is None or self.state != "up":
             return
         deadline = time.monotonic() + grace
-        while self._mid_seq and not self._lost.is_set() and time.monotonic() < deadline:
+        while self._in_flight and not self._lost.is_set() and time.monotonic() < deadline:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), deadline - time.monotonic())
@@ -326,7 +319,7 @@ class Uplink:
         self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
         now = time.monotonic()
         if (self.take_held is None or self.give_back is None or now < self._next_memory
-                or len(self._mid_seq) >= WINDOW):
+                or len(self._in_flight) >= WINDOW):
             return False
         rows = self.take_held(self.cfg.uplink.batch_size)
         if not rows:
@@ -349,14 +342,14 @@ class Uplink:
         """One drain step, one store call; True if it published something (call again at once)."""
         if self._mem_msgs:  # acknowledged messages sent from memory leave memory, not the store
             self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
-        room = WINDOW - len(self._mid_seq)
+        room = WINDOW - len(self._in_flight)
         if room <= 0 and not self._acks:
             return False
         now = time.monotonic()
         live_due = now >= self._next_live  # once per publish interval, sooner while full batches wait
         # an event published now waits on the connection behind every byte in flight: back-fill
         # only while little is (a full window of back-fill is ~4 MB, ~40 ms on loopback)
-        backlog_ok = bool(self._watermark) and self._inflight_bytes < BACKLOG_INFLIGHT_BYTES
+        backlog_ok = bool(self._watermark) and sum(n for _, n in self._in_flight.values()) < BACKLOG_INFLIGHT_BYTES
         acks, self._acks = self._acks, []
         req = DrainRequest(
             acks, self._sent_upto, max(0, room), self.build_events,
