@@ -7,14 +7,14 @@ import asyncio
 import sys
 
 from agent import __version__
-from agent.logs import setup_logging
-from agent.problems import ConfigError
+from agent.common.logs import setup_logging
+from agent.common.problems import ConfigError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _load(path: str):
-    from agent.config import load_config
+    from agent.config.loader import load_config
 
     return load_config(path)
 
@@ -37,7 +37,7 @@ def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceCon
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from agent.commission import read_device
+    from agent.tools.read import read_device
 
     device = _device(args, "read")
     if device is None:
@@ -46,7 +46,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
-    from agent.browse import browse_device
+    from agent.tools.browse import browse_device
 
     device = _device(args, "browse")
     if device is None:
@@ -58,7 +58,7 @@ def cmd_browse(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.runner import run_agent
+    from agent.app import run_agent
     from drivers.base import DeviceError
 
     cfg = _load(args.config)
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from agent.simulate import serve
+    from agent.sim.modbus import serve
 
     try:
         asyncio.run(serve(args.scenario))
@@ -83,25 +83,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.inspect import status
+    from agent.tools.status import status
 
     return status(_load(args.config))
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
-    from agent.inspect import buffer
+    from agent.tools.status import buffer
 
     return buffer(_load(args.config), args.action, args.format, args.output)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from agent.receive import receive
+    from agent.receiver.mqtt import receive
 
     return receive(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import demo
+    from agent.demo.demo import demo
 
     return demo(args)
 

@@ -72,8 +72,8 @@ class Backfill:
 
 def fill_store(data_dir: Path, config: Path, readings: int) -> tuple[int, float]:
     """The backlog: written straight into the store, as a long outage would leave it."""
-    from agent.config import load_config
-    from agent.store import Store
+    from agent.config.loader import load_config
+    from agent.pipeline.store import Store
 
     cfg = load_config(config)
     t0 = time.perf_counter()

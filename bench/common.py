@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as mqtt
 
-from agent.loopback import free_port, wait_port  # noqa: F401 - the bench modules import free_port from here
+from agent.common.loopback import free_port, wait_port  # noqa: F401 - the bench modules import free_port from here
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

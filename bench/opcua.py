@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.loopback import free_port, wait_port
+from agent.common.loopback import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -54,13 +54,13 @@ def _time(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
 
 def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, float, str]]:
     """[(stage, CPU µs per reading, wall µs per reading, where in the code)]."""
-    from agent.checks import Checker
-    from agent.config import load_config
-    from agent.normalize import Normalizer
-    from agent.runner import Agent
-    from agent.store import Store
-    from agent.uplink import Uplink
-    from drivers.modbus_read import BlockReader
+    from agent.app import Agent
+    from agent.config.loader import load_config
+    from agent.north.mqtt.uplink import Uplink
+    from agent.pipeline.checks import Checker
+    from agent.pipeline.normalize import Normalizer
+    from agent.pipeline.store import Store
+    from drivers.modbus.read import BlockReader
 
     work = Path(tempfile.mkdtemp(prefix="hazgate-stages-"))
     procs = Procs(work)
@@ -127,7 +127,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
         spids = store.pids([(p.tag, p.unit, p.type) for p in cfg.all_points()])
         add("store: add_readings (tag -> id, pack, insert), one transaction per second",
             "agent/store.py Store.add_readings", n, lambda: store.add_readings(rows, spids))
-        uplink = Uplink(cfg, agent.store, agent.started_ms)
+        uplink = Uplink(cfg, agent.pipeline.store, agent.started_ms)
         build = uplink.build_readings(False)
         taken: list[int] = []
 
@@ -138,7 +138,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
 
         add("store: take_readings (select, JSON, outbox, delete)", "agent/store.py Store.take_readings",
             PER_MESSAGE, take)
-        from agent.messages import encode, readings_body
+        from agent.north.mqtt.schema import encode, readings_body
 
         sample_rows = [(ts, p.tag, p.unit, p.type, 1.5, "good", None) for p in cfg.all_points()[:PER_MESSAGE]]
         env = uplink._env(1)

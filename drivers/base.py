@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.points import Point
+from agent.config.points import Point
 
 GOOD, UNCERTAIN, BAD = "good", "uncertain", "bad"
 
@@ -41,15 +41,15 @@ class Driver(Protocol):
 def make_driver(device) -> Driver:  # noqa: ANN001 - DeviceConfig, imported lazily
     """Return the driver for a device's protocol."""
     if device.protocol == "modbus-tcp":
-        from drivers.modbus_tcp import ModbusTcpDriver
+        from drivers.modbus.tcp import ModbusTcpDriver
 
         return ModbusTcpDriver(device)
     if device.protocol == "modbus-rtu":
-        from drivers.modbus_rtu import ModbusRtuDriver
+        from drivers.modbus.rtu import ModbusRtuDriver
 
         return ModbusRtuDriver(device)
     if device.protocol == "opcua":
-        from drivers.opcua import OpcUaDriver
+        from drivers.opcua.driver import OpcUaDriver
 
         return OpcUaDriver(device)
     raise DeviceError(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.loopback import free_port, wait_port  # noqa: F401 - tests import them from here
+from agent.common.loopback import free_port, wait_port  # noqa: F401 - tests import them from here
 
 ROOT = Path(__file__).resolve().parent.parent
 HAZGATE = [sys.executable, "-m", "agent.cli"]

@@ -611,7 +611,7 @@ protects = [ { tag = "K_TT", trip_above = 100.0 } ]
 
 
 def test_events_within_a_poll_while_a_large_backlog_drains(broker, procs, tmp_path: Path) -> None:
-    from agent.store import Store
+    from agent.pipeline.store import Store
 
     a = Layout()
     dev = DeviceSpec("plc-k", [

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks import Checker
-from agent.config import load_config
-from agent.normalize import Reading
-from agent.store import Store
+from agent.config.loader import load_config
+from agent.pipeline.checks import Checker
+from agent.pipeline.normalize import Reading
+from agent.pipeline.store import Store
 
 POINTS = """tag,address,type,unit,kind,equipment,eng_min,eng_max,deadband,ll,l,h,hh
 TT,hr:0,float32,°C,temperature,,0,200,1.0,,,80,90
@@ -184,7 +184,7 @@ def test_on_delay_ignores_a_short_excursion_and_dates_a_long_one_from_its_start(
     assert rig.poll(0.5, PT=1.5) == []
     ev = rig.poll(0.5, PT=1.5)  # 1.0 s after the crossing
     assert brief(ev) == [("process_alarm", "PT", "raised", "h", "warning")]
-    from agent.messages import rfc3339
+    from agent.north.mqtt.schema import rfc3339
     assert ev[0]["start"] == rfc3339(start_wall) and ev[0]["ts"] == rfc3339(rig.wall)
     assert brief(rig.poll(0.5, PT=0.5)) == [("process_alarm", "PT", "cleared", "h", "info")]  # clears at once
 

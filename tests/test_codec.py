@@ -15,9 +15,9 @@ import struct
 
 import pytest
 
-from agent.normalize import engineering
-from agent.points import BYTE_ORDERS, TYPES, Point, parse_modbus_address
-from drivers.modbus_codec import BlockDecoder, decode, encode, registers_to_bytes
+from agent.config.points import BYTE_ORDERS, TYPES, Point, parse_modbus_address
+from agent.pipeline.normalize import engineering
+from drivers.modbus.codec import BlockDecoder, decode, encode, registers_to_bytes
 
 NAN, INF = float("nan"), float("inf")
 

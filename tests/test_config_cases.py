@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = ROOT / "tests" / "cases"

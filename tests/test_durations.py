@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.durations import parse_duration
+from agent.common.durations import parse_duration
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from conftest import HAZGATE, Proc, free_port
 from notifysock import NotifySocket
 from plant import DeviceSpec, Subscriber, parse_ts, simple_points, write_plant
 
-from agent.notify import Notifier
+from agent.service.notify import Notifier
 
 
 def add_health(config: Path) -> int:

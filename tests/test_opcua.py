@@ -23,7 +23,7 @@ from conftest import HAZGATE, ROOT, Proc
 from plant import Subscriber, parse_ts
 from uaplant import NS, UaPlant, UaPoint, make_cert
 
-from drivers.opcua import OpcUaDriver
+from drivers.opcua.driver import OpcUaDriver
 
 STEP_AT = 5.0  # seconds after t0: STEP goes from 10 to 20
 

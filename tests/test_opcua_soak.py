@@ -17,8 +17,8 @@ from pathlib import Path
 
 from uaplant import NS, UaPlant, UaPoint
 
-from agent.scheduler import DeviceTask
-from drivers.opcua import OpcUaDriver
+from agent.pipeline.scheduler import DeviceTask
+from drivers.opcua.driver import OpcUaDriver
 
 SOAK_SECONDS = 60.0
 WARMUP_CYCLES = 2

@@ -1,4 +1,4 @@
-"""Read planning (drivers.modbus_plan) and plan execution (drivers.modbus_read.BlockReader).
+"""Read planning (drivers.modbus.plan) and plan execution (drivers.modbus.read.BlockReader).
 
 BlockReader runs against a fake in-memory PLC: an async `request(table, start, count)` that
 answers with pymodbus's own response classes, and refuses with exception 2 (illegal data
@@ -16,12 +16,12 @@ from pymodbus.pdu import ExceptionResponse
 from pymodbus.pdu.bit_message import ReadCoilsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
-from agent.config import DeviceConfig
-from agent.points import Point, parse_modbus_address
+from agent.config.loader import DeviceConfig
+from agent.config.points import Point, parse_modbus_address
 from drivers.base import BAD, GOOD
-from drivers.modbus_codec import encode
-from drivers.modbus_plan import Block, plan_blocks, split_block
-from drivers.modbus_read import BlockReader
+from drivers.modbus.codec import encode
+from drivers.modbus.plan import Block, plan_blocks, split_block
+from drivers.modbus.read import BlockReader
 
 FC = {"co": 1, "di": 2, "hr": 3, "ir": 4}
 

@@ -17,7 +17,15 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.receive import Incoming, Receiver, SeqSet, _is_time, open_db, parse_broker, validate
+from agent.receiver.mqtt import (
+    Incoming,
+    Receiver,
+    SeqSet,
+    _is_time,
+    open_db,
+    parse_broker,
+    validate,
+)
 from tests.conftest import HAZGATE, ROOT, Proc, free_port, wait_port
 
 PREFIX = "hazchem"
@@ -146,7 +154,7 @@ def test_validator_names_the_problem(kind, base, path, value, expected):
 
 def test_gateway_events_from_the_store_pass(tmp_path: Path):
     """The agent's own events (buffer evictions) concern no tag: `"source": "gateway"` stands in."""
-    from agent.store import Store
+    from agent.pipeline.store import Store
 
     store = Store(tmp_path / "data")
     try:
@@ -193,7 +201,7 @@ def test_rfc3339_with_milliseconds_and_offset(text, ok):
 
 
 def test_agent_timestamps_pass():
-    from agent.messages import now_ms, rfc3339
+    from agent.north.mqtt.schema import now_ms, rfc3339
 
     assert _is_time(rfc3339(now_ms()))
     assert _is_time(rfc3339(0))
@@ -455,7 +463,7 @@ def test_bad_broker_url_exits_2(tmp_path: Path, url: str):
 
 
 def test_unusable_db_or_numbers_exit_2(tmp_path: Path):
-    from agent.store import Store
+    from agent.pipeline.store import Store
 
     Store(tmp_path / "gw").close()  # the gateway's own store, given by mistake
     url = f"mqtt://127.0.0.1:{free_port()}"

@@ -25,8 +25,8 @@ from plant import Subscriber, parse_ts
 from pymodbus.framer.rtu import FramerRTU
 from uaplant import gateway_head, socat_pair, toml, write_table
 
-from agent.config import load_config
-from agent.scheduler import DeviceTask
+from agent.config.loader import load_config
+from agent.pipeline.scheduler import DeviceTask
 from drivers.base import make_driver
 
 POINTS = [  # tag suffix, address, type, columns, engineering value

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.problems import ConfigError
+from agent.common.problems import ConfigError
+from agent.config.loader import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = ROOT / "tests" / "cases_rules"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from conftest import HAZGATE, ROOT
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
 
-from agent.secrets import check_certificates
+from agent.common.secrets import check_certificates
 
 PASSWORD = "pw-S3CRET-7f3a"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.store import CHUNK_ROWS, Store, pack_chunk, unpack_chunk
+from agent.pipeline.store import CHUNK_ROWS, Store, pack_chunk, unpack_chunk
 
 
 def build(seq: int, rows: list) -> bytes:

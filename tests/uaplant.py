@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.config import DeviceConfig
-from agent.points import Point
+from agent.config.loader import DeviceConfig
+from agent.config.points import Point
 
 NS = "urn:hazgate:test:plant"
 
@@ -131,7 +131,7 @@ class UaPlant:
 
     def device_config(self, **options: Any) -> DeviceConfig:
         """The gateway device as load_config would build it (for drivers run inside the test)."""
-        from agent.config import load_config
+        from agent.config.loader import load_config
 
         dev = load_config(self.config).devices[0]
         dev.options.update(options)

@@ -1,0 +1,315 @@
+"""Point tables: the CSV device maps technicians edit, loaded into typed, validated points."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.common.problems import Problems
+
+TYPES = ("bool", "int16", "uint16", "int32", "uint32", "float32", "float64")
+REGISTER_WIDTH = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
+BYTE_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+KINDS = (
+    "level", "temperature", "pressure", "flow", "gas_lel", "gas_ppm",
+    "interlock_status", "bypass", "trip", "detector_fault", "other",
+)
+BIT_TABLES = ("co", "di")
+REGISTER_TABLES = ("hr", "ir")
+COLUMNS = (
+    "tag", "name", "address", "type", "byte_order", "scale", "offset",
+    "raw_min", "raw_max", "eng_min", "eng_max", "unit", "kind", "hazard_source",
+    "equipment", "target_code", "deadband", "ll", "l", "h", "hh", "overlap",
+)
+REQUIRED_COLUMNS = ("tag", "address", "type")
+ENCODINGS = ("utf-8-sig", "gbk")  # utf-8-sig reads plain UTF-8 too
+TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_CLASSIC = {"0": "co", "1": "di", "3": "ir", "4": "hr"}
+ADDRESS_VALID = (
+    "hr:N, ir:N, co:N, di:N (zero-based), hr:N.B for bit B (0-15) of a register, "
+    "or classic 40001-49999 / 400001-465536 style"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusAddress:
+    table: str  # hr | ir | co | di
+    index: int  # zero-based wire address
+    bit: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.table}:{self.index}" + (f".{self.bit}" if self.bit is not None else "")
+
+
+def parse_modbus_address(text: str) -> ModbusAddress:
+    """Parse `hr:100`, `hr:10.3`, `40101`, `400101`, ...; raise ValueError naming what is valid."""
+    s = text.strip()
+    m = re.fullmatch(r"(hr|ir|co|di):(\d+)(?:\.(\d+))?", s, re.IGNORECASE)
+    if m:
+        table, index = sys.intern(m.group(1).lower()), int(m.group(2))
+        bit = int(m.group(3)) if m.group(3) is not None else None
+    else:
+        m = re.fullmatch(r"([0134])(\d{4,5})(?:\.(\d+))?", s)
+        if not m:
+            raise ValueError(f"{text!r} is not a Modbus address; valid: {ADDRESS_VALID}")
+        table, number = _CLASSIC[m.group(1)], int(m.group(2))
+        if number == 0:
+            raise ValueError(f"{text!r}: classic addresses count from 1; valid: {ADDRESS_VALID}")
+        index = number - 1
+        bit = int(m.group(3)) if m.group(3) is not None else None
+    if index > 65535:
+        raise ValueError(f"{text!r}: address {index} is beyond 65535; valid: {ADDRESS_VALID}")
+    if bit is not None and (table in BIT_TABLES or bit > 15):
+        raise ValueError(f"{text!r}: a bit index (.B) is only valid on hr/ir, 0-15")
+    return ModbusAddress(table, index, bit)
+
+
+@dataclass(slots=True)
+class Point:
+    tag: str
+    address: str  # as written: Modbus address or OPC UA NodeId
+    type: str
+    line: int
+    file: str
+    name: str = ""
+    byte_order: str = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    raw_min: float | None = None
+    raw_max: float | None = None
+    eng_min: float | None = None
+    eng_max: float | None = None
+    unit: str = ""
+    kind: str = "other"
+    hazard_source: str = ""
+    equipment: str = ""
+    target_code: str = ""
+    deadband: float = 0.0
+    ll: float | None = None
+    l: float | None = None  # noqa: E741 - the platform's name for the low limit
+    h: float | None = None
+    hh: float | None = None
+    overlap: bool = False
+    modbus: ModbusAddress | None = None
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits) this point occupies."""
+        if self.modbus is None or self.modbus.table in BIT_TABLES or self.modbus.bit is not None:
+            return 1
+        return REGISTER_WIDTH[self.type]
+
+    def to_engineering(self, raw: float | int | bool) -> float | bool:
+        """Scale a raw value to engineering units (booleans pass through)."""
+        if self.type == "bool":
+            return bool(raw)
+        if self.raw_min is not None and self.raw_max is not None:
+            span = self.raw_max - self.raw_min
+            return self.eng_min + (raw - self.raw_min) * (self.eng_max - self.eng_min) / span  # type: ignore[operator]
+        if self.scale == 1.0 and self.offset == 0.0:
+            return raw
+        return raw * self.scale + self.offset
+
+    def to_raw(self, eng: float | bool) -> float | int | bool:
+        """Inverse of to_engineering (used by the simulator)."""
+        if self.type == "bool":
+            return bool(eng)
+        if self.raw_min is not None and self.raw_max is not None:
+            span = self.eng_max - self.eng_min  # type: ignore[operator]
+            raw = self.raw_min + (eng - self.eng_min) * (self.raw_max - self.raw_min) / span  # type: ignore[operator]
+        else:
+            raw = (eng - self.offset) / self.scale
+        return raw if self.type.startswith("float") else int(round(raw))
+
+    def metadata(self) -> dict:
+        """Static description of the point for the uplink `meta` message."""
+        meta = {
+            "tag": self.tag, "name": self.name, "unit": self.unit, "kind": self.kind,
+            "type": self.type, "hazard_source": self.hazard_source, "equipment": self.equipment,
+            "target_code": self.target_code, "range": [self.eng_min, self.eng_max],
+            "limits": {"ll": self.ll, "l": self.l, "h": self.h, "hh": self.hh},
+        }
+        return meta
+
+
+def read_table_text(path: Path) -> tuple[str, str]:
+    """Return (text, encoding) of a point table written as UTF-8, UTF-8 with BOM or GBK."""
+    data = path.read_bytes()
+    for enc in ENCODINGS:
+        try:
+            text = data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+        if "\x00" in text:  # UTF-16 without a BOM "decodes" as UTF-8/GBK full of NULs
+            continue
+        return text, ("utf-8" if enc == "utf-8-sig" else enc)
+    raise UnicodeDecodeError("point table", data, 0, len(data), "not UTF-8, UTF-8 with BOM or GBK")
+
+
+_NUMBERS: dict[float, float] = {}  # one object per distinct value: tables repeat ranges and limits
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError("not finite")
+    if value == 0.0:  # 0.0 and -0.0 are equal keys: keep each as written
+        return value
+    return _NUMBERS.setdefault(value, value)
+
+
+def load_point_table(path: Path, protocol: str, problems: Problems, shown: str) -> list[Point]:
+    """Load and check one point table; every problem goes into `problems` against `shown`."""
+    try:
+        text, _ = read_table_text(path)
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError:
+        problems.add(shown, 1, "encoding", "file is not UTF-8, UTF-8 with BOM or GBK; save it as UTF-8 (CSV UTF-8) or GBK")
+        return []
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(rows)
+    except StopIteration:
+        problems.add(shown, 1, "header", f"file is empty; the first row must name the columns, at least {', '.join(REQUIRED_COLUMNS)}")
+        return []
+    header = [h.strip().lower() for h in header]
+    for col in header:
+        if col and col not in COLUMNS:
+            problems.add(shown, 1, col, f"unknown column; valid columns: {', '.join(COLUMNS)}")
+    for col in REQUIRED_COLUMNS:
+        if col not in header:
+            problems.add(shown, 1, col, "required column is missing from the header row")
+    if any(col not in header for col in REQUIRED_COLUMNS):
+        return []
+    points: list[Point] = []
+    for row in rows:
+        line = rows.line_num
+        if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+            continue
+        if any(cell.strip() for cell in row[len(header):]):
+            problems.add(shown, line, "row", f"{len(row)} cells but the header names {len(header)} columns; "
+                         "valid: one cell per header column (a shifted row puts values in the wrong columns)")
+            continue
+        cells = {col: (row[i].strip() if i < len(row) else "") for i, col in enumerate(header) if col}
+        point = _parse_row(cells, protocol, problems, shown, line)
+        if point is not None:
+            points.append(point)
+    return points
+
+
+def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: str, line: int) -> Point | None:
+    bad = len(problems)
+
+    def err(key: str, msg: str) -> None:
+        problems.add(shown, line, key, msg)
+
+    tag = cells.get("tag", "")
+    if not TAG_RE.match(tag):
+        err("tag", f"{tag!r} is not a valid tag; valid: 1-64 letters, digits, '_', '-', '.'")
+    ptype = sys.intern(cells.get("type", "").lower())  # interned: thousands of points share a few values
+    if ptype not in TYPES:
+        err("type", f"{cells.get('type', '')!r} is not a type; valid: {', '.join(TYPES)}")
+    point = Point(tag=tag, address=cells.get("address", ""), type=ptype, line=line, file=shown)
+    point.name = cells.get("name", "")
+    point.unit = sys.intern(cells.get("unit", ""))
+    point.hazard_source = sys.intern(cells.get("hazard_source", ""))
+    point.equipment = sys.intern(cells.get("equipment", ""))
+    point.target_code = cells.get("target_code", "")
+    if protocol.startswith("modbus"):
+        try:
+            point.modbus = parse_modbus_address(point.address)
+        except ValueError as exc:
+            err("address", str(exc))
+        if point.modbus and ptype in TYPES:
+            table = point.modbus.table
+            if table in BIT_TABLES and ptype != "bool":
+                err("type", f"{ptype} does not fit {table} ({'coils' if table == 'co' else 'discrete inputs'} hold single bits); valid: bool")
+            elif point.modbus.bit is not None and ptype != "bool":
+                err("type", f"{ptype} does not fit a single bit ({point.modbus}); valid: bool")
+            elif point.modbus.index + point.width - 1 > 65535:
+                err("address", f"{ptype} at {point.modbus} runs past register 65535")
+    elif protocol == "opcua" and not re.match(r"^(ns=\d+|nsu=[^;]+);[isgb]=.+$|^i=\d+$", point.address):
+        err("address", f"{point.address!r} is not an OPC UA NodeId; valid: ns=2;s=Tank1.Level, ns=3;i=1001, nsu=<namespace URI>;s=...")
+    bo = cells.get("byte_order", "").upper() or "ABCD"
+    if bo not in BYTE_ORDERS:
+        err("byte_order", f"{cells.get('byte_order')!r} is not a byte order; valid: {', '.join(BYTE_ORDERS)}")
+    point.byte_order = sys.intern(bo)
+    kind = cells.get("kind", "").lower() or "other"
+    if kind not in KINDS:
+        err("kind", f"{cells.get('kind')!r} is not a kind; valid: {', '.join(KINDS)}")
+    point.kind = sys.intern(kind)
+    overlap = cells.get("overlap", "").lower()
+    if overlap not in ("", "yes", "no", "true", "false", "1", "0"):
+        err("overlap", f"{cells.get('overlap')!r}: valid: yes or no (yes = this point may share registers with another)")
+    point.overlap = overlap in ("yes", "true", "1")
+
+    numbers: dict[str, float | None] = {}
+    for key in ("scale", "offset", "raw_min", "raw_max", "eng_min", "eng_max", "deadband", "ll", "l", "h", "hh"):
+        raw = cells.get(key, "")
+        if raw == "":
+            numbers[key] = None
+            continue
+        try:
+            numbers[key] = _number(raw)
+        except ValueError:
+            err(key, f"{raw!r} is not a number; valid: a finite decimal number such as 12.5")
+            numbers[key] = None
+    raw_pair = (numbers["raw_min"], numbers["raw_max"])
+    if any(v is not None for v in raw_pair):
+        if None in raw_pair or numbers["eng_min"] is None or numbers["eng_max"] is None:
+            err("raw_min", "raw_min/raw_max need all four of raw_min, raw_max, eng_min, eng_max")
+        elif raw_pair[0] == raw_pair[1]:
+            err("raw_max", f"raw_max equals raw_min ({raw_pair[0]}); valid: two different raw values")
+        if numbers["scale"] is not None or numbers["offset"] is not None:
+            err("scale", "give either scale/offset or raw_min/raw_max/eng_min/eng_max, not both")
+    if numbers["scale"] == 0:
+        err("scale", "0 would turn every value into the offset; valid: any non-zero number")
+    if numbers["deadband"] is not None and numbers["deadband"] < 0:
+        err("deadband", f"{numbers['deadband']} is negative; valid: 0 or more, in engineering units")
+    if numbers["eng_min"] is not None and numbers["eng_max"] is not None and numbers["eng_min"] >= numbers["eng_max"]:
+        err("eng_max", f"eng_max {numbers['eng_max']} is not above eng_min {numbers['eng_min']}; valid: eng_min < eng_max")
+    limits = [(k, numbers[k]) for k in ("ll", "l", "h", "hh") if numbers[k] is not None]
+    for (k1, v1), (k2, v2) in zip(limits, limits[1:], strict=False):
+        if v1 > v2:  # type: ignore[operator]
+            err(k2, f"{k2.upper()} {v2} is below {k1.upper()} {v1}; valid: LL <= L <= H <= HH")
+    if ptype == "bool" and any(numbers[k] is not None for k in ("scale", "offset", "raw_min", "ll", "l", "h", "hh")):
+        err("type", "a bool point takes no scaling or limits; valid: leave scale, offset, ranges and limits empty")
+    point.scale = numbers["scale"] if numbers["scale"] is not None else 1.0
+    point.offset = numbers["offset"] if numbers["offset"] is not None else 0.0
+    point.raw_min, point.raw_max = numbers["raw_min"], numbers["raw_max"]
+    point.eng_min, point.eng_max = numbers["eng_min"], numbers["eng_max"]
+    point.deadband = numbers["deadband"] or 0.0
+    point.ll, point.l, point.h, point.hh = numbers["ll"], numbers["l"], numbers["h"], numbers["hh"]
+    return point if len(problems) == bad else None
+
+
+def check_overlaps(points: list[Point], problems: Problems) -> None:
+    """Two points of one device reading the same register are a mistake unless marked `overlap`."""
+    owners: dict[tuple[str, int], list[Point]] = {}
+    for p in points:
+        if p.modbus is None:
+            continue
+        clash: tuple[Point, tuple[str, int]] | None = None
+        for i in range(p.width):
+            key = (p.modbus.table, p.modbus.index + i)
+            for other in owners.get(key, []):
+                different_bits = (
+                    p.modbus.bit is not None and other.modbus is not None
+                    and other.modbus.bit is not None and p.modbus.bit != other.modbus.bit
+                )
+                if clash is None and not different_bits and not (p.overlap and other.overlap):
+                    clash = (other, key)
+            owners.setdefault(key, []).append(p)
+        if clash is not None:
+            other, key = clash
+            problems.add(
+                p.file, p.line, "address",
+                f"{p.tag} at {p.modbus} overlaps {other.tag} ({other.file}:{other.line}) on {key[0]}:{key[1]}; "
+                "valid: separate registers, or overlap=yes on both points if intended",
+            )

@@ -1,0 +1,77 @@
+"""Normalization: driver samples become readings in engineering units with quality.
+
+Report by exception: a numeric point with a deadband is reported only when it moved by at
+least the deadband or its quality changed; every `integrity_interval` all points are
+reported anyway, so the platform always holds a recent value of each.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from agent.config.points import Point
+from drivers.base import BAD, GOOD, UNCERTAIN, Sample
+
+QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
+
+
+def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
+    """Scaled value; NaN and infinities (a float register holding garbage) become None."""
+    value = point.to_engineering(raw)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(slots=True)
+class Reading:
+    point: Point
+    ts_ms: int
+    value: float | bool | None
+    quality: str
+    reason: str | None
+
+
+class Normalizer:
+    def __init__(self, integrity_interval: float):
+        self.integrity_interval = integrity_interval
+        self._last: dict[str, tuple[float | bool | None, str, str | None]] = {}
+        self._next_integrity = 0.0
+
+    def process(self, samples: list[Sample], ts_ms: int, clock_ok: bool = True) -> tuple[list[Reading], list[Reading]]:
+        """Return (all readings of this poll, the ones to report).
+
+        With `clock_ok` false (the system clock is not synchronized) good readings become
+        `uncertain`, reason `clock_unsynchronized`: they flow on, flagged.
+        """
+        now = time.monotonic()
+        full = now >= self._next_integrity
+        if full:
+            self._next_integrity = now + self.integrity_interval
+        every: list[Reading] = []
+        report: list[Reading] = []
+        keep, send, last = every.append, report.append, self._last
+        for s in samples:
+            p, raw, quality, reason = s.point, s.raw, s.quality, s.reason
+            if raw is None or quality == BAD:
+                value = None
+            else:
+                value = engineering(p, raw)
+                if value is None:
+                    quality, reason = BAD, "decode error: not a finite number"
+            if quality == GOOD and not clock_ok:
+                quality, reason = UNCERTAIN, "clock_unsynchronized"
+            r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
+            keep(r)
+            prev = last.get(p.tag)
+            if (
+                full or prev is None or p.deadband <= 0 or quality == BAD
+                or prev[1] != quality or prev[2] != reason
+                or value is None or prev[0] is None
+                or abs(value - prev[0]) >= p.deadband  # type: ignore[operator]
+            ):
+                last[p.tag] = (value, quality, reason)
+                send(r)
+        return every, report

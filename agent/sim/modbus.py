@@ -1,0 +1,134 @@
+"""The simulated plant: Modbus TCP PLCs whose registers follow a scenario file (OPC UA servers
+and Modbus RTU slaves: agent/simulate_opcua.py and agent/simulate_rtu.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import defaultdict
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from agent.config.points import Point
+from agent.sim.scenario import SimPlc, load_scenario
+from drivers.modbus.codec import encode
+
+log = logging.getLogger("hazgate.simulate")
+SPARE = 16  # valid registers served past the last point, so block reads with gaps succeed
+TABLE_FC = {1: "co", 2: "di", 3: "hr", 4: "ir"}
+
+
+class PlcModel:
+    """Computes a PLC's register images on demand from its scenario signals."""
+
+    def __init__(self, plc: SimPlc, started: float):
+        self.plc = plc
+        self.started = started
+        self.by_table: dict[str, dict[int, list[Point]]] = defaultdict(lambda: defaultdict(list))
+        for p in plc.points:
+            self.by_table[p.modbus.table][p.modbus.index].append(p)  # type: ignore[union-attr]
+
+    def value(self, p: Point, t: float):
+        sig = self.plc.signals.get(p.tag)
+        eng = sig.value(t) if sig else (False if p.type == "bool" else 0.0)
+        return p.to_raw(eng)
+
+    def refresh(self, table: str, start_address: int, address: int, count: int, regs: list[int]) -> None:
+        """Write current values of the requested range into the server's register list."""
+        t = time.monotonic() - self.started
+        points = self.by_table.get(table, {})
+        if table in ("co", "di"):
+            for idx, pts in points.items():  # bit tables are small: refresh all of them
+                reg, bit = divmod(idx, 16)
+                if reg - start_address < len(regs):
+                    word = regs[reg - start_address] & ~(1 << bit)
+                    regs[reg - start_address] = word | (int(bool(self.value(pts[0], t))) << bit)
+            return
+        lo = max(0, address - 3)  # a multi-register point may start before the range
+        for idx in range(lo, address + count):
+            pts = points.get(idx)
+            if not pts:
+                continue
+            word_bits = 0
+            for p in pts:
+                raw = self.value(p, t)
+                if p.modbus.bit is not None:  # type: ignore[union-attr]
+                    word_bits |= int(bool(raw)) << p.modbus.bit  # type: ignore[union-attr]
+                    regs[idx - start_address] = word_bits
+                    continue
+                for i, word in enumerate(encode(raw, p.type, p.byte_order)):
+                    if 0 <= idx + i - start_address < len(regs):
+                        regs[idx + i - start_address] = word
+
+
+def _register_blocks(model: PlcModel, table: str) -> list[SimData]:
+    """Valid register ranges of a table: 0 up to the last point + SPARE, minus refused addresses."""
+    points = model.plc.points
+    end = max((p.modbus.index + p.width for p in points if p.modbus.table == table), default=0) + SPARE  # type: ignore[union-attr]
+    refused = sorted(a.index for a in model.plc.refuse if a.table == table)
+    blocks, start = [], 0
+    for r in [*refused, end]:
+        if r > start:
+            blocks.append(SimData(start, count=r - start, values=0, datatype=DataType.REGISTERS))
+        start = r + 1
+    return blocks
+
+
+def build_device(model: PlcModel) -> SimDevice:
+    def bits(table: str) -> list[SimData]:
+        end = max((p.modbus.index for p in model.plc.points if p.modbus.table == table), default=0)  # type: ignore[union-attr]
+        return [SimData(0, count=end // 16 + 2, values=0, datatype=DataType.BITS)]
+
+    async def action(fc, start_address, address, count, registers, values):  # noqa: ANN001
+        table = TABLE_FC.get(fc)
+        if table and values is None:
+            model.refresh(table, start_address, address, count, registers)
+        return None
+
+    return SimDevice(
+        model.plc.unit,
+        simdata=(bits("co"), bits("di"), _register_blocks(model, "hr"), _register_blocks(model, "ir")),
+        action=action,
+    )
+
+
+async def serve(scenario_path: str, ready: asyncio.Event | None = None) -> None:
+    """Serve every PLC of the scenario until cancelled."""
+    plcs = load_scenario(scenario_path)
+    started = time.monotonic()
+    by_endpoint: dict[tuple[str, int], list[SimDevice]] = defaultdict(list)
+    for plc in plcs:
+        if plc.protocol == "modbus-tcp":
+            by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
+    servers = []
+    stoppers: list = []  # OPC UA servers and serial ports (agent/simulate_opcua.py, simulate_rtu.py)
+    try:
+        for (host, port), devices in by_endpoint.items():
+            server = ModbusTcpServer(devices, address=(host, port))
+            await server.serve_forever(background=True)
+            servers.append(server)
+            names = ", ".join(p.name for p in plcs if (p.host, p.port) == (host, port))
+            log.info("serving Modbus TCP on %s:%d: %s", host, port, names)
+        if ua_plcs := [p for p in plcs if p.protocol == "opcua"]:
+            from agent.sim.opcua import start_opcua
+
+            await start_opcua(ua_plcs, started, stoppers)
+        if rtu_plcs := [p for p in plcs if p.protocol == "modbus-rtu"]:
+            from agent.sim.rtu import start_rtu
+
+            await start_rtu(rtu_plcs, started, stoppers)
+        if ready:
+            ready.set()
+        stop = asyncio.Event()  # SIGTERM ends the simulator cleanly: a virtual serial port's link goes too
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    finally:
+        for server in servers:
+            await server.shutdown()
+        for stop in reversed(stoppers):
+            await stop()
