@@ -26,7 +26,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceConfig | None
+def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceSpec | None
     """The device named on the command line, or None after saying which devices exist."""
     cfg = _load(args.config)
     try:
@@ -58,12 +58,12 @@ def cmd_browse(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.app import run_agent
+    from agent.service.run import run_service
     from drivers.base import DeviceError
 
     cfg = _load(args.config)
     try:
-        return asyncio.run(run_agent(cfg))
+        return asyncio.run(run_service(cfg))
     except DeviceError as exc:
         print(f"hazgate run: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -47,16 +47,16 @@ def record(pid: int, seconds: float, out: Path, rate: int = RATE) -> subprocess.
 # Stages of the pipeline, most specific first: a stack belongs to the first rule that any of its
 # frames matches.
 STAGES: list[tuple[str, re.Pattern]] = [(name, re.compile(rx)) for name, rx in (
-    ("Modbus: decode registers (drivers/modbus_read, modbus_codec)", r"BlockReader\._decode|drivers/modbus_codec"),
+    ("Modbus: decode registers (drivers/modbus/read, codec)", r"BlockReader\._decode|drivers/modbus/codec"),
     ("Modbus: request/response (pymodbus client, transport)", r"pymodbus/|ModbusTcpDriver\._request"),
-    ("normalize (agent/normalize, Point.to_engineering)", r"Normalizer\.|Point\.to_engineering"),
-    ("checks (agent/checks)", r"agent/checks"),
+    ("normalize (agent/pipeline/normalize, Point.to_engineering)", r"Normalizer\.|Point\.to_engineering"),
+    ("checks (agent/pipeline/checks)", r"agent/pipeline/checks"),
     ("store: add_readings (SQLite insert, commit)", r"Store\.add_readings"),
-    ("store: take_readings (select, message JSON, outbox, delete)", r"Store\.take_readings|agent/messages"),
+    ("store: take_readings (select, message JSON, outbox, delete)", r"Store\.take_readings|agent/north/mqtt/schema"),
     ("store: other calls (ack, unacked, mark_published, events, state)", r"Store\."),
-    ("sink and writer: readings to rows (agent/runner)", r"Agent\._sink|Agent\._writer"),
-    ("uplink rounds and paho (agent/uplink, paho)", r"agent/uplink|paho/"),
-    ("scheduler, health, clock (agent/scheduler, health, clock)", r"agent/scheduler|agent/health|agent/clock"),
+    ("sink and writer: readings to rows (agent/app, agent/pipeline/writer)", r"Agent\._sink|agent/pipeline/writer"),
+    ("uplink rounds and paho (agent/north, paho)", r"agent/north/|paho/"),
+    ("scheduler, health, clock (agent/pipeline/scheduler, service/health, common/clock)", r"agent/pipeline/scheduler|agent/service/health|agent/common/clock"),
     ("store thread hand-off (executor, call_soon_threadsafe)", r"concurrent/futures|_write_to_self|AsyncStore|"
                                                                 r"run_in_executor|_chain_future|_call_set_state"),
     ("asyncio event loop (select, callbacks, tasks)", r"asyncio/|selectors"),

@@ -56,8 +56,9 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
     """[(stage, CPU µs per reading, wall µs per reading, where in the code)]."""
     from agent.app import Agent
     from agent.config.loader import load_config
-    from agent.north.mqtt.uplink import Uplink
-    from agent.pipeline.checks import Checker
+    from agent.model import QUALITY_CODE
+    from agent.north.mqtt.uplink import MqttUplink
+    from agent.pipeline.checks.checker import Checker
     from agent.pipeline.normalize import Normalizer
     from agent.pipeline.store import Store
     from drivers.modbus.read import BlockReader
@@ -96,7 +97,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
                 for b, r in zip(reader.blocks, rs, strict=True):
                     out.extend(reader._decode(b, r))
 
-        add("decode registers into samples", "drivers/modbus_read.py BlockReader._decode", n, decode)
+        add("decode registers into samples", "drivers/modbus/read.py BlockReader._decode", n, decode)
         decode()
         plain = [struct.pack(f">{len(r.registers)}H", *r.registers) for rs in resps for r in rs]
         add("  for scale: one struct.unpack per block", "(what the raw loop does)", n,
@@ -105,30 +106,30 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
         norms = [Normalizer(d.integrity_interval) for d in devs]
         ts = int(time.time() * 1000)
         polls = [nm.process(sm, ts) for nm, sm in zip(norms, samples, strict=True)]
-        add("normalize (scale, quality, deadband)", "agent/normalize.py Normalizer.process", n,
+        add("normalize (scale, quality, deadband)", "agent/pipeline/normalize.py Normalizer.process", n,
             lambda: [nm.process(sm, ts) for nm, sm in zip(norms, samples, strict=True)])
 
-        checker = Checker(cfg, [])
-        add("checks (every point with h/hh limits)", "agent/checks.py Checker.process", n,
+        checker = Checker(cfg.rules, cfg.all_points(), [])
+        add("checks (every point with h/hh limits)", "agent/pipeline/checks/checker.py Checker.process", n,
             lambda: [checker.process(every) for every, _ in polls])
 
         agent = Agent(cfg)
         agent.checks.checker = None  # measured above
 
         def sink() -> None:
-            agent._pending = []
+            agent.writer.take(agent.writer.held)
             for d, (every, report) in zip(devs, polls, strict=True):
                 _run_sink(agent, d, every, report)
 
-        add("sink: readings to row tuples", "agent/runner.py Agent._sink", n, sink)
-        rows = list(agent._pending)
+        add("sink: readings to row tuples", "agent/pipeline/writer.py Writer.add", n, sink)
+        rows = [(ts, tag, v, QUALITY_CODE[q], r) for ts, tag, _u, _t, v, q, r in agent.writer.take(agent.writer.held)]
 
         store = Store(work / "store")
         spids = store.pids([(p.tag, p.unit, p.type) for p in cfg.all_points()])
         add("store: add_readings (tag -> id, pack, insert), one transaction per second",
-            "agent/store.py Store.add_readings", n, lambda: store.add_readings(rows, spids))
-        uplink = Uplink(cfg, agent.pipeline.store, agent.started_ms)
-        build = uplink.build_readings(False)
+            "agent/pipeline/store.py Store.add_readings", n, lambda: store.add_readings(rows, spids))
+        body = MqttUplink(cfg.uplink, agent.uplink.drain.ctx).body
+        build = body.readings(False)
         taken: list[int] = []
 
         def take() -> None:
@@ -136,21 +137,21 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
             if got:
                 taken.append(got[0])
 
-        add("store: take_readings (select, JSON, outbox, delete)", "agent/store.py Store.take_readings",
+        add("store: take_readings (select, JSON, outbox, delete)", "agent/pipeline/store.py Store.take_readings",
             PER_MESSAGE, take)
         from agent.north.mqtt.schema import encode, readings_body
 
         sample_rows = [(ts, p.tag, p.unit, p.type, 1.5, "good", None) for p in cfg.all_points()[:PER_MESSAGE]]
-        env = uplink._env(1)
-        add("  of which: message body + orjson", "agent/messages.py readings_body, encode", PER_MESSAGE,
+        env = body._env(1)
+        add("  of which: message body + orjson", "agent/north/mqtt/schema.py readings_body, encode", PER_MESSAGE,
             lambda: encode(readings_body(dict(env), sample_rows, False)))
         seqs = iter(range(10**9, 2 * 10**9))
-        add("store: mark_published (fsync of seq.published)", "agent/store.py Store.mark_published",
+        add("store: mark_published (fsync of seq.published)", "agent/pipeline/store.py Store.mark_published",
             PER_MESSAGE, lambda: store.mark_published(next(seqs)))
-        add("store: unacked (re-read the message just built)", "agent/store.py Store.unacked", PER_MESSAGE,
+        add("store: unacked (re-read the message just built)", "agent/pipeline/store.py Store.unacked", PER_MESSAGE,
             lambda: store.unacked(taken[-1] - 1, 16))
         acks = iter(list(taken))
-        add("store: ack one message", "agent/store.py Store.ack", PER_MESSAGE,
+        add("store: ack one message", "agent/pipeline/store.py Store.ack", PER_MESSAGE,
             lambda: store.ack([next(acks, 0)]))
         store.close()
 
@@ -170,7 +171,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
                 for info in infos:
                     info.wait_for_publish(10)
 
-            add("MQTT: paho publish QoS 1 until PUBACK (16 in flight)", "paho-mqtt, Uplink._publish",
+            add("MQTT: paho publish QoS 1 until PUBACK (16 in flight)", "paho-mqtt, MqttLink.send",
                 16 * PER_MESSAGE, publish)
             client.disconnect()
             client.loop_stop()

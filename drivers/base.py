@@ -1,24 +1,16 @@
-"""The one small interface every protocol driver implements."""
+"""The south seam: the interface every protocol driver implements, the typed device spec it is
+built from, and what a protocol says of itself so that config, tools and health need not know
+protocols by name (drivers/registry.py keeps the list)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from agent.config.points import Point
-
-GOOD, UNCERTAIN, BAD = "good", "uncertain", "bad"
-
-
-@dataclass(slots=True)
-class Sample:
-    """One point as read from a device: raw value before scaling, quality and why."""
-
-    point: Point
-    raw: float | int | bool | None
-    quality: str = GOOD
-    reason: str | None = None
-    ts: float | None = None  # device/source time (epoch seconds) when the protocol gives one
+from agent.common.problems import Problems
+from agent.model import Point
 
 
 class DeviceError(Exception):
@@ -30,7 +22,7 @@ class Driver(Protocol):
 
     async def connect(self) -> None: ...
 
-    async def read(self) -> list[Sample]: ...
+    async def read(self) -> list: ...  # list[agent.model.Sample]
 
     async def close(self) -> None: ...
 
@@ -38,21 +30,56 @@ class Driver(Protocol):
     def connected(self) -> bool: ...
 
 
-def make_driver(device) -> Driver:  # noqa: ANN001 - DeviceConfig, imported lazily
-    """Return the driver for a device's protocol."""
-    if device.protocol == "modbus-tcp":
-        from drivers.modbus.tcp import ModbusTcpDriver
+class Options(Protocol):
+    """A protocol's typed device options (each protocol folder defines its own class)."""
 
-        return ModbusTcpDriver(device)
-    if device.protocol == "modbus-rtu":
-        from drivers.modbus.rtu import ModbusRtuDriver
+    @property
+    def endpoint(self) -> str: ...  # where the device is, for logs and status
 
-        return ModbusRtuDriver(device)
-    if device.protocol == "opcua":
-        from drivers.opcua.driver import OpcUaDriver
+    @property
+    def where(self) -> str: ...  # endpoint plus unit: unique per device
 
-        return OpcUaDriver(device)
-    raise DeviceError(
-        f"device {device.name!r}: protocol {device.protocol!r} has no driver in this version; "
-        "available: modbus-tcp, modbus-rtu, opcua"
-    )
+    @property
+    def bus(self) -> str | None: ...  # a line shared by several devices (one worker), or None
+
+    def line(self) -> dict[str, Any]: ...  # settings every device on the bus must share
+
+
+@dataclass
+class DeviceSpec:
+    name: str
+    protocol: str
+    poll_interval: float
+    points_file: Path
+    options: Any  # the protocol's Options
+    timeout: float = 2.0
+    integrity_interval: float = 60.0
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        return self.options.endpoint
+
+    @property
+    def bus(self) -> str | None:
+        return self.options.bus
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """What a protocol says of itself: its config keys (key -> (kind, required); kinds as
+    agent/config/loader.py converts them), their limits, the typed options, the address
+    syntax and checks of its point tables, and the driver factory."""
+
+    keys: dict[str, tuple[str, bool]]
+    options: Callable[[dict[str, Any]], Any]  # checked keys (defaults applied here) -> Options
+    parse_address: Callable[[str, str], Any]  # (address text, point type) -> location; ValueError
+    driver: Callable[[DeviceSpec], Driver]
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    check_options: Callable[[dict[str, Any]], list[tuple[str, str]]] = lambda _o: []
+    check_point: Callable[[Point], list[tuple[str, str]]] = lambda _p: []
+    check_table: Callable[[list[Point], Problems], None] = lambda _points, _problems: None
+    secret_keys: tuple[str, ...] = ()  # option keys naming files that must be owner-only
+    # `hazgate browse` (device, node, depth, limit, csv_out) -> exit code, for protocols with an
+    # address space to list
+    browse: Callable[[DeviceSpec, str | None, int, int, str | None], Awaitable[int]] | None = None

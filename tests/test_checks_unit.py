@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.config.loader import load_config
-from agent.pipeline.checks import Checker
-from agent.pipeline.normalize import Reading
+from agent.pipeline.checks.checker import Checker
+from agent.model import Reading
 from agent.pipeline.store import Store
 
 POINTS = """tag,address,type,unit,kind,equipment,eng_min,eng_max,deadband,ll,l,h,hh
@@ -87,7 +87,7 @@ class Rig:
         self.cfg = cfg
         self.mono, self.wall = mono, wall
         self.points = {p.tag: p for p in cfg.all_points()}
-        self.checker = Checker(cfg, active or [], clock=lambda: self.mono, wall=lambda: self.wall)
+        self.checker = Checker(cfg.rules, cfg.all_points(), active or [], clock=lambda: self.mono, wall=lambda: self.wall)
         self.state = dict(self.BASE)
         self.upserts: dict[str, tuple] = {}
         self.ticks = 0
@@ -184,7 +184,7 @@ def test_on_delay_ignores_a_short_excursion_and_dates_a_long_one_from_its_start(
     assert rig.poll(0.5, PT=1.5) == []
     ev = rig.poll(0.5, PT=1.5)  # 1.0 s after the crossing
     assert brief(ev) == [("process_alarm", "PT", "raised", "h", "warning")]
-    from agent.north.mqtt.schema import rfc3339
+    from agent.common.timefmt import rfc3339
     assert ev[0]["start"] == rfc3339(start_wall) and ev[0]["ts"] == rfc3339(rig.wall)
     assert brief(rig.poll(0.5, PT=0.5)) == [("process_alarm", "PT", "cleared", "h", "info")]  # clears at once
 
@@ -332,7 +332,7 @@ def test_restart_restores_active_conditions_without_announcing_them(tmp_path: Pa
 
 def test_saved_conditions_that_no_longer_apply_are_dropped(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    c = Checker(cfg, [("alarm:GONE", "process_alarm", "GONE", T0, {"level": "h"}),
+    c = Checker(cfg.rules, cfg.all_points(), [("alarm:GONE", "process_alarm", "GONE", T0, {"level": "h"}),
                       ("interlock:IL-X:bypass", "interlock_bypass", "IL-X", T0, {})])
     events, upserts, deletes = c.take()
     assert events == [] and upserts == [] and sorted(deletes) == ["alarm:GONE", "interlock:IL-X:bypass"]
@@ -360,7 +360,7 @@ def test_a_poll_without_watched_points_costs_no_allocation(rig: Rig) -> None:
 def test_uncertain_only_for_the_clock_is_still_checked(rig: Rig) -> None:
     """An unsynchronized gateway clock makes readings uncertain; their values still count."""
     p = rig.points["TT"]
-    c = Checker(rig.cfg, [])
+    c = Checker(rig.cfg.rules, rig.cfg.all_points(), [])
     c.process([Reading(p, T0, 85.0, "uncertain", "clock_unsynchronized")])
     assert brief([b for _, b in c.take()[0]]) == [("process_alarm", "TT", "raised", "h", "warning")]
     c.process([Reading(p, T0 + 500, 50.0, "uncertain", "device says uncertain")])

@@ -15,8 +15,9 @@ import struct
 
 import pytest
 
-from agent.config.points import BYTE_ORDERS, TYPES, Point, parse_modbus_address
+from agent.model import BYTE_ORDERS, TYPES, Point
 from agent.pipeline.normalize import engineering
+from drivers.modbus.address import parse_modbus_address
 from drivers.modbus.codec import BlockDecoder, decode, encode, registers_to_bytes
 
 NAN, INF = float("nan"), float("inf")
@@ -221,7 +222,7 @@ def test_registers_to_bytes() -> None:
 
 def point(ptype: str = "int16", **kw: object) -> Point:
     return Point(tag="T", address="hr:0", type=ptype, line=2, file="t.csv",
-                 modbus=parse_modbus_address("hr:0"), **kw)  # type: ignore[arg-type]
+                 location=parse_modbus_address("hr:0", ptype), **kw)  # type: ignore[arg-type]
 
 
 def test_no_scaling_passes_raw_through() -> None:
@@ -309,14 +310,14 @@ def test_block_decoder_agrees_with_point_by_point_decoding() -> None:
         else:
             address = f"hr:{index}"
         p = Point(tag=f"T{k}", address=address, type=ptype, line=k + 2, file="t.csv", byte_order=order,
-                  overlap=True, modbus=parse_modbus_address(address))
+                  overlap=True, location=parse_modbus_address(address, ptype))
         points.append(p)
-        index += p.width if rng.random() < 0.8 else 0  # 20 %: the next point shares registers
+        index += p.location.width if rng.random() < 0.8 else 0  # 20 %: the next point shares registers
         index += rng.choice((0, 0, 0, 1, 3))  # gaps
     data = bytes(rng.randrange(256) for _ in range(2 * (index + 4)))
     decoder = BlockDecoder(0, points)
     assert decoder.fast and decoder.slow  # both paths are exercised
     for p, got in zip(points, decoder.values(data), strict=True):
-        off = 2 * p.modbus.index
-        want = decode(data[off : off + 2 * p.width], p.type, p.byte_order, p.modbus.bit)
+        off = 2 * p.location.index
+        want = decode(data[off : off + 2 * p.location.width], p.type, p.byte_order, p.location.bit)
         assert (math.isnan(got) and math.isnan(want)) if isinstance(want, float) and math.isnan(want) else got == want, p

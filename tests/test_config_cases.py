@@ -183,11 +183,11 @@ def test_valid_example_loads_as_written() -> None:
     """validate only says "valid"; check the example parses into the points it describes."""
     cfg = load_config(CASES_DIR / "valid_example" / "gateway.toml")
     pts = {p.tag: p for p in cfg.all_points()}
-    assert {t: str(p.modbus) for t, p in pts.items() if t.startswith("TK")} == {
+    assert {t: str(p.location) for t, p in pts.items() if t.startswith("TK")} == {
         "TK101_LT": "hr:0", "TK101_TT": "hr:2", "TK101_PT": "ir:0", "TK102_LT": "hr:4",
         "TK102_TT": "hr:8", "TK102_CNT": "hr:10", "TK101_ESD": "co:0", "TK101_HLA": "di:0",
     }
-    assert str(pts["R101_TZ01_TRIP"].modbus) == "hr:110.2"  # classic 40111.2
+    assert str(pts["R101_TZ01_TRIP"].location) == "hr:110.2"  # classic 40111.2
     assert pts["TK101_TT"].byte_order == "ABCD" and pts["TK102_TT"].kind == "temperature"
     assert (pts["TK101_TT"].scale, pts["TK101_TT"].offset) == (0.1, -50.0)
     assert (pts["TK101_PT"].raw_min, pts["TK101_PT"].raw_max, pts["TK101_PT"].eng_max) == (0.0, 4000.0, 1.6)
@@ -195,7 +195,7 @@ def test_valid_example_loads_as_written() -> None:
     assert pts["TK101_HLA"].kind == "trip" and pts["TK101_HLA"].hazard_source == "320200001001"
     assert pts["TK102_CNT"].kind == "other"
     dev = cfg.device("tank-farm")
-    assert (dev.timeout, dev.max_gap, dev.unit) == (0.5, 4, 1)
+    assert (dev.timeout, dev.options.max_gap, dev.options.unit) == (0.5, 4, 1)
     assert cfg.device("reactor").integrity_interval == 300.0
     assert cfg.uplink.tls and cfg.uplink.batch_size == 200 and cfg.uplink.keepalive == 60.0
 

@@ -18,9 +18,9 @@ import pytest
 from conftest import free_port
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
 
+from agent.common.listen import parse_listen
 from agent.common.problems import ConfigError
 from agent.config.loader import load_config
-from agent.service.health import parse_listen
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? '

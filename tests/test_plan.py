@@ -16,10 +16,11 @@ from pymodbus.pdu import ExceptionResponse
 from pymodbus.pdu.bit_message import ReadCoilsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
-from agent.config.loader import DeviceConfig
-from agent.config.points import Point, parse_modbus_address
-from drivers.base import BAD, GOOD
+from agent.model import BAD, GOOD, Point
+from drivers.base import DeviceSpec
+from drivers.modbus.address import parse_modbus_address
 from drivers.modbus.codec import encode
+from drivers.modbus.options import ModbusTcpOptions
 from drivers.modbus.plan import Block, plan_blocks, split_block
 from drivers.modbus.read import BlockReader
 
@@ -28,7 +29,7 @@ FC = {"co": 1, "di": 2, "hr": 3, "ir": 4}
 
 def pt(address: str, ptype: str = "uint16", order: str = "ABCD", tag: str | None = None) -> Point:
     return Point(tag=tag or address.replace(":", "_").replace(".", "_"), address=address, type=ptype,
-                 line=2, file="t.csv", byte_order=order, modbus=parse_modbus_address(address))
+                 line=2, file="t.csv", byte_order=order, location=parse_modbus_address(address, ptype))
 
 
 def spans(blocks: list[Block]) -> list[str]:
@@ -43,8 +44,8 @@ def assert_sound(points: list[Point], blocks: list[Block], max_registers: int = 
         limit = max_bits if b.table in ("co", "di") else max_registers
         assert 1 <= b.count <= limit, b
         for p in b.points:
-            assert p.modbus.table == b.table
-            assert b.start <= p.modbus.index and p.modbus.index + p.width <= b.start + b.count, (p.address, b)
+            assert p.location.table == b.table
+            assert b.start <= p.location.index and p.location.index + p.location.width <= b.start + b.count, (p.address, b)
 
 
 # --- plan_blocks
@@ -212,7 +213,7 @@ class FakePlc:
     def load(self, points: list[Point], values: dict[str, object]) -> None:
         for p in points:
             v = values[p.tag]
-            a = p.modbus
+            a = p.location
             if a.table in ("co", "di"):
                 self.bits[(a.table, a.index)] = bool(v)
             elif a.bit is not None:
@@ -237,9 +238,9 @@ class FakePlc:
         return ReadHoldingRegistersResponse(registers=regs[:-1] if self.short else regs)
 
 
-def device(points: list[Point], **kw: object) -> DeviceConfig:
-    return DeviceConfig(name="plc", protocol="modbus-tcp", poll_interval=1.0,
-                        points_file=Path("t.csv"), points=points, **kw)  # type: ignore[arg-type]
+def device(points: list[Point], **kw: object) -> DeviceSpec:
+    return DeviceSpec(name="plc", protocol="modbus-tcp", poll_interval=1.0, points_file=Path("t.csv"),
+                      options=ModbusTcpOptions("127.0.0.1", **kw), points=points)  # type: ignore[arg-type]
 
 
 MIXED = [

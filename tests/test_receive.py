@@ -201,7 +201,7 @@ def test_rfc3339_with_milliseconds_and_offset(text, ok):
 
 
 def test_agent_timestamps_pass():
-    from agent.north.mqtt.schema import now_ms, rfc3339
+    from agent.common.timefmt import now_ms, rfc3339
 
     assert _is_time(rfc3339(now_ms()))
     assert _is_time(rfc3339(0))

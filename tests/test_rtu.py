@@ -27,7 +27,7 @@ from uaplant import gateway_head, socat_pair, toml, write_table
 
 from agent.config.loader import load_config
 from agent.pipeline.scheduler import DeviceTask
-from drivers.base import make_driver
+from drivers.registry import make_driver
 
 POINTS = [  # tag suffix, address, type, columns, engineering value
     ("LT", "hr:0", "float32", {}, 7.25),

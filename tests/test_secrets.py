@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from conftest import HAZGATE, ROOT
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
@@ -106,9 +105,8 @@ def _cert(path: Path, days: float, der: bool = False) -> Path:
 
 
 def test_client_certificate_expiry_is_reported(tmp_path: Path, caplog) -> None:  # noqa: ANN001
-    def cfg(uplink_cert: Path | None, device_cert: Path | None) -> SimpleNamespace:
-        devices = [SimpleNamespace(name="sis", protocol="opcua", options={"certificate": device_cert})] if device_cert else []
-        return SimpleNamespace(uplink=SimpleNamespace(cert_file=uplink_cert), devices=devices)
+    def cfg(uplink_cert: Path | None, device_cert: Path | None) -> list[tuple[str, Path]]:
+        return [(use, path) for use, path in (("uplink", uplink_cert), ("device:sis", device_cert)) if path]
 
     caplog.set_level(logging.INFO, "hazgate.secrets")
     far = check_certificates(cfg(_cert(tmp_path / "far.pem", 400), _cert(tmp_path / "far.der", 200, der=True)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -28,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.config.loader import DeviceConfig
 from agent.config.points import Point
+from drivers.base import DeviceSpec
 
 NS = "urn:hazgate:test:plant"
 
@@ -129,13 +130,12 @@ class UaPlant:
             raise AssertionError(f"simulator not listening:\n{proc.output()[-3000:]}") from None
         return proc
 
-    def device_config(self, **options: Any) -> DeviceConfig:
+    def device_config(self, **options: Any) -> DeviceSpec:
         """The gateway device as load_config would build it (for drivers run inside the test)."""
         from agent.config.loader import load_config
 
         dev = load_config(self.config).devices[0]
-        dev.options.update(options)
-        return dev
+        return dataclasses.replace(dev, options=dataclasses.replace(dev.options, **options))
 
 
 def make_cert(folder: Path, name: str, uri: str, *, server: bool = False, days: int = 365) -> tuple[Path, Path]:

@@ -77,6 +77,10 @@ class ClockWatch:
         state = kernel_synchronized()
         return bool(state)  # cannot be asked: not known to be synchronized
 
+    def reconfigure(self, cfg: ClockConfig) -> None:
+        """A reloaded `[clock]`: the next check uses it."""
+        self.cfg = cfg
+
     def check(self) -> None:
         mono = time.monotonic()
         offset = time.time() - mono

@@ -24,7 +24,6 @@ log = logging.getLogger("hazgate.secrets")
 
 EXPIRY_WARN_DAYS = 30
 UPLINK_SECRET_KEYS = ("password_file", "key_file")
-OPCUA_SECRET_KEYS = ("private_key", "password_file")
 
 
 def secret_file_problem(path: Path) -> str | None:
@@ -75,22 +74,10 @@ def cert_not_after(path: Path) -> float:
     return ssl.cert_time_to_seconds(info["notAfter"])
 
 
-def client_certificates(cfg) -> list[tuple[str, Path]]:  # noqa: ANN001 - GatewayConfig
-    """The TLS client certificates the gateway presents: (use, path)."""
-    found = []
-    if cfg.uplink.cert_file is not None:
-        found.append(("uplink", cfg.uplink.cert_file))
-    for dev in cfg.devices:
-        cert = dev.options.get("certificate") if dev.protocol == "opcua" else None
-        if cert:
-            found.append((f"device:{dev.name}", Path(cert)))
-    return found
-
-
-def check_certificates(cfg, warn_days: float = EXPIRY_WARN_DAYS) -> list[CertInfo]:  # noqa: ANN001
+def check_certificates(certificates: list[tuple[str, Path]], warn_days: float = EXPIRY_WARN_DAYS) -> list[CertInfo]:
     """Read every client certificate's expiry; log a warning under `warn_days`, an error once expired."""
     out = []
-    for use, path in client_certificates(cfg):
+    for use, path in certificates:
         try:
             info = CertInfo(path, use, cert_not_after(path))
         except (OSError, ValueError) as exc:

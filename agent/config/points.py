@@ -1,4 +1,5 @@
-"""Point tables: the CSV device maps technicians edit, loaded into typed, validated points."""
+"""Point tables: the CSV device maps technicians edit, loaded into typed, validated points.
+The address column is parsed by the device's protocol (drivers/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,12 @@ import io
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.common.problems import Problems
+from agent.model import BYTE_ORDERS, KINDS, TYPES, Point
+from drivers.base import ProtocolSpec
 
-TYPES = ("bool", "int16", "uint16", "int32", "uint32", "float32", "float64")
-REGISTER_WIDTH = {"bool": 1, "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "float64": 4}
-BYTE_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
-KINDS = (
-    "level", "temperature", "pressure", "flow", "gas_lel", "gas_ppm",
-    "interlock_status", "bypass", "trip", "detector_fault", "other",
-)
-BIT_TABLES = ("co", "di")
-REGISTER_TABLES = ("hr", "ir")
 COLUMNS = (
     "tag", "name", "address", "type", "byte_order", "scale", "offset",
     "raw_min", "raw_max", "eng_min", "eng_max", "unit", "kind", "hazard_source",
@@ -29,112 +22,6 @@ COLUMNS = (
 REQUIRED_COLUMNS = ("tag", "address", "type")
 ENCODINGS = ("utf-8-sig", "gbk")  # utf-8-sig reads plain UTF-8 too
 TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_CLASSIC = {"0": "co", "1": "di", "3": "ir", "4": "hr"}
-ADDRESS_VALID = (
-    "hr:N, ir:N, co:N, di:N (zero-based), hr:N.B for bit B (0-15) of a register, "
-    "or classic 40001-49999 / 400001-465536 style"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ModbusAddress:
-    table: str  # hr | ir | co | di
-    index: int  # zero-based wire address
-    bit: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.table}:{self.index}" + (f".{self.bit}" if self.bit is not None else "")
-
-
-def parse_modbus_address(text: str) -> ModbusAddress:
-    """Parse `hr:100`, `hr:10.3`, `40101`, `400101`, ...; raise ValueError naming what is valid."""
-    s = text.strip()
-    m = re.fullmatch(r"(hr|ir|co|di):(\d+)(?:\.(\d+))?", s, re.IGNORECASE)
-    if m:
-        table, index = sys.intern(m.group(1).lower()), int(m.group(2))
-        bit = int(m.group(3)) if m.group(3) is not None else None
-    else:
-        m = re.fullmatch(r"([0134])(\d{4,5})(?:\.(\d+))?", s)
-        if not m:
-            raise ValueError(f"{text!r} is not a Modbus address; valid: {ADDRESS_VALID}")
-        table, number = _CLASSIC[m.group(1)], int(m.group(2))
-        if number == 0:
-            raise ValueError(f"{text!r}: classic addresses count from 1; valid: {ADDRESS_VALID}")
-        index = number - 1
-        bit = int(m.group(3)) if m.group(3) is not None else None
-    if index > 65535:
-        raise ValueError(f"{text!r}: address {index} is beyond 65535; valid: {ADDRESS_VALID}")
-    if bit is not None and (table in BIT_TABLES or bit > 15):
-        raise ValueError(f"{text!r}: a bit index (.B) is only valid on hr/ir, 0-15")
-    return ModbusAddress(table, index, bit)
-
-
-@dataclass(slots=True)
-class Point:
-    tag: str
-    address: str  # as written: Modbus address or OPC UA NodeId
-    type: str
-    line: int
-    file: str
-    name: str = ""
-    byte_order: str = "ABCD"
-    scale: float = 1.0
-    offset: float = 0.0
-    raw_min: float | None = None
-    raw_max: float | None = None
-    eng_min: float | None = None
-    eng_max: float | None = None
-    unit: str = ""
-    kind: str = "other"
-    hazard_source: str = ""
-    equipment: str = ""
-    target_code: str = ""
-    deadband: float = 0.0
-    ll: float | None = None
-    l: float | None = None  # noqa: E741 - the platform's name for the low limit
-    h: float | None = None
-    hh: float | None = None
-    overlap: bool = False
-    modbus: ModbusAddress | None = None
-
-    @property
-    def width(self) -> int:
-        """Registers (or bits) this point occupies."""
-        if self.modbus is None or self.modbus.table in BIT_TABLES or self.modbus.bit is not None:
-            return 1
-        return REGISTER_WIDTH[self.type]
-
-    def to_engineering(self, raw: float | int | bool) -> float | bool:
-        """Scale a raw value to engineering units (booleans pass through)."""
-        if self.type == "bool":
-            return bool(raw)
-        if self.raw_min is not None and self.raw_max is not None:
-            span = self.raw_max - self.raw_min
-            return self.eng_min + (raw - self.raw_min) * (self.eng_max - self.eng_min) / span  # type: ignore[operator]
-        if self.scale == 1.0 and self.offset == 0.0:
-            return raw
-        return raw * self.scale + self.offset
-
-    def to_raw(self, eng: float | bool) -> float | int | bool:
-        """Inverse of to_engineering (used by the simulator)."""
-        if self.type == "bool":
-            return bool(eng)
-        if self.raw_min is not None and self.raw_max is not None:
-            span = self.eng_max - self.eng_min  # type: ignore[operator]
-            raw = self.raw_min + (eng - self.eng_min) * (self.raw_max - self.raw_min) / span  # type: ignore[operator]
-        else:
-            raw = (eng - self.offset) / self.scale
-        return raw if self.type.startswith("float") else int(round(raw))
-
-    def metadata(self) -> dict:
-        """Static description of the point for the uplink `meta` message."""
-        meta = {
-            "tag": self.tag, "name": self.name, "unit": self.unit, "kind": self.kind,
-            "type": self.type, "hazard_source": self.hazard_source, "equipment": self.equipment,
-            "target_code": self.target_code, "range": [self.eng_min, self.eng_max],
-            "limits": {"ll": self.ll, "l": self.l, "h": self.h, "hh": self.hh},
-        }
-        return meta
 
 
 def read_table_text(path: Path) -> tuple[str, str]:
@@ -163,7 +50,7 @@ def _number(text: str) -> float:
     return _NUMBERS.setdefault(value, value)
 
 
-def load_point_table(path: Path, protocol: str, problems: Problems, shown: str) -> list[Point]:
+def load_point_table(path: Path, protocol: ProtocolSpec, problems: Problems, shown: str) -> list[Point]:
     """Load and check one point table; every problem goes into `problems` against `shown`."""
     try:
         text, _ = read_table_text(path)
@@ -203,7 +90,7 @@ def load_point_table(path: Path, protocol: str, problems: Problems, shown: str) 
     return points
 
 
-def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: str, line: int) -> Point | None:
+def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems, shown: str, line: int) -> Point | None:
     bad = len(problems)
 
     def err(key: str, msg: str) -> None:
@@ -221,21 +108,14 @@ def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: 
     point.hazard_source = sys.intern(cells.get("hazard_source", ""))
     point.equipment = sys.intern(cells.get("equipment", ""))
     point.target_code = cells.get("target_code", "")
-    if protocol.startswith("modbus"):
-        try:
-            point.modbus = parse_modbus_address(point.address)
-        except ValueError as exc:
-            err("address", str(exc))
-        if point.modbus and ptype in TYPES:
-            table = point.modbus.table
-            if table in BIT_TABLES and ptype != "bool":
-                err("type", f"{ptype} does not fit {table} ({'coils' if table == 'co' else 'discrete inputs'} hold single bits); valid: bool")
-            elif point.modbus.bit is not None and ptype != "bool":
-                err("type", f"{ptype} does not fit a single bit ({point.modbus}); valid: bool")
-            elif point.modbus.index + point.width - 1 > 65535:
-                err("address", f"{ptype} at {point.modbus} runs past register 65535")
-    elif protocol == "opcua" and not re.match(r"^(ns=\d+|nsu=[^;]+);[isgb]=.+$|^i=\d+$", point.address):
-        err("address", f"{point.address!r} is not an OPC UA NodeId; valid: ns=2;s=Tank1.Level, ns=3;i=1001, nsu=<namespace URI>;s=...")
+    try:
+        point.location = protocol.parse_address(point.address, ptype)
+    except ValueError as exc:
+        err("address", str(exc))
+    else:
+        if ptype in TYPES:
+            for key, msg in protocol.check_point(point):
+                err(key, msg)
     bo = cells.get("byte_order", "").upper() or "ABCD"
     if bo not in BYTE_ORDERS:
         err("byte_order", f"{cells.get('byte_order')!r} is not a byte order; valid: {', '.join(BYTE_ORDERS)}")
@@ -287,29 +167,3 @@ def _parse_row(cells: dict[str, str], protocol: str, problems: Problems, shown: 
     point.deadband = numbers["deadband"] or 0.0
     point.ll, point.l, point.h, point.hh = numbers["ll"], numbers["l"], numbers["h"], numbers["hh"]
     return point if len(problems) == bad else None
-
-
-def check_overlaps(points: list[Point], problems: Problems) -> None:
-    """Two points of one device reading the same register are a mistake unless marked `overlap`."""
-    owners: dict[tuple[str, int], list[Point]] = {}
-    for p in points:
-        if p.modbus is None:
-            continue
-        clash: tuple[Point, tuple[str, int]] | None = None
-        for i in range(p.width):
-            key = (p.modbus.table, p.modbus.index + i)
-            for other in owners.get(key, []):
-                different_bits = (
-                    p.modbus.bit is not None and other.modbus is not None
-                    and other.modbus.bit is not None and p.modbus.bit != other.modbus.bit
-                )
-                if clash is None and not different_bits and not (p.overlap and other.overlap):
-                    clash = (other, key)
-            owners.setdefault(key, []).append(p)
-        if clash is not None:
-            other, key = clash
-            problems.add(
-                p.file, p.line, "address",
-                f"{p.tag} at {p.modbus} overlaps {other.tag} ({other.file}:{other.line}) on {key[0]}:{key[1]}; "
-                "valid: separate registers, or overlap=yes on both points if intended",
-            )

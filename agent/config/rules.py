@@ -46,21 +46,30 @@ import difflib
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.common.durations import VALID as DURATION_VALID
 from agent.common.durations import parse_duration
 from agent.common.problems import Problems
-from agent.config.loader import LineIndex
-from agent.config.points import Point
+from agent.config.toml import LineIndex
+from agent.model import Point
+from agent.pipeline.checks.rules import (
+    GAS_KINDS,
+    GASES,
+    AlarmSetting,
+    Defaults,
+    DetectorSetting,
+    Interlock,
+    Protect,
+    Rules,
+    gas_class,
+)
 
-GAS_KINDS = ("gas_lel", "gas_ppm")
-GASES = ("combustible", "toxic", "oxygen")
 LEL_LEVEL1_MAX, LEL_LEVEL2_MAX = 25.0, 50.0  # % LEL, GB/T 50493-2019 5.5.2
 OEL_LEVEL1_MAX, OEL_LEVEL2_MAX = 1.0, 2.0  # x OEL
 O2_LOW_MIN, O2_HIGH_MAX = 19.5, 23.5  # % VOL
+
 TOP_KEYS = ("defaults", "alarms", "detectors", "interlocks")
 DEFAULT_KEYS = ("on_delay", "bypass_max", "bypass_repeat", "flatline", "flatline_band", "trip_window")
 ALARM_KEYS = ("tag", "on_delay", "deadband")
@@ -69,86 +78,6 @@ INTERLOCK_KEYS = ("id", "name", "hazard_source", "bypass", "in_service", "trippe
                   "bypass_max", "bypass_repeat", "protects")
 PROTECT_KEYS = ("tag", "trip_above", "trip_below")
 
-
-@dataclass
-class Defaults:
-    on_delay: float = 0.0
-    bypass_max: float = 8 * 3600.0
-    bypass_repeat: float = 3600.0
-    flatline: float = 30 * 60.0  # 0: off
-    flatline_band: float = 0.0
-    trip_window: float = 10.0
-
-
-@dataclass
-class AlarmSetting:
-    tag: str
-    line: int
-    on_delay: float | None = None
-    deadband: float | None = None
-
-
-@dataclass
-class DetectorSetting:
-    tag: str
-    line: int
-    gas: str | None = None
-    oel: float | None = None
-    fault: str | None = None
-    flatline: float | None = None
-    flatline_band: float | None = None
-
-
-@dataclass
-class Protect:
-    tag: str
-    line: int
-    above: float | None = None  # trip when value >= above
-    below: float | None = None  # trip when value <= below
-
-    @property
-    def limit(self) -> float:
-        return self.above if self.above is not None else self.below  # type: ignore[return-value]
-
-
-@dataclass
-class Interlock:
-    id: str
-    line: int
-    name: str = ""
-    hazard_source: str = ""
-    bypass: tuple[str, ...] = ()
-    in_service: str | None = None
-    tripped: str | None = None
-    bypass_max: float = 8 * 3600.0
-    bypass_repeat: float = 3600.0
-    protects: list[Protect] = field(default_factory=list)
-
-    def tags(self) -> list[str]:
-        state = [*self.bypass, *(t for t in (self.in_service, self.tripped) if t)]
-        return state + [p.tag for p in self.protects]
-
-
-@dataclass
-class Rules:
-    path: Path | None = None
-    defaults: Defaults = field(default_factory=Defaults)
-    alarms: dict[str, AlarmSetting] = field(default_factory=dict)
-    detectors: dict[str, DetectorSetting] = field(default_factory=dict)
-    interlocks: list[Interlock] = field(default_factory=list)
-
-
-# --- gas classes and setpoint ceilings ------------------------------------------------------
-def gas_class(point: Point, rules: Rules | None = None) -> str | None:
-    """combustible / toxic / oxygen for a gas detector point, None for any other point."""
-    if point.kind not in GAS_KINDS:
-        return None
-    setting = rules.detectors.get(point.tag) if rules else None
-    if setting is not None and setting.gas:
-        return setting.gas
-    if point.unit.replace(" ", "").lower() in ("%vol", "%v/v", "vol%"):
-        return "oxygen"
-    return "combustible" if point.kind == "gas_lel" else "toxic"
 
 
 def check_gas_setpoints(points: list[Point], rules: Rules | None, problems: Problems,
@@ -190,24 +119,6 @@ def check_gas_setpoints(points: list[Point], rules: Rules | None, problems: Prob
             if p.h is not None and p.h > O2_HIGH_MAX:
                 err("h", f"{p.tag}: oxygen-enrichment alarm at {p.h:g} %VOL is above 23.5 %VOL (GB/T 50493-2019), "
                     "so it would come too late; valid: 23.5 or less")
-
-
-def fault_points(points: list[Point], rules: Rules | None) -> dict[str, str]:
-    """gas detector tag -> its detector_fault point: named in the rules, else by equipment code."""
-    by_equipment: dict[str, str] = {}
-    for p in points:
-        if p.kind == "detector_fault" and p.equipment:
-            by_equipment.setdefault(p.equipment, p.tag)
-    out = {}
-    for p in points:
-        if p.kind not in GAS_KINDS:
-            continue
-        setting = rules.detectors.get(p.tag) if rules else None
-        if setting is not None and setting.fault:
-            out[p.tag] = setting.fault
-        elif p.equipment and p.equipment in by_equipment:
-            out[p.tag] = by_equipment[p.equipment]
-    return out
 
 
 # --- loading ----------------------------------------------------------------------------------

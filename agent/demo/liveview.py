@@ -23,7 +23,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from agent.config.loader import GatewayConfig
+from agent.config.gateway import GatewayConfig
 from agent.north.mqtt.schema import topic
 
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}

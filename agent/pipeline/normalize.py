@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
-from agent.config.points import Point
-from drivers.base import BAD, GOOD, UNCERTAIN, Sample
-
-QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
+from agent.model import BAD, GOOD, UNCERTAIN, Point, Reading, Sample
 
 
 def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
@@ -23,15 +19,6 @@ def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-@dataclass(slots=True)
-class Reading:
-    point: Point
-    ts_ms: int
-    value: float | bool | None
-    quality: str
-    reason: str | None
 
 
 class Normalizer:

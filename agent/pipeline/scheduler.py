@@ -15,17 +15,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from agent.common.clock import ClockWatch
-from agent.config.loader import DeviceConfig
-from agent.pipeline.normalize import Normalizer, Reading
-from drivers.base import BAD, Driver
+from agent.model import BAD, Reading
+from agent.pipeline.normalize import Normalizer
+from drivers.base import DeviceSpec, Driver
 
 log = logging.getLogger("hazgate.scheduler")
 
-Sink = Callable[[DeviceConfig, list[Reading], list[Reading]], Awaitable[None]]
+Sink = Callable[[DeviceSpec, list[Reading], list[Reading]], Awaitable[None]]
 
 
 class DeviceTask:
-    def __init__(self, device: DeviceConfig, driver: Driver, sink: Sink,
+    def __init__(self, device: DeviceSpec, driver: Driver, sink: Sink,
                  on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None,
                  clock: ClockWatch | None = None):
         self.device, self.driver, self.sink, self.on_link = device, driver, sink, on_link

@@ -30,11 +30,10 @@ from typing import Any, TypeVar
 
 import orjson
 
-from agent.north.mqtt.schema import now_ms, rfc3339
+from agent.common.timefmt import now_ms, rfc3339
+from agent.model import QUALITY_NAME
 
 T = TypeVar("T")
-QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
-QUALITY_NAME = ("good", "uncertain", "bad")
 CHUNK_ROWS = 500  # readings packed into one row of `chunks` (see pack_chunk)
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"
@@ -76,6 +75,14 @@ def unpack_chunk(blob: bytes) -> list[tuple[int, int, Any, int, str | None]]:
     return list(zip([t0 + d for d in offsets], pids, values,
                     quality if isinstance(quality, list) else itertools.repeat(quality, n),
                     reason if reason is not None else itertools.repeat(None, n), strict=True))
+
+
+@dataclass
+class StoreBounds:
+    """`[store]`: the most the store may hold; beyond either bound the oldest readings go."""
+
+    max_bytes: int = 1 << 30
+    max_age: float = 30 * 86400.0
 
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
@@ -555,6 +562,12 @@ class AsyncStore:
         self._store: Store | None = None
         self._data_dir = data_dir
         self.ready = asyncio.Event()
+        self.opened_upto = 0  # the newest reading id when the store was opened: earlier runs' readings
+
+    @property
+    def thread_id(self) -> int | None:
+        """The kernel's id of the store thread (its progress is read from /proc)."""
+        return self._thread.native_id
 
     def _work(self) -> None:
         while True:
@@ -571,7 +584,9 @@ class AsyncStore:
 
     async def open(self) -> None:
         """Open the store; raises sqlite3.Error or OSError when it cannot be opened."""
-        self._store = await self._run_raw(False, Store, self._data_dir)
+        store = await self._run_raw(False, Store, self._data_dir)
+        self.opened_upto = await self._run_raw(False, store.last_reading_id)
+        self._store = store
         self.ready.set()
 
     async def close_quietly(self) -> None:

@@ -35,7 +35,9 @@ from urllib.parse import urlparse
 import orjson
 import paho.mqtt.client as mqtt
 
-from agent.north.mqtt.schema import QUALITIES, SCHEMA, SEVERITIES, now_ms, rfc3339
+from agent.common.timefmt import now_ms, rfc3339
+from agent.model import QUALITIES
+from agent.north.mqtt.schema import SCHEMA, SEVERITIES
 
 log = logging.getLogger("hazgate.receive")
 

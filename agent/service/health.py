@@ -7,8 +7,8 @@ last looked:
 - every device task must complete polls: its `polls` counter moves at least once within
   max(watchdog/2, 3 poll intervals + 4 timeouts per unit on its bus + 5 s). Reads have
   timeouts, so a dead PLC still completes polls (bad ones): only a hung task stops;
-- the uplink loop must come round (`Uplink.beat`) within watchdog/2, longer while it is
-  connecting (keepalive + 30 s more: connect, CONNACK and back-off waits are bounded);
+- the uplink loop must come round (its `stats.beat`) within watchdog/2 plus the uplink's own
+  allowance (MQTT: the publish interval, or keepalive + 30 s while it connects);
 - the store thread must answer a trivial probe; a probe that waits is tolerated while the store
   thread is visibly working (its CPU time or completed I/O system calls move, read from
   /proc/self/task/<tid>): a long eviction or a slow SD card is busy, not hung. A disk whose
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import resource
@@ -37,54 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from drivers.base import GOOD
+from agent.pipeline.metered import LATENCY_BUCKETS, MeteredDriver
 
 log = logging.getLogger("hazgate.health")
 
 DEFAULT_STALE = 30.0  # seconds without progress that count as stuck when systemd sets no watchdog
-CONNECTING_EXTRA = 30.0  # on top of keepalive while the uplink connects (connect + CONNACK + back-off)
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-MAX_REASONS = 20  # distinct error reasons counted per device; more go under "other"
 STATS_MIN_INTERVAL = 10.0
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_SIZE = resource.getpagesize()
-
-
-# --- read metering -----------------------------------------------------------------------
-class MeteredDriver:
-    """Wraps a device driver: read latency histogram and read errors by reason; otherwise the
-    driver itself (every other attribute is passed through)."""
-
-    def __init__(self, driver: Any):
-        self._driver = driver
-        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.read_sum = 0.0
-        self.reads = 0
-        self.errors: dict[str, int] = {}
-
-    async def read(self) -> list:
-        start = time.perf_counter()
-        samples = await self._driver.read()
-        took = time.perf_counter() - start
-        self.reads += 1
-        self.read_sum += took
-        for i, edge in enumerate(LATENCY_BUCKETS):
-            if took <= edge:
-                self.buckets[i] += 1
-                break
-        else:
-            self.buckets[-1] += 1
-        errors = self.errors
-        for s in samples:
-            if s.quality != GOOD:
-                reason = s.reason or "unknown"
-                if reason not in errors and len(errors) >= MAX_REASONS:
-                    reason = "other"
-                errors[reason] = errors.get(reason, 0) + 1
-        return samples
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._driver, name)
 
 
 # --- progress (the watchdog's conditions) -------------------------------------------------
@@ -113,7 +72,6 @@ class Progress:
         self._devices: dict[int, tuple[int, float]] = {}
         self._probe: asyncio.Future | None = None
         self._probe_started = 0.0
-        self._tid: int | None = None
         self._thread_state: tuple[int, ...] | None = None
         self._thread_changed = self.since
         self.ages: dict[str, float] = {}
@@ -121,22 +79,12 @@ class Progress:
 
     def device_allowance(self, dev: Any) -> float:
         on_bus = 1
-        if dev.protocol == "modbus-rtu":
-            on_bus = sum(1 for d in self.agent.cfg.devices if d.protocol == "modbus-rtu" and d.port == dev.port)
+        if dev.bus is not None:  # units answer one after another on a shared line
+            on_bus = sum(1 for d in self.agent.cfg.devices if d.bus == dev.bus)
         return max(self.stale_after, 3 * dev.poll_interval + 4 * dev.timeout * max(1, on_bus) + 5)
 
     def uplink_allowance(self) -> float:
-        up = self.agent.uplink
-        if up.state == "up":
-            return self.stale_after + up.cfg.uplink.publish_interval
-        return self.stale_after + up.cfg.uplink.keepalive + CONNECTING_EXTRA
-
-    def _store_thread(self) -> int | None:
-        if self._tid is None:
-            for t in threading.enumerate():
-                if t.name.startswith("store_") and t.native_id is not None:
-                    self._tid = t.native_id
-        return self._tid
+        return self.stale_after + self.agent.uplink.progress_allowance()
 
     def _probe_done(self, fut: asyncio.Future) -> None:
         if not fut.cancelled():
@@ -161,13 +109,13 @@ class Progress:
                 problems.append(f"device {task.device.name}: no poll completed for {age:.0f}s")
         for key in set(self._devices) - seen:
             del self._devices[key]
-        for t in agent._tasks:
+        for t in agent.tasks:
             if t.done() and not t.cancelled():
                 exc = t.exception()
                 problems.append(f"task {t.get_name()} ended" + (f": {exc!r}" if exc else ""))
         store_busy = False
         if agent.store.ready.is_set():
-            tid = self._store_thread()
+            tid = agent.store.thread_id
             state = _thread_counters(tid) if tid is not None else None
             if state != self._thread_state:
                 self._thread_state, self._thread_changed = state, now
@@ -185,12 +133,10 @@ class Progress:
                     else:
                         problems.append(f"store: a call has waited {waited:.0f}s and the store thread "
                                         f"made no progress for {idle:.0f}s (disk I/O hung?)")
-        beat = getattr(agent.uplink, "beat", None)
-        if beat is not None:
-            age = now - max(beat, self.since)
-            ages["uplink"] = age
-            if age > self.uplink_allowance() and not store_busy and agent.store.ready.is_set():
-                problems.append(f"uplink: its loop has not come round for {age:.0f}s")
+        age = now - max(agent.uplink.stats.beat, self.since)
+        ages["uplink"] = age
+        if age > self.uplink_allowance() and not store_busy and agent.store.ready.is_set():
+            problems.append(f"uplink: its loop has not come round for {age:.0f}s")
         self.ages, self.problems = ages, problems
         return problems
 
@@ -331,30 +277,6 @@ class Exposition:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`[health] listen`: "127.0.0.1:9108", "[::1]:9108", "localhost:9108" or just "9108" (loopback)."""
-    text = str(text).strip()
-    if text.isdigit():
-        host, port_text = "127.0.0.1", text
-    elif text.startswith("["):
-        host, _, port_text = text[1:].partition("]:")
-    else:
-        host, _, port_text = text.rpartition(":")
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r} has no valid port; valid: \"127.0.0.1:9108\", \"[::1]:9108\" or \"9108\"")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IP address; valid: an address of this box such as "
-                             "127.0.0.1 (the default, loopback) or ::1") from None
-    return host, int(port_text)
-
-
-def is_loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 # --- the HTTP endpoint --------------------------------------------------------------------

@@ -27,20 +27,22 @@ from typing import Any
 
 from agent import __version__
 from agent.app import Agent
+from agent.common.listen import is_loopback
 from agent.common.memory import limit_malloc_arenas
 from agent.common.problems import ConfigError
 from agent.common.secrets import CertInfo, check_certificates
-from agent.config.loader import DeviceConfig, GatewayConfig, load_config
+from agent.config.gateway import GatewayConfig
+from agent.config.loader import load_config
 from agent.service.health import (
     DEFAULT_STALE,
     Exposition,
     HealthServer,
     Progress,
     StoreStats,
-    is_loopback,
     process_figures,
 )
 from agent.service.notify import Notifier
+from drivers.base import DeviceSpec
 
 log = logging.getLogger("hazgate.service")
 
@@ -61,7 +63,7 @@ class ReloadPlan:
     checks_changed: bool
 
 
-def _device_key(d: DeviceConfig) -> DeviceConfig:
+def _device_key(d: DeviceSpec) -> DeviceSpec:
     """A device as compared on reload: where a point sits in its file does not matter."""
     return dataclasses.replace(d, points=[dataclasses.replace(p, line=0, file="") for p in d.points])
 
@@ -126,7 +128,7 @@ class Service:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         await self.agent.start()
-        self.certs = check_certificates(self.cfg)
+        self.certs = check_certificates(self.cfg.client_certificates())
         await self._start_health(self.cfg)
         self._helpers = [asyncio.create_task(self._supervise(), name="supervise"),
                          asyncio.create_task(self._reloader(), name="reloader")]
@@ -184,11 +186,11 @@ class Service:
                 notifier.status(self.status_line())
                 last_key, status_at = key, now
             if now - certs_at >= CERT_CHECK_EVERY:
-                self.certs, certs_at = check_certificates(self.cfg), now
+                self.certs, certs_at = check_certificates(self.cfg.client_certificates()), now
             await asyncio.sleep(self.tick)
 
     def _track_uplink(self, now: float) -> None:
-        if self.agent.uplink.state == "up":
+        if self.agent.uplink.stats.state == "up":
             self._uplink_down_since = None
         elif self._uplink_down_since is None:
             self._uplink_down_since = now
@@ -196,7 +198,7 @@ class Service:
     # --- status ----------------------------------------------------------------------------
     def _status_key(self) -> tuple:
         agent = self.agent
-        return (tuple(d.link for d in agent.devices), agent.uplink.state, tuple(self.stuck),
+        return (tuple(d.link for d in agent.devices), agent.uplink.stats.state, tuple(self.stuck),
                 agent.store_error is None, self.last_reload_ok)
 
     def status_line(self) -> str:
@@ -207,15 +209,15 @@ class Service:
         if self.stuck:
             parts.append("STUCK: " + "; ".join(self.stuck))
         parts.append(f"{up}/{len(devs)} devices up")
-        uplink = agent.uplink
-        parts.append(f"uplink {uplink.state} ({uplink.acked}/{uplink.published} publishes acked, "
-                     f"{uplink.reconnects} reconnects)")
+        up = agent.uplink.stats
+        parts.append(f"uplink {up.state} ({up.acked}/{up.published} publishes acked, "
+                     f"{up.reconnects} reconnects)")
         st = self.stats.values
         if st:
             age = f", oldest {self.stats.oldest_age():.0f}s" if st.get("oldest_unsent_ms") else ""
             parts.append(f"{st.get('readings_buffered', 0)} readings buffered{age}")
         if agent.store_error:
-            parts.append(f"store refuses writes, {len(agent._pending)} readings held in memory")
+            parts.append(f"store refuses writes, {agent.writer.held} readings held in memory")
         if not self.last_reload_ok:
             parts.append("last reload refused")
         return "; ".join(parts)
@@ -276,7 +278,7 @@ class Service:
         if self.progress is not None:
             self.progress.forget()
         self.config_loaded = time.time()
-        self.certs = check_certificates(new)
+        self.certs = check_certificates(new.client_certificates())
         if health_listen(old) != health_listen(new):
             if self.health is not None:
                 await self.health.close()
@@ -314,8 +316,8 @@ class Service:
         problems += [f"stuck: {s}" for s in self.stuck]
         if agent.store_error:
             problems.append(f"store refuses writes: {agent.store_error}")
-        if agent.held_dropped:
-            problems.append(f"{agent.held_dropped} readings dropped from memory since start")
+        if agent.writer.held_dropped:
+            problems.append(f"{agent.writer.held_dropped} readings dropped from memory since start")
         if self._uplink_down_since is not None and now - self._uplink_down_since > UPLINK_DOWN_PROBLEM:
             problems.append(f"uplink down for {now - self._uplink_down_since:.0f}s")
         devs = agent.devices
@@ -402,10 +404,10 @@ class Service:
         e.family("hazgate_store_writable", "gauge", "0 while the store refuses writes (disk full, read-only).",
                  int(agent.store_error is None and agent.opened.is_set()))
         e.family("hazgate_readings_held_in_memory", "gauge",
-                 "Readings polled but not yet in the store.", len(agent._pending))
+                 "Readings polled but not yet in the store.", agent.writer.held)
         e.family("hazgate_readings_dropped_total", "counter",
-                 "Readings dropped from memory while the store refused writes.", agent.held_dropped)
-        up = agent.uplink
+                 "Readings dropped from memory while the store refused writes.", agent.writer.held_dropped)
+        up = agent.uplink.stats
         e.family("hazgate_uplink_up", "gauge", "1 while connected to the broker.", int(up.state == "up"))
         e.family("hazgate_uplink_published_total", "counter", "Messages handed to the broker.", up.published)
         e.family("hazgate_uplink_acked_total", "counter", "Messages the broker acknowledged.", up.acked)
@@ -418,7 +420,7 @@ class Service:
                      kinds.get("process_alarm", 0) + kinds.get("gas_alarm", 0))
             e.family("hazgate_active_bypasses", "gauge", "Interlocks bypassed now.", kinds.get("interlock_bypass", 0))
         e.family("hazgate_check_errors_total", "counter", "Checks that failed with an error.",
-                 getattr(agent.checks, "errors", 0))
+                 agent.checks.errors)
         e.family("hazgate_clock_synchronized", "gauge", "1 while the system clock is synchronized.",
                  int(agent.clock.synchronized))
         e.family("hazgate_config_reloads_total", "counter", "Config reloads (SIGHUP), by result.",

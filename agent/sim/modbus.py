@@ -13,7 +13,7 @@ from collections import defaultdict
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.config.points import Point
+from agent.model import Point
 from agent.sim.scenario import SimPlc, load_scenario
 from drivers.modbus.codec import encode
 
@@ -30,7 +30,7 @@ class PlcModel:
         self.started = started
         self.by_table: dict[str, dict[int, list[Point]]] = defaultdict(lambda: defaultdict(list))
         for p in plc.points:
-            self.by_table[p.modbus.table][p.modbus.index].append(p)  # type: ignore[union-attr]
+            self.by_table[p.location.table][p.location.index].append(p)  # type: ignore[union-attr]
 
     def value(self, p: Point, t: float):
         sig = self.plc.signals.get(p.tag)
@@ -56,8 +56,8 @@ class PlcModel:
             word_bits = 0
             for p in pts:
                 raw = self.value(p, t)
-                if p.modbus.bit is not None:  # type: ignore[union-attr]
-                    word_bits |= int(bool(raw)) << p.modbus.bit  # type: ignore[union-attr]
+                if p.location.bit is not None:  # type: ignore[union-attr]
+                    word_bits |= int(bool(raw)) << p.location.bit  # type: ignore[union-attr]
                     regs[idx - start_address] = word_bits
                     continue
                 for i, word in enumerate(encode(raw, p.type, p.byte_order)):
@@ -68,7 +68,7 @@ class PlcModel:
 def _register_blocks(model: PlcModel, table: str) -> list[SimData]:
     """Valid register ranges of a table: 0 up to the last point + SPARE, minus refused addresses."""
     points = model.plc.points
-    end = max((p.modbus.index + p.width for p in points if p.modbus.table == table), default=0) + SPARE  # type: ignore[union-attr]
+    end = max((p.location.index + p.location.width for p in points if p.location.table == table), default=0) + SPARE  # type: ignore[union-attr]
     refused = sorted(a.index for a in model.plc.refuse if a.table == table)
     blocks, start = [], 0
     for r in [*refused, end]:
@@ -80,7 +80,7 @@ def _register_blocks(model: PlcModel, table: str) -> list[SimData]:
 
 def build_device(model: PlcModel) -> SimDevice:
     def bits(table: str) -> list[SimData]:
-        end = max((p.modbus.index for p in model.plc.points if p.modbus.table == table), default=0)  # type: ignore[union-attr]
+        end = max((p.location.index for p in model.plc.points if p.location.table == table), default=0)  # type: ignore[union-attr]
         return [SimData(0, count=end // 16 + 2, values=0, datatype=DataType.BITS)]
 
     async def action(fc, start_address, address, count, registers, values):  # noqa: ANN001

@@ -20,7 +20,7 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from cryptography.hazmat.primitives import serialization
 
-from agent.config.points import Point
+from agent.model import Point
 from agent.sim.scenario import SimPlc
 from drivers.opcua.options import (
     certificate_uris,

@@ -36,8 +36,11 @@ from pathlib import Path
 
 from agent.common.durations import parse_duration
 from agent.common.problems import ConfigError, Problems
-from agent.config.points import ModbusAddress, Point, load_point_table, parse_modbus_address
+from agent.config.points import load_point_table
+from agent.model import Point
 from agent.sim.options import SIM_PROTOCOLS, plc_options
+from drivers.modbus.address import ModbusAddress, parse_modbus_address
+from drivers.registry import PROTOCOLS
 
 SHAPES = ("const", "ramp", "sine", "steps")
 
@@ -156,7 +159,7 @@ def load_scenario(path: str | Path) -> list[SimPlc]:
             continue
         table = path.parent / raw.get("points", "")
         try:
-            points = load_point_table(table, proto, problems, str(table))
+            points = load_point_table(table, PROTOCOLS[proto], problems, str(table))
         except FileNotFoundError:
             problems.add(file, 1, f"{where}.points", f"point table {table} not found")
             continue

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from agent.config.loader import DeviceConfig
 from agent.pipeline.normalize import engineering
-from drivers.base import DeviceError, make_driver
+from drivers.base import DeviceError, DeviceSpec
+from drivers.registry import make_driver
 
 
 def _fmt(v: object) -> str:
@@ -17,7 +17,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-async def read_device(device: DeviceConfig) -> int:
+async def read_device(device: DeviceSpec) -> int:
     try:
         driver = make_driver(device)
         await driver.connect()

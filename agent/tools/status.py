@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from agent.config.loader import GatewayConfig
-from agent.north.mqtt.schema import rfc3339
+from agent.common.timefmt import rfc3339
+from agent.config.gateway import GatewayConfig
 from agent.pipeline.store import DB_NAME, Store
 
 HEARTBEAT_STALE_MS = 15_000

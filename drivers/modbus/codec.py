@@ -75,11 +75,11 @@ class BlockDecoder:
         self.fast: list[int] = []  # positions in `points` decoded by the struct
         self.slow: list[tuple[int, int]] = []  # (position, byte offset) decoded one by one
         for i, p in enumerate(points):
-            off = p.modbus.index - start
-            code = None if p.modbus.bit is not None else _NATIVE.get(p.type)
-            if code is not None and p.width > 1 and p.byte_order != "ABCD":
+            off = p.location.index - start
+            code = None if p.location.bit is not None else _NATIVE.get(p.type)
+            if code is not None and p.location.width > 1 and p.byte_order != "ABCD":
                 code = None
-            if code is not None and p.width == 1 and _order_16(p.byte_order) != "ABCD":
+            if code is not None and p.location.width == 1 and _order_16(p.byte_order) != "ABCD":
                 code = None
             if code is None or off < cursor:
                 self.slow.append((i, off * 2))
@@ -87,7 +87,7 @@ class BlockDecoder:
             if off > cursor:
                 fmt.append(f"{2 * (off - cursor)}x")
             fmt.append(code)
-            cursor = off + p.width
+            cursor = off + p.location.width
             self.fast.append(i)
         self.struct = struct.Struct("".join(fmt))
         self.points = points
@@ -103,7 +103,7 @@ class BlockDecoder:
         for i, off in self.slow:
             p = self.points[i]
             try:
-                out[i] = decode(data[off : off + 2 * p.width], p.type, p.byte_order, p.modbus.bit)
+                out[i] = decode(data[off : off + 2 * p.location.width], p.type, p.byte_order, p.location.bit)
             except (struct.error, ValueError) as exc:
                 out[i] = exc
         return out

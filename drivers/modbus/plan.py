@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.config.points import BIT_TABLES, Point
+from agent.model import Point
+from drivers.modbus.address import BIT_TABLES
 from drivers.modbus.codec import BlockDecoder
 
 
@@ -31,13 +32,13 @@ def plan_blocks(points: list[Point], max_gap: int = 8, max_registers: int = 125,
     blocks: list[Block] = []
     by_table: dict[str, list[Point]] = {}
     for p in points:
-        assert p.modbus is not None
-        by_table.setdefault(p.modbus.table, []).append(p)
+        assert p.location is not None
+        by_table.setdefault(p.location.table, []).append(p)
     for table in ("co", "di", "hr", "ir"):
         limit = max_bits if table in BIT_TABLES else max_registers
         current: Block | None = None
-        for p in sorted(by_table.get(table, []), key=lambda q: q.modbus.index):  # type: ignore[union-attr]
-            start, end = p.modbus.index, p.modbus.index + p.width  # type: ignore[union-attr]
+        for p in sorted(by_table.get(table, []), key=lambda q: q.location.index):  # type: ignore[union-attr]
+            start, end = p.location.index, p.location.index + p.location.width  # type: ignore[union-attr]
             if current is not None:
                 cur_end = current.start + current.count
                 if start - cur_end <= max_gap and max(end, cur_end) - current.start <= limit:
@@ -55,12 +56,12 @@ def split_block(block: Block) -> list[Block]:
     """Split a refused block into two smaller ones covering its points (empty if it holds one)."""
     if len(block.points) < 2:
         return []
-    ordered = sorted(block.points, key=lambda q: q.modbus.index)  # type: ignore[union-attr]
+    ordered = sorted(block.points, key=lambda q: q.location.index)  # type: ignore[union-attr]
     half = len(ordered) // 2
     return [_cover(block.table, ordered[:half]), _cover(block.table, ordered[half:])]
 
 
 def _cover(table: str, points: list[Point]) -> Block:
-    start = min(p.modbus.index for p in points)  # type: ignore[union-attr]
-    end = max(p.modbus.index + p.width for p in points)  # type: ignore[union-attr]
+    start = min(p.location.index for p in points)  # type: ignore[union-attr]
+    end = max(p.location.index + p.location.width for p in points)  # type: ignore[union-attr]
     return Block(table, start, end - start, list(points))

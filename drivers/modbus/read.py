@@ -8,8 +8,8 @@ from typing import Any
 
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from agent.config.loader import DeviceConfig
-from drivers.base import BAD, GOOD, Sample
+from agent.model import BAD, GOOD, Sample
+from drivers.base import DeviceSpec
 from drivers.modbus.codec import BlockDecoder
 from drivers.modbus.plan import Block, plan_blocks, split_block
 
@@ -37,10 +37,11 @@ async def read_table(client: Any, table: str, start: int, count: int, unit: int)
 class BlockReader:
     """Reads all points of a device block by block; refines the plan when blocks are refused."""
 
-    def __init__(self, device: DeviceConfig, request: Request):
+    def __init__(self, device: DeviceSpec, request: Request):
         self.device = device
         self.request = request
-        self.blocks: list[Block] = plan_blocks(device.points, device.max_gap, device.max_registers, device.max_bits)
+        o = device.options
+        self.blocks: list[Block] = plan_blocks(device.points, o.max_gap, o.max_registers, o.max_bits)
         self.requests = 0  # requests sent, for diagnostics and benchmarks
 
     async def read_all(self) -> tuple[list[Sample], str | None]:
@@ -93,7 +94,7 @@ class BlockReader:
             if len(bits) < block.count:
                 return [Sample(p, None, BAD, "decode error: short response") for p in block.points]
             for p in block.points:
-                out.append(Sample(p, bool(bits[p.modbus.index - block.start])))  # type: ignore[union-attr]
+                out.append(Sample(p, bool(bits[p.location.index - block.start])))  # type: ignore[union-attr]
             return out
         regs = resp.registers
         if len(regs) < block.count:

@@ -26,8 +26,9 @@ from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from agent.config.loader import SERIAL_DEFAULTS, DeviceConfig
-from drivers.base import BAD, DeviceError, Sample
+from agent.model import BAD, Sample
+from drivers.base import DeviceError, DeviceSpec
+from drivers.modbus.options import ModbusRtuOptions
 from drivers.modbus.read import BlockReader, read_table
 
 log = logging.getLogger("hazgate.rtu")
@@ -54,8 +55,8 @@ class PortUnavailable(ConnectionException):
         return self.string
 
 
-def serial_settings(device: DeviceConfig) -> dict:
-    s = {k: device.options.get(k, v) for k, v in SERIAL_DEFAULTS.items()}
+def serial_settings(options: ModbusRtuOptions) -> dict:
+    s = options.line()
     if s["request_pause"] is None:  # 3.5 character times (11 bits each), at least 5 ms
         s["request_pause"] = max(0.005, 3.5 * 11 / s["baudrate"])
     return s
@@ -211,20 +212,20 @@ class SerialBus:
 _BUSES: dict[tuple, SerialBus] = {}
 
 
-def bus_for(device: DeviceConfig) -> SerialBus:
+def bus_for(device: DeviceSpec) -> SerialBus:
     """The worker of the device's port, shared by every device configured on that port."""
-    port = str(device.port)
+    port = device.options.port
     key = (id(asyncio.get_running_loop()), os.path.realpath(port))
     bus = _BUSES.get(key)
     if bus is None:
-        bus = _BUSES[key] = SerialBus(port, serial_settings(device), key)
+        bus = _BUSES[key] = SerialBus(port, serial_settings(device.options), key)
     return bus
 
 
 class ModbusRtuDriver:
-    def __init__(self, device: DeviceConfig):
+    def __init__(self, device: DeviceSpec):
         self.device = device
-        self.settings = serial_settings(device)
+        self.settings = serial_settings(device.options)
         self.bus: SerialBus | None = None
         self.reader = BlockReader(device, self._request)
         self._fails = 0  # polls in a row in which the unit never answered
@@ -241,7 +242,7 @@ class ModbusRtuDriver:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"Modbus RTU {self.device.port} unit {self.device.unit} "
+        return (f"Modbus RTU {self.device.options.port} unit {self.device.options.unit} "
                 f"({s['baudrate']} {s['bytesize']}{s['parity']}{s['stopbits']}), timeout {self.device.timeout:g}s")
 
     def _bus(self) -> SerialBus:
@@ -259,7 +260,7 @@ class ModbusRtuDriver:
         if self._failure is not None:  # the unit already failed this poll: no more bus time for it
             raise self._failure
         try:
-            resp = await self._bus().request(self.device.unit, table, start, count, self.device.timeout,
+            resp = await self._bus().request(self.device.options.unit, table, start, count, self.device.timeout,
                                              low=self._fails > 0)
         except (ModbusIOException, GarbledAnswer) as exc:
             # a unit that missed its last poll, or has not answered since the start, gets no more
@@ -287,7 +288,7 @@ class ModbusRtuDriver:
             return samples
         if self._answered:
             if self._fails >= FAILS_BEFORE_BACKOFF:
-                log.info("unit answers again", extra={"fields": {"device": self.device.name, "unit": self.device.unit}})
+                log.info("unit answers again", extra={"fields": {"device": self.device.name, "unit": self.device.options.unit}})
             self._fails = 0
             return samples
         self._fails += 1
@@ -298,7 +299,7 @@ class ModbusRtuDriver:
             self.backoffs += 1
             if self._fails == FAILS_BEFORE_BACKOFF:
                 log.warning("unit backed off", extra={"fields": {
-                    "device": self.device.name, "port": str(self.device.port), "unit": self.device.unit,
+                    "device": self.device.name, "port": str(self.device.options.port), "unit": self.device.options.unit,
                     "reason": self._last_reason}})
         return samples
 

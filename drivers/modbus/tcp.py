@@ -10,8 +10,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
-from agent.config.loader import DeviceConfig
-from drivers.base import BAD, DeviceError, Sample
+from agent.model import BAD, Sample
+from drivers.base import DeviceError, DeviceSpec
 from drivers.modbus.read import BlockReader, read_table
 
 log = logging.getLogger("hazgate.modbus")
@@ -20,10 +20,10 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 
 
 class ModbusTcpDriver:
-    def __init__(self, device: DeviceConfig):
+    def __init__(self, device: DeviceSpec):
         self.device = device
         self.client = AsyncModbusTcpClient(
-            device.host, port=int(device.port), timeout=device.timeout, retries=0,
+            device.options.host, port=int(device.options.port), timeout=device.timeout, retries=0,
             reconnect_delay=0, name=device.name,
         )
         self.reader = BlockReader(device, self._request)
@@ -36,7 +36,7 @@ class ModbusTcpDriver:
         return bool(self.client.connected)
 
     def describe(self) -> str:
-        return f"Modbus TCP {self.device.host}:{self.device.port} unit {self.device.unit}, timeout {self.device.timeout:g}s"
+        return f"Modbus TCP {self.device.options.host}:{self.device.options.port} unit {self.device.options.unit}, timeout {self.device.timeout:g}s"
 
     async def _connect_once(self) -> None:
         try:
@@ -80,7 +80,7 @@ class ModbusTcpDriver:
 
     async def _request(self, table: str, start: int, count: int):
         """One read request; raises ModbusException/ConnectionException/TimeoutError."""
-        return await read_table(self.client, table, start, count, self.device.unit)
+        return await read_table(self.client, table, start, count, self.device.options.unit)
 
     async def read(self) -> list[Sample]:
         if not await self._ensure_connected():

@@ -40,13 +40,13 @@ from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusC
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.hazmat.primitives import serialization
 
-from agent.config.loader import DeviceConfig
-from drivers.base import BAD, GOOD, UNCERTAIN, DeviceError, Sample
+from agent.model import BAD, GOOD, UNCERTAIN, Sample
+from drivers.base import DeviceError, DeviceSpec
 from drivers.opcua.options import (
+    UaOptions,
     application_uri,
     load_certificate,
     load_private_key,
-    options_of,
     untrusted_reason,
 )
 
@@ -132,9 +132,9 @@ def chunks(items: list[int], size: int) -> Iterable[list[int]]:
 
 
 class OpcUaDriver:
-    def __init__(self, device: DeviceConfig):
+    def __init__(self, device: DeviceSpec):
         self.device = device
-        self.opts = options_of(device.options)
+        self.opts: UaOptions = device.options
         self.points = device.points
         self.reader = RequestCount()
         n = len(self.points)

@@ -39,17 +39,23 @@ class UaOptions:
     deadband: float = 0.0
 
     @property
+    def where(self) -> str:
+        return self.endpoint
+
+    @property
+    def bus(self) -> str | None:
+        return None
+
+    def line(self) -> dict[str, Any]:
+        return {}
+
+    @property
     def secure(self) -> bool:
         return self.security_mode != "None" and self.security_policy != "None"
 
     @property
     def security(self) -> str:
         return "None" if not self.secure else f"{self.security_policy} {self.security_mode}"
-
-
-def options_of(options: dict[str, Any]) -> UaOptions:
-    known = UaOptions.__dataclass_fields__
-    return UaOptions(**{k: v for k, v in options.items() if k in known})
 
 
 # --- certificates ------------------------------------------------------------------------

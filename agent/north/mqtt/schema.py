@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
-
 import orjson
 
+from agent.common.timefmt import now_ms, rfc3339
+
 SCHEMA = "hazgate.uplink/1"
-QUALITIES = ("good", "uncertain", "bad")
 SEVERITIES = ("info", "warning", "alarm", "critical")
 KINDS = ("readings", "events", "meta")  # the messages that carry a sequence number
 
 
 def topic(prefix: str, enterprise: str, gateway: str, kind: str) -> str:
     return f"{prefix}/{enterprise}/{gateway}/{kind}"
-
-
-_LOCAL_TZ = datetime.now().astimezone().tzinfo or UTC
-
-
-def rfc3339(epoch_ms: int) -> str:
-    """RFC 3339 with milliseconds and the gateway's UTC offset, e.g. 2026-11-22T19:00:00.000+08:00."""
-    dt = datetime.fromtimestamp(epoch_ms / 1000, _LOCAL_TZ)
-    return dt.isoformat(timespec="milliseconds")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def envelope(gateway: str, enterprise: str, seq: int | None, sent_ms: int) -> dict:

@@ -34,11 +34,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.config.loader import GatewayConfig
-from agent.config.points import Point
-from agent.config.rules import Interlock, Rules, fault_points, gas_class
-from agent.north.mqtt.schema import now_ms, rfc3339
-from agent.pipeline.normalize import Reading
+from agent.common.timefmt import now_ms, rfc3339
+from agent.model import Point, Reading
+from agent.pipeline.checks.rules import Interlock, Rules, fault_points, gas_class
 
 log = logging.getLogger("hazgate.checks")
 
@@ -191,13 +189,11 @@ def _alarm_deadband(p: Point, rules: Rules) -> float:
 class Checker:
     """Synchronous, in-memory checks; `process` is called with every poll's readings."""
 
-    def __init__(self, cfg: GatewayConfig, active: list[tuple[str, str, str, int, dict]] | None = None,
+    def __init__(self, rules: Rules, points: list[Point], active: list[tuple[str, str, str, int, dict]] | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], int] = now_ms):
         self.clock, self.wall = clock, wall
-        rules: Rules = cfg.rules if cfg.rules is not None else Rules()
         self.rules = rules
         d = rules.defaults
-        points = cfg.all_points()
         by_tag = {p.tag: p for p in points}
         self.watched: dict[str, Watched] = {}
         self.alarms: dict[str, LimitAlarm] = {}
@@ -618,8 +614,8 @@ class CheckStage:
     that stores events with the active state in one transaction (an urgent store call), then
     tells the uplink (`on_events`) to publish them."""
 
-    def __init__(self, cfg: GatewayConfig, store: Any, on_events: Callable[[], None]):
-        self.cfg, self.store, self.on_events = cfg, store, on_events
+    def __init__(self, rules: Rules, points: list[Point], store: Any, on_events: Callable[[], None]):
+        self.rules, self.points, self.store, self.on_events = rules, points, store, on_events
         self.checker: Checker | None = None  # built once the saved active state is loaded
         self._ready = asyncio.Event()
         self.errors = 0
@@ -648,7 +644,7 @@ class CheckStage:
             return []
 
     async def run(self) -> None:
-        self.checker = Checker(self.cfg, await self._load())
+        self.checker = Checker(self.rules, self.points, await self._load())
         c = self.checker
         log.info("checks running", extra={"fields": {
             "alarms": len(c.alarms), "detectors": len(c.detectors), "interlocks": len(c.interlocks)}})

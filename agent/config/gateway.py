@@ -1,0 +1,50 @@
+"""The whole gateway config, typed: what the loader returns and the assembly hands out, each
+part its own spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.common.clock import ClockConfig
+from agent.model import Point
+from agent.north.mqtt.spec import MqttSpec
+from agent.pipeline.checks.rules import Rules
+from agent.pipeline.store import StoreBounds
+from drivers.base import DeviceSpec
+
+
+@dataclass
+class GatewayConfig:
+    path: Path
+    gateway_id: str
+    enterprise_code: str
+    data_dir: Path
+    uplink: MqttSpec
+    devices: list[DeviceSpec]
+    rules_file: Path | None = None
+    store: StoreBounds = field(default_factory=StoreBounds)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    health_listen: tuple[str, int] | None = None  # [health] listen; None: no health endpoint
+    rules: Rules = field(default_factory=Rules)  # interlocks, detector and alarm settings
+
+    def device(self, name: str) -> DeviceSpec:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        names = ", ".join(d.name for d in self.devices)
+        raise KeyError(f"no device named {name!r} in {self.path}; devices: {names}")
+
+    def all_points(self) -> list[Point]:
+        return [p for d in self.devices for p in d.points]
+
+    def client_certificates(self) -> list[tuple[str, Path]]:
+        """The TLS client certificates the gateway presents: (use, path)."""
+        found = []
+        if self.uplink.cert_file is not None:
+            found.append(("uplink", self.uplink.cert_file))
+        for dev in self.devices:
+            cert = getattr(dev.options, "certificate", None)  # options of a protocol with client certificates
+            if cert:
+                found.append((f"device:{dev.name}", Path(cert)))
+        return found

@@ -1,0 +1,115 @@
+"""The north seam: what every uplink is given, what it reports, and the two pieces a protocol
+brings to the protocol-neutral drain loop (agent/north/drain.py): a `Connector` that opens a
+`Link` to the far end, and a `Body` that turns stored rows into the bytes of one message."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.common.clock import ClockWatch
+from agent.model import Point
+from agent.pipeline.store import AsyncStore, Builder
+
+
+class HeldReadings(Protocol):
+    """Readings polled while the store refuses writes (disk full), in the store's row format."""
+
+    def take(self, limit: int) -> list[tuple]: ...
+
+    def give_back(self, rows: list[tuple]) -> None: ...
+
+
+@dataclass
+class UplinkContext:
+    """What an uplink is given by the assembly."""
+
+    gateway: str
+    enterprise: str
+    version: str
+    started_ms: int
+    store: AsyncStore  # the outbox: numbered messages, acknowledgements, back-fill
+    clock: ClockWatch
+    points: Callable[[], list[Point]]  # the point set now (a reload changes it)
+    held: HeldReadings
+    on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
+
+
+@dataclass
+class UplinkStats:
+    """What an uplink reports: the service's status, health and metrics read these."""
+
+    state: str = "starting"  # starting | up | down
+    published: int = 0
+    acked: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    beat: float = field(default_factory=time.monotonic)  # each turn of its loops (the watchdog's view)
+
+
+class Link(Protocol):
+    """One open connection to the far end. Acknowledgements come back through the `on_ack`
+    given to `Connector.connect`, by seq."""
+
+    lost: asyncio.Event
+
+    def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
+        """Put one numbered message on the wire; False when the connection is gone."""
+        ...
+
+    def opened(self) -> None:
+        """The session starts (before any numbered message)."""
+        ...
+
+    async def close(self, grace: float) -> None:
+        """A clean goodbye within `grace` seconds where the protocol has one."""
+        ...
+
+    def abandon(self) -> None:
+        """Drop the connection at once (blocking, short; run on a worker thread)."""
+        ...
+
+
+class Connector(Protocol):
+    describe: str  # where it connects, for logs (never a credential)
+    connect_allowance: float  # seconds one connection attempt may take, for the watchdog
+
+    async def connect(self, on_ack: Callable[[int], None]) -> Link:
+        """Open a link; raise ConnectFailed saying why."""
+        ...
+
+
+class ConnectFailed(Exception):
+    """The far end could not be reached or refused us; the message says why."""
+
+
+class Body(Protocol):
+    """Builders of message bytes from stored rows (they run on the store thread)."""
+
+    def readings(self, backfill: bool) -> Builder: ...
+
+    def events(self, seq: int, rows: list) -> bytes: ...
+
+    meta: Builder | None  # a description restated on every connection, or None
+
+
+class Uplink(Protocol):
+    """One configured uplink, as the assembly and the service see it."""
+
+    name: str
+    stats: UplinkStats
+
+    async def run(self) -> None: ...
+
+    async def stop(self, grace: float) -> None: ...
+
+    def events_stored(self) -> None: ...
+
+    async def points_changed(self) -> None: ...
+
+    def status_changed(self) -> None: ...
+
+    def progress_allowance(self) -> float: ...

@@ -1,0 +1,43 @@
+"""What Modbus TCP and Modbus RTU say of themselves (drivers/registry.py lists them)."""
+
+from __future__ import annotations
+
+from drivers.base import DeviceSpec, Driver, ProtocolSpec
+from drivers.modbus.address import parse_modbus_address
+from drivers.modbus.options import PLAN_KEYS, PLAN_LIMITS, ModbusRtuOptions, ModbusTcpOptions
+from drivers.modbus.points import check_overlaps, check_point
+
+
+def _tcp_driver(device: DeviceSpec) -> Driver:
+    from drivers.modbus.tcp import ModbusTcpDriver  # here: pymodbus only when a device needs it
+
+    return ModbusTcpDriver(device)
+
+
+def _rtu_driver(device: DeviceSpec) -> Driver:
+    from drivers.modbus.rtu import ModbusRtuDriver  # here: pymodbus and pyserial on demand
+
+    return ModbusRtuDriver(device)
+
+
+TCP = ProtocolSpec(
+    keys={"host": ("str", True), "port": ("int", False), "unit": ("int", False), **PLAN_KEYS},
+    limits={"unit": (0, 247), "port": (1, 65535), **PLAN_LIMITS},
+    options=lambda keys: ModbusTcpOptions(**keys),
+    parse_address=parse_modbus_address,
+    check_point=check_point,
+    check_table=check_overlaps,
+    driver=_tcp_driver,
+)
+
+RTU = ProtocolSpec(
+    keys={"port": ("str", True), "baudrate": ("int", False), "parity": ("enum:N|E|O", False),
+          "stopbits": ("int", False), "bytesize": ("int", False), "unit": ("int", False),
+          **PLAN_KEYS, "request_pause": ("duration", False)},
+    limits={"unit": (1, 247), "baudrate": (300, 921600), "bytesize": (7, 8), "stopbits": (1, 2), **PLAN_LIMITS},
+    options=lambda keys: ModbusRtuOptions(**keys),
+    parse_address=parse_modbus_address,
+    check_point=check_point,
+    check_table=check_overlaps,
+    driver=_rtu_driver,
+)
