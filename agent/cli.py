@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from agent.sim.modbus import serve
+    from agent.sim.serve import serve
 
     try:
         asyncio.run(serve(args.scenario))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.config.loader import load_config
-from agent.pipeline.checks.checker import Checker
 from agent.model import Reading
+from agent.pipeline.checks.checker import Checker
 from agent.pipeline.store import Store
 
 POINTS = """tag,address,type,unit,kind,equipment,eng_min,eng_max,deadband,ll,l,h,hh

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import paho.mqtt.client as mqtt
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from agent.config.gateway import GatewayConfig
+from agent.north.mqtt.client import Events, MQTTMessage, MqttOptions, MqttSession
 from agent.north.mqtt.schema import topic
 
 QUALITY_STYLE = {"good": "green", "uncertain": "yellow", "bad": "bold red"}
@@ -142,49 +142,42 @@ def _console() -> Console:
     return console
 
 
-class LiveView:
+class LiveView(Events):
     def __init__(self, cfg: GatewayConfig, *, title: str = "hazgate",
                  processes: Callable[[], list[ProcessRow]] | None = None, console: Console | None = None):
         self.cfg, self.title, self.processes = cfg, title, processes
         self.state = LiveState(cfg)
         self.console = console or _console()
         self.started = time.monotonic()
-        self.connected = False
+        self.connected_now = False
         self.connect_error = ""
         up = cfg.uplink
         self.filter = topic(up.topic_prefix, cfg.enterprise_code, cfg.gateway_id, "#")
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"hazgate-liveview-{uuid.uuid4().hex[:8]}",
-                                  clean_session=True, protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(0.2, 2.0)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
+        self.session = MqttSession(MqttOptions(
+            host=up.host, port=up.port, client_id=f"hazgate-liveview-{uuid.uuid4().hex[:8]}",
+            reconnect=(0.2, 2.0)), self)
 
-    # --- subscription --------------------------------------------------------------------
-    def _on_connect(self, client, _u, _flags, rc, _props) -> None:  # noqa: ANN001
-        if rc.is_failure:
-            self.connect_error = str(rc)
-            return
-        self.connected, self.connect_error = True, ""
-        client.subscribe(self.filter, qos=1)
+    # --- subscription (MqttSession events, on paho's thread) ---------------------------------
+    def connected(self, session_present: bool) -> None:
+        self.connected_now, self.connect_error = True, ""
+        self.session.subscribe([(self.filter, 1)])
 
-    def _on_disconnect(self, _c, _u, _flags, rc, _props) -> None:  # noqa: ANN001
-        self.connected = False
-        self.connect_error = str(rc)
+    def refused(self, reason: str) -> None:
+        self.connect_error = reason
 
-    def _on_message(self, _c, _u, msg) -> None:  # noqa: ANN001
+    def lost(self, reason: str) -> None:
+        self.connected_now = False
+        self.connect_error = reason
+
+    def message(self, msg: MQTTMessage) -> None:
         self.state.feed(msg.topic.rsplit("/", 1)[-1], msg.payload, bool(msg.retain))
 
     def start(self) -> None:
         """Connect in the background (paho retries until the broker answers)."""
-        up = self.cfg.uplink
-        self.client.connect_async(up.host, up.port, keepalive=30)
-        self.client.loop_start()
+        self.session.start()
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.session.close()
 
     # --- rendering -----------------------------------------------------------------------
     def _header(self, now: float) -> Text:
@@ -202,7 +195,7 @@ class LiveView:
             t.append(st, style="bold red")
         else:
             t.append("no status yet", style="dim")
-        if not self.connected:
+        if not self.connected_now:
             t.append(f"  view not connected {self.connect_error}".rstrip(), style="yellow")
         c = s.counts
         t.append(f"\nseq {s.last_seq if s.last_seq is not None else '—'}  messages: readings {c['readings']},"

@@ -22,7 +22,6 @@ import queue
 import signal
 import socket
 import sqlite3
-import ssl
 import sys
 import threading
 import time
@@ -33,10 +32,10 @@ from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import orjson
-import paho.mqtt.client as mqtt
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.model import QUALITIES
+from agent.north.mqtt.client import Events, MQTTMessage, MqttOptions, MqttSession
 from agent.north.mqtt.schema import SCHEMA, SEVERITIES
 
 log = logging.getLogger("hazgate.receive")
@@ -613,69 +612,61 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, port, tls
 
 
-class Link:
+class Link(Events):
     """A persistent MQTT session that hands messages to a queue and acks only when told."""
 
     def __init__(self, host: str, port: int, tls: bool, client_id: str, prefix: str):
         self.host, self.port = host, port
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self.gen = 0
-        self.connected = False
+        self.online = False
         self.ever_connected = False
         self.accepting = True
         self.topics = [(f"{prefix.rstrip('/')}/+/+/{k}", 1) for k in KINDS]
-        c = self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-            protocol=mqtt.MQTTv311, manual_ack=True,
-        )
-        if tls:
-            c.tls_set(tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        c.reconnect_delay_set(1, 10)
-        c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
-        c.on_subscribe, c.on_message, c.on_connect_fail = self._on_subscribe, self._on_message, self._on_fail
+        self.session = MqttSession(MqttOptions(
+            host=host, port=port, client_id=client_id, tls=tls, clean_session=False, manual_ack=True,
+            reconnect=(1, 10)), self)
         self._failures = 0
 
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
+        self.session.start()
 
     def stop(self) -> None:
         self.accepting = False
-        with contextlib.suppress(Exception):
-            self.client.disconnect()  # the session (and what is queued for it) stays at the broker
-        self.client.loop_stop()
+        self.session.close()  # the session (and what is queued for it) stays at the broker
 
-    def _on_connect(self, client, _u, flags, rc, _p) -> None:
-        if rc.is_failure:
-            log.warning("broker refused the connection", extra={"fields": {"reason": str(rc)}})
-            return
+    def refused(self, reason: str) -> None:
+        log.warning("broker refused the connection", extra={"fields": {"reason": reason}})
+
+    def connected(self, session_present: bool) -> None:
         self.gen += 1
-        self.connected = self.ever_connected = True
+        self.online = self.ever_connected = True
         self._failures = 0
         log.info("connected", extra={"fields": {
-            "broker": f"{self.host}:{self.port}", "session_present": bool(flags.session_present)}})
+            "broker": f"{self.host}:{self.port}", "session_present": session_present}})
         # Always (re)subscribe: harmless on a kept session, required on a broker that lost it.
-        client.subscribe(self.topics)
+        self.session.subscribe(self.topics)
 
-    def _on_subscribe(self, _c, _u, _mid, reason_codes, _p) -> None:
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("subscription refused", extra={"fields": {"topics": " ".join(t for t, _ in self.topics)}})
+    def subscribed(self, ok: bool) -> None:
+        topics = " ".join(t for t, _ in self.topics)
+        if ok:
+            log.info("subscribed", extra={"fields": {"topics": topics}})
         else:
-            log.info("subscribed", extra={"fields": {"topics": " ".join(t for t, _ in self.topics)}})
+            log.error("subscription refused", extra={"fields": {"topics": topics}})
 
-    def _on_disconnect(self, _c, _u, _flags, rc, _p) -> None:
-        if self.connected:
+    def lost(self, reason: str) -> None:
+        if self.online:
             level = logging.WARNING if self.accepting else logging.INFO  # not accepting: we are stopping
-            log.log(level, "disconnected", extra={"fields": {"reason": str(rc)}})
-        self.connected = False
+            log.log(level, "disconnected", extra={"fields": {"reason": reason}})
+        self.online = False
 
-    def _on_fail(self, _c, _u) -> None:
+    def unreachable(self) -> None:
         self._failures += 1
         if self._failures in (1, 10) or self._failures % 60 == 0:
             log.warning("cannot reach the broker", extra={"fields": {
                 "broker": f"{self.host}:{self.port}", "attempts": self._failures}})
 
-    def _on_message(self, _c, _u, msg: mqtt.MQTTMessage) -> None:
+    def message(self, msg: MQTTMessage) -> None:
         if not self.accepting:
             return  # not acknowledged: the broker keeps it for the next run
         try:
@@ -689,7 +680,7 @@ class Link:
         gen = self.gen
         for m in batch:
             if m.qos and m.gen == gen:  # an older connection's message comes again (DUP) and is acked then
-                self.client.ack(m.mid, m.qos)
+                self.session.ack(m.mid, m.qos)
 
 
 # --- the command --------------------------------------------------------------------------

@@ -3,10 +3,7 @@ and Modbus RTU slaves: agent/simulate_opcua.py and agent/simulate_rtu.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
 import time
 from collections import defaultdict
 
@@ -14,7 +11,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.model import Point
-from agent.sim.scenario import SimPlc, load_scenario
+from agent.sim.scenario import SimPlc
 from drivers.modbus.codec import encode
 
 log = logging.getLogger("hazgate.simulate")
@@ -96,39 +93,14 @@ def build_device(model: PlcModel) -> SimDevice:
     )
 
 
-async def serve(scenario_path: str, ready: asyncio.Event | None = None) -> None:
-    """Serve every PLC of the scenario until cancelled."""
-    plcs = load_scenario(scenario_path)
-    started = time.monotonic()
+async def start_tcp(plcs: list[SimPlc], started: float, stoppers: list) -> None:
+    """Serve the Modbus TCP PLCs, one server per host and port (several units on one)."""
     by_endpoint: dict[tuple[str, int], list[SimDevice]] = defaultdict(list)
     for plc in plcs:
-        if plc.protocol == "modbus-tcp":
-            by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
-    servers = []
-    stoppers: list = []  # OPC UA servers and serial ports (agent/simulate_opcua.py, simulate_rtu.py)
-    try:
-        for (host, port), devices in by_endpoint.items():
-            server = ModbusTcpServer(devices, address=(host, port))
-            await server.serve_forever(background=True)
-            servers.append(server)
-            names = ", ".join(p.name for p in plcs if (p.host, p.port) == (host, port))
-            log.info("serving Modbus TCP on %s:%d: %s", host, port, names)
-        if ua_plcs := [p for p in plcs if p.protocol == "opcua"]:
-            from agent.sim.opcua import start_opcua
-
-            await start_opcua(ua_plcs, started, stoppers)
-        if rtu_plcs := [p for p in plcs if p.protocol == "modbus-rtu"]:
-            from agent.sim.rtu import start_rtu
-
-            await start_rtu(rtu_plcs, started, stoppers)
-        if ready:
-            ready.set()
-        stop = asyncio.Event()  # SIGTERM ends the simulator cleanly: a virtual serial port's link goes too
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-    finally:
-        for server in servers:
-            await server.shutdown()
-        for stop in reversed(stoppers):
-            await stop()
+        by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
+    for (host, port), devices in by_endpoint.items():
+        server = ModbusTcpServer(devices, address=(host, port))
+        await server.serve_forever(background=True)
+        stoppers.append(server.shutdown)
+        names = ", ".join(p.name for p in plcs if (p.host, p.port) == (host, port))
+        log.info("serving Modbus TCP on %s:%d: %s", host, port, names)
