@@ -1,0 +1,1 @@
+"""HJ 212-2017 (environmental online monitoring) uplink: framing, data segments, replies."""
