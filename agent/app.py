@@ -18,7 +18,7 @@ from agent.config.gateway import GatewayConfig
 from agent.model import Reading
 from agent.north.base import UplinkContext
 from agent.north.mqtt.uplink import MqttUplink
-from agent.pipeline.checks.checker import CheckStage
+from agent.pipeline.checks.stage import CheckStage
 from agent.pipeline.metered import MeteredDriver
 from agent.pipeline.scheduler import DeviceTask
 from agent.pipeline.store import AsyncStore

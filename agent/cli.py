@@ -89,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
-    from agent.tools.status import buffer
+    from agent.tools.buffer import buffer
 
     return buffer(_load(args.config), args.action, args.format, args.output)
 

@@ -33,7 +33,7 @@ from agent.common.problems import ConfigError
 from agent.config.loader import load_config
 from agent.demo.liveview import LiveView, ProcessRow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "config"
 GATEWAY = CONFIG_DIR / "gateway.toml"
 PLANT = CONFIG_DIR / "plant.toml"
