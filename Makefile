@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check agent drivers tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # quick mode, a few minutes; `make bench BENCH="--full"` for the issue's durations,
