@@ -47,12 +47,15 @@ class UplinkStats:
     acked: int = 0
     reconnects: int = 0
     last_error: str = ""
+    rejected: int = 0  # refusals by the far end
     beat: float = field(default_factory=time.monotonic)  # each turn of its loops (the watchdog's view)
 
 
 class Link(Protocol):
-    """One open connection to the far end. Acknowledgements come back through the `on_ack`
-    given to `Connector.connect`, by seq."""
+    """One open connection to the far end. Verdicts come back by seq through the callbacks
+    given to `Connector.connect`: `on_ack(seq)` when the far end accepted the message (its ack
+    rule held), `on_reject(seq, reason)` when it answered and refused it. No answer (timeout,
+    connection lost) is neither: the link sets `lost` and the message is sent again."""
 
     lost: asyncio.Event
 
@@ -77,7 +80,7 @@ class Connector(Protocol):
     describe: str  # where it connects, for logs (never a credential)
     connect_allowance: float  # seconds one connection attempt may take, for the watchdog
 
-    async def connect(self, on_ack: Callable[[int], None]) -> Link:
+    async def connect(self, on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]) -> Link:
         """Open a link; raise ConnectFailed saying why."""
         ...
 

@@ -100,13 +100,24 @@ class Drain:
             self.stats.acked += 1
             self.wake.set()
 
+    def _on_reject(self, seq: int, reason: str) -> None:
+        """The far end answered and refused the message: it is sent again on a new connection
+        (set aside after `max_rejects` refusals in a row: see the store's reject handling)."""
+        if self._in_flight.pop(seq, None) is not None:
+            self.stats.rejected += 1
+            self.stats.last_error = reason
+            log.warning("message refused by the far end", extra={"fields": {
+                "uplink": self.name, "seq": seq, "reason": reason}})
+            if self._link is not None:
+                self._link.lost.set()
+
     async def _connect(self) -> Link:
         """Connect with exponential back-off; returns an open link."""
         delay = BACKOFF_MIN
         while True:
             self.stats.beat = time.monotonic()
             try:
-                return await self.connector.connect(self._on_ack)
+                return await self.connector.connect(self._on_ack, self._on_reject)
             except ConnectFailed as exc:
                 reason = str(exc)
             self._set_state("down", reason)

@@ -140,7 +140,8 @@ class MqttConnector:
             keepalive=int(s.keepalive), will=(self.topics["status"], self.body.status("offline"), True),
             max_inflight=WINDOW)
 
-    async def connect(self, on_ack: Callable[[int], None]) -> MqttLink:
+    async def connect(self, on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]) -> MqttLink:
+        # MQTT has no refusal of one message: PUBACK or nothing
         loop = asyncio.get_running_loop()
         link = MqttLink(self._options(), self.topics, self.body, on_ack, loop)
         try:
