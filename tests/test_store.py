@@ -204,7 +204,8 @@ def test_a_failed_take_leaves_everything_as_it_was(tmp_path: Path) -> None:
     s.take_readings(build, 2)  # seq 1
 
     def fail_after_insert(seq: int, rows: list) -> bytes:
-        s.db.execute("INSERT INTO outbox(seq, kind, retain, created, count, payload) VALUES (999, 'x', 0, 0, 0, x'00')")
+        s.db.execute("INSERT INTO outbox(uplink, seq, kind, retain, created, count, payload) "
+                     "VALUES ('mqtt', 999, 'x', 0, 0, 0, x'00')")
         raise RuntimeError("crash between the outbox insert and the delete")
 
     with pytest.raises(RuntimeError):

@@ -69,7 +69,7 @@ def test_torn_writes_after_kill_recover_and_acks_were_true(tmp_path: Path, broke
         crashed = tmp_path / "crashed"
         shutil.copytree(plant.data_dir, crashed)
         db = sqlite3.connect(crashed / "hazgate.db")
-        next_seq = int(db.execute("SELECT value FROM state WHERE key='next_seq'").fetchone()[0])
+        next_seq = int(db.execute("SELECT next_seq FROM uplinks WHERE name='mqtt'").fetchone()[0])
         unacked = {r[0] for r in db.execute("SELECT seq FROM outbox")}
         db.close()
         received = {m.seq for m in sub.messages if m.seq is not None}

@@ -32,7 +32,7 @@ class StandIn:
         self.devices: list = []
         self.tasks: list[asyncio.Task] = []
         self.cfg = SimpleNamespace(devices=[])
-        self.uplink = SimpleNamespace(stats=UplinkStats(), progress_allowance=lambda: 0.0)
+        self.uplinks = [SimpleNamespace(name="mqtt", stats=UplinkStats(), progress_allowance=lambda: 0.0)]
 
 
 def busy(seconds: float) -> int:
@@ -57,7 +57,7 @@ async def watch(store: AsyncStore, job, seconds: float) -> list[list[str]]:  # n
     running = asyncio.ensure_future(store._run_raw(False, job, seconds))  # a long store call
     found: list[list[str]] = []
     for _ in range(int(seconds / 0.1)):
-        agent.uplink.stats.beat = time.monotonic()  # the uplink loop goes round meanwhile
+        agent.uplinks[0].stats.beat = time.monotonic()  # the uplink loop goes round meanwhile
         found.append(progress.check())
         await asyncio.sleep(0.1)
     await asyncio.wait_for(running, 10)

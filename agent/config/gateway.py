@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.common.clock import ClockConfig
 from agent.model import Point
@@ -27,6 +28,11 @@ class GatewayConfig:
     clock: ClockConfig = field(default_factory=ClockConfig)
     health_listen: tuple[str, int] | None = None  # [health] listen; None: no health endpoint
     rules: Rules = field(default_factory=Rules)  # interlocks, detector and alarm settings
+
+    @property
+    def uplinks(self) -> list[Any]:
+        """Every uplink's typed spec, each with a unique `name` (agent/north/adapters.py)."""
+        return [self.uplink]
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:

@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.common.clock import ClockWatch
 from agent.model import Point
@@ -36,6 +36,7 @@ class UplinkContext:
     points: Callable[[], list[Point]]  # the point set now (a reload changes it)
     held: HeldReadings
     on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
+    events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Uplink(Protocol):
 
     name: str
     stats: UplinkStats
+    carries_events: bool
 
     async def run(self) -> None: ...
 
@@ -116,3 +118,5 @@ class Uplink(Protocol):
     def status_changed(self) -> None: ...
 
     def progress_allowance(self) -> float: ...
+
+    def reconfigure(self, spec: Any) -> None: ...

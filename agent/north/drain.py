@@ -32,6 +32,7 @@ class DrainSettings:
     window: int  # messages in flight at most
     batch: int  # readings per live message
     interval: float  # seconds between live messages (sooner while full batches wait)
+    max_rejects: int = 10  # refusals of one message in a row before it is set aside
 
 
 class Drain:
@@ -53,6 +54,7 @@ class Drain:
         self._watermark = 0
         self._sent_upto = 0
         self._next_live = 0.0
+        self._refusals: list[asyncio.Future] = []  # refusals being recorded in the store
 
     @property
     def link(self) -> Link | None:
@@ -78,7 +80,7 @@ class Drain:
     async def restate(self, build: Builder) -> None:
         """Queue the description (meta) again, now: it changed."""
         with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
-            await self.store.call("enqueue", "meta", True, build)
+            await self.store.call("enqueue", "meta", True, build, self.name)
         self.wake.set()
 
     # --- connection ---------------------------------------------------------------------
@@ -101,15 +103,27 @@ class Drain:
             self.wake.set()
 
     def _on_reject(self, seq: int, reason: str) -> None:
-        """The far end answered and refused the message: it is sent again on a new connection
-        (set aside after `max_rejects` refusals in a row: see the store's reject handling)."""
-        if self._in_flight.pop(seq, None) is not None:
-            self.stats.rejected += 1
-            self.stats.last_error = reason
-            log.warning("message refused by the far end", extra={"fields": {
-                "uplink": self.name, "seq": seq, "reason": reason}})
-            if self._link is not None:
-                self._link.lost.set()
+        """The far end answered and refused the message: counted in the store, which sets it
+        aside after `max_rejects` refusals in a row; the rest is sent again on a new link."""
+        if self._in_flight.pop(seq, None) is None:
+            return
+        self.stats.rejected += 1
+        self.stats.last_error = reason
+        log.warning("message refused by the far end", extra={"fields": {
+            "uplink": self.name, "seq": seq, "reason": reason}})
+        self._refusals.append(asyncio.ensure_future(self._record_reject(seq, reason)))
+        if self._link is not None:
+            self._link.lost.set()
+
+    async def _record_reject(self, seq: int, reason: str) -> None:
+        try:
+            event = await self.store.call_urgent("reject", self.name, seq, reason, self.settings.max_rejects)
+        except sqlite3.Error:
+            return  # counted again at the next refusal
+        if event is not None:
+            log.error("message set aside after repeated refusals", extra={"fields": {
+                "uplink": self.name, "seq": seq, "rejects": event["rejects"], "reason": reason}})
+            self.ctx.events_stored()
 
     async def _connect(self) -> Link:
         """Connect with exponential back-off; returns an open link."""
@@ -151,8 +165,11 @@ class Drain:
                 self._in_flight.clear()
                 if self._acks:  # delivered: record it, so they are not sent again
                     with contextlib.suppress(sqlite3.Error):
-                        await self.store.call("ack", self._acks)
+                        await self.store.call("ack", self._acks, self.name)
                     self._acks = []
+                if self._refusals:  # recorded before anything is sent again
+                    await asyncio.gather(*self._refusals, return_exceptions=True)
+                    self._refusals = []
                 await asyncio.get_running_loop().run_in_executor(None, link.abandon)
             self._set_state("down", "connection lost")
 
@@ -168,7 +185,7 @@ class Drain:
                 await asyncio.wait_for(self.wake.wait(), deadline - time.monotonic())
         if self._acks:
             with contextlib.suppress(sqlite3.Error):
-                await self.store.call("ack", self._acks)
+                await self.store.call("ack", self._acks, self.name)
             self._acks = []
         await link.close(grace)
 
@@ -180,7 +197,7 @@ class Drain:
         self._next_live = time.monotonic()
         if self.body.meta is not None:
             with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
-                await self.store.call("enqueue", "meta", True, self.body.meta)
+                await self.store.call("enqueue", "meta", True, self.body.meta, self.name)
         for seq in sorted(self._mem_msgs):  # sent from memory before the drop, not acknowledged
             if not self._send(link, seq, "readings", self._mem_msgs[seq], False):
                 return
@@ -236,7 +253,7 @@ class Drain:
             self._next_memory = now + self.settings.interval
             return False
         try:
-            seq = await self.store.call("reserve_seq")  # synced before the message exists
+            seq = await self.store.call("reserve_seq", self.name)  # synced before the message exists
         except (sqlite3.Error, OSError):
             self.ctx.held.give_back(rows)  # read-only data dir: nothing can be numbered safely
             self._next_memory = now + self.settings.interval
@@ -265,7 +282,7 @@ class Drain:
         req = DrainRequest(
             acks, self._sent_upto, max(0, room), body.events,
             body.readings(False) if live_due else None, self.settings.batch,
-            self._watermark, body.readings(True) if backlog_ok else None, BACKLOG_BATCH, DRAIN_BUDGET)
+            self._watermark, body.readings(True) if backlog_ok else None, BACKLOG_BATCH, DRAIN_BUDGET, self.name)
         urgent, self._events_waiting = self._events_waiting, False
         try:
             res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)

@@ -1,14 +1,19 @@
 """The durable outbox (SQLite, WAL): every reading and event is committed here before it is
-published, and leaves only when the broker has acknowledged the message that carried it.
+published, and leaves only when every uplink has had the message that carried it acknowledged
+(or a bound evicts it, which is reported).
 
-Flow inside the database:
+Flow inside the database, per uplink:
   chunks (readings) / events  --take_*-->  outbox (message with its seq and payload)  --ack-->  gone
-A message gets its sequence number in the same transaction that moves its rows into the
-outbox, so a message re-sent after a lost acknowledgement keeps its number and content.
+Each uplink has its own queue: a `pending` row per chunk it has not yet taken (with `taken`,
+how many readings of the chunk already left in its messages) and a `pending_events` row per
+event, its own sequence (`uplinks.next_seq`, and a published mark file) and its own outbox
+rows. A chunk or event leaves when no uplink still needs it. A message gets its sequence
+number in the same transaction that moves its rows into the outbox, so a message re-sent after
+a lost acknowledgement keeps its number and content (and so its `data_id`).
 Readings are stored packed, up to CHUNK_ROWS to a row of the `chunks` table (one SQLite row
 per poll or so instead of one per reading: the per-row cost of SQLite was most of the agent's
 CPU). Chunks keep insertion order (AUTOINCREMENT ids, never reused): draining never sorts by
-time; a message may take the first part of a chunk (`taken` counts what left).
+time.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from agent.model import QUALITY_NAME
 T = TypeVar("T")
 CHUNK_ROWS = 500  # readings packed into one row of `chunks` (see pack_chunk)
 DB_NAME = "hazgate.db"
-SEQ_MARK = "seq.published"
+SEQ_MARK = "seq.published"  # the default uplink's mark; others: seq.published.<name>
+DEFAULT_UPLINK = "mqtt"  # the `[uplink]` table, and the uplink of a store written before [[uplinks]]
 log = logging.getLogger("hazgate.store")
 
 SCHEMA = """
@@ -45,18 +51,34 @@ CREATE TABLE IF NOT EXISTS points(
   UNIQUE(tag, unit, type));
 CREATE TABLE IF NOT EXISTS chunks(
   id INTEGER PRIMARY KEY AUTOINCREMENT, oldest INTEGER NOT NULL, newest INTEGER NOT NULL,
-  count INTEGER NOT NULL, taken INTEGER NOT NULL DEFAULT 0, rows BLOB NOT NULL);
+  count INTEGER NOT NULL, rows BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox(
-  seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, retain INTEGER NOT NULL,
-  created INTEGER NOT NULL, count INTEGER NOT NULL, oldest INTEGER, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS uplinks(
+  name TEXT PRIMARY KEY, events INTEGER NOT NULL, next_seq INTEGER NOT NULL DEFAULT 1,
+  last_ack_seq INTEGER, last_ack_at INTEGER, evicted INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pending(
+  uplink TEXT NOT NULL, chunk INTEGER NOT NULL, taken INTEGER NOT NULL DEFAULT 0,
+  oldest INTEGER, PRIMARY KEY(uplink, chunk)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_chunk ON pending(chunk);
+CREATE TABLE IF NOT EXISTS pending_events(
+  uplink TEXT NOT NULL, event INTEGER NOT NULL, PRIMARY KEY(uplink, event)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_event ON pending_events(event);
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS devices(
   name TEXT PRIMARY KEY, link TEXT NOT NULL, reason TEXT, last_good INTEGER, changed INTEGER);
 CREATE TABLE IF NOT EXISTS active(
   key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, start INTEGER NOT NULL, data BLOB);
 """
+
+OUTBOX = """
+CREATE TABLE outbox(
+  uplink TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, retain INTEGER NOT NULL,
+  created INTEGER NOT NULL, count INTEGER NOT NULL, oldest INTEGER, payload BLOB NOT NULL,
+  rejects INTEGER NOT NULL DEFAULT 0, aside INTEGER NOT NULL DEFAULT 0, reason TEXT,
+  PRIMARY KEY(uplink, seq))
+"""
+
 
 def pack_chunk(stamps: Sequence[int], pids: Sequence[int], values: Sequence[Any], qualities: Sequence[int],
                reasons: Sequence[str | None]) -> bytes:
@@ -103,6 +125,7 @@ class DrainRequest:
     build_backlog: Builder | None
     backlog_batch: int
     budget: int  # readings to number at most in this call (keeps the store thread's turns short)
+    uplink: str = DEFAULT_UPLINK
 
 
 @dataclass(slots=True)
@@ -120,8 +143,8 @@ class Store:
         self.path = data_dir / DB_NAME
         self._pids: dict[tuple[str, str, str], int] = {}
         self._points: dict[int, tuple[str, str, str]] = {}  # pid -> (tag, unit, type)
-        self.mark_path = data_dir / SEQ_MARK
-        self._published = self._read_mark()
+        self.data_dir = data_dir
+        self._published: dict[str, int] = {}  # uplink -> its published mark, as last read or written
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
             return
@@ -135,19 +158,17 @@ class Store:
             self.db.close()
             self._set_aside(str(exc))
             self._open()
-        # A database behind the mark (new, or rolled back) continues above it: _next_seq()
+        # A database behind a mark (new, or rolled back) continues above it: _next_seq()
         # never returns a number at or below one that may have been on the wire.
-        if not self.mark_path.exists():  # created while there is space; rewritten in place
-            with open(self.mark_path, "wb") as f:
-                f.write(f"{0:020d}\n".encode())
-                f.flush()
-                os.fsync(f.fileno())
+        for name in self.uplinks():
+            self._create_mark(name)
         if self.set_aside is not None:
+            first = self.uplinks()[0]
             self.add_event(now_ms(), {
-                "id": f"store-reset-{self._next_seq()}", "kind": "store_reset", "severity": "alarm",
+                "id": f"store-reset-{self._next_seq(first)}", "kind": "store_reset", "severity": "alarm",
                 "state": "recovered", "ts": rfc3339(now_ms()), "source": "gateway",
                 "reason": "local store was corrupt; readings buffered in it could not be sent",
-                "moved_to": self.set_aside.name, "next_seq": self._next_seq(),
+                "moved_to": self.set_aside.name, "next_seq": self._next_seq(first),
             })
 
     def _open(self) -> None:
@@ -160,6 +181,7 @@ class Store:
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
+        self._migrate_uplinks()
         self._migrate_readings()
 
     def _migrate_readings(self) -> None:
@@ -173,6 +195,68 @@ class Store:
                 self._add_chunk(rows)
             self.db.execute("DROP TABLE readings")
 
+    def _migrate_uplinks(self) -> None:
+        """A store written before [[uplinks]] has one queue, the `[uplink]`'s: it becomes the
+        uplink `mqtt`, its sequence continuing, with everything it still held pending for it.
+        A new store starts with that uplink too; `set_uplinks` makes the configured set."""
+        old = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone()
+        if old and "uplink" in [r[1] for r in self.db.execute("PRAGMA table_info(outbox)")]:
+            return
+        with self._tx():
+            if not old:
+                self.db.execute(OUTBOX)
+                self.db.execute("INSERT INTO uplinks(name, events) VALUES (?, 1)", (DEFAULT_UPLINK,))
+                return
+            taken = "taken" if "taken" in [r[1] for r in self.db.execute("PRAGMA table_info(chunks)")] else "0"
+            state = dict(self.db.execute(
+                "SELECT key, value FROM state WHERE key IN ('next_seq', 'last_ack_seq', 'last_ack_at')"))
+            self.db.execute("INSERT INTO uplinks(name, events, next_seq, last_ack_seq, last_ack_at) VALUES (?,1,?,?,?)",
+                            (DEFAULT_UPLINK, int(state.get("next_seq", 1)), state.get("last_ack_seq"),
+                             state.get("last_ack_at")))
+            self.db.execute(f"INSERT INTO pending(uplink, chunk, taken) SELECT ?, id, {taken} FROM chunks",
+                            (DEFAULT_UPLINK,))
+            self.db.execute("INSERT INTO pending_events(uplink, event) SELECT ?, id FROM events", (DEFAULT_UPLINK,))
+            self.db.execute("ALTER TABLE outbox RENAME TO outbox_old")
+            self.db.execute(OUTBOX)
+            self.db.execute("INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload) "
+                            "SELECT ?, seq, kind, retain, created, count, oldest, payload FROM outbox_old",
+                            (DEFAULT_UPLINK,))
+            self.db.execute("DROP TABLE outbox_old")
+            self.db.execute("DELETE FROM state WHERE key IN ('next_seq', 'last_ack_seq', 'last_ack_at')")
+
+    # --- the uplinks ----------------------------------------------------------------------
+    def uplinks(self) -> list[str]:
+        return [name for (name,) in self.db.execute("SELECT name FROM uplinks ORDER BY rowid")]
+
+    def set_uplinks(self, configured: list[tuple[str, bool]]) -> None:
+        """The configured uplinks, (name, carries events): a new one starts from what the store
+        still holds; one no longer configured leaves with its queue."""
+        with self._tx():
+            known = dict(self.db.execute("SELECT name, events FROM uplinks"))
+            for name, events in configured:
+                if name not in known:
+                    self.db.execute("INSERT INTO uplinks(name, events) VALUES (?, ?)", (name, int(events)))
+                    self.db.execute("INSERT INTO pending(uplink, chunk) SELECT ?, id FROM chunks", (name,))
+                elif bool(known[name]) != events:
+                    self.db.execute("UPDATE uplinks SET events=? WHERE name=?", (int(events), name))
+                if events and (name not in known or not known[name]):
+                    self.db.execute("INSERT OR IGNORE INTO pending_events(uplink, event) SELECT ?, id FROM events",
+                                    (name,))
+                if not events:
+                    self.db.execute("DELETE FROM pending_events WHERE uplink=?", (name,))
+            names = {name for name, _ in configured}
+            for name in set(known) - names:
+                for table in ("pending", "pending_events", "outbox", "uplinks"):
+                    self.db.execute(f"DELETE FROM {table} WHERE {'name' if table == 'uplinks' else 'uplink'}=?", (name,))
+            self._collect()
+        for name in names:
+            self._create_mark(name)
+
+    def _collect(self) -> None:
+        """Chunks and events no uplink still needs leave the store."""
+        self.db.execute("DELETE FROM chunks WHERE NOT EXISTS (SELECT 1 FROM pending WHERE chunk = chunks.id)")
+        self.db.execute("DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM pending_events WHERE event = events.id)")
+
     def _set_aside(self, why: str) -> None:
         """Move a corrupt store (and its WAL) aside for forensics; the agent starts a new one."""
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -184,34 +268,47 @@ class Store:
         log.error("store was corrupt: moved aside, starting a new one", extra={"fields": {
             "moved_to": str(self.set_aside), "error": why}})
 
-    # The published mark: a small file, synced before any message goes to the broker, holding
-    # the highest seq ever handed out. If the database is lost or rolled back (a torn write),
-    # numbering continues above it: receivers may see a gap (what was lost), never an old
-    # number carrying new content.
-    def _read_mark(self) -> int:
-        try:
-            return int(self.mark_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return 0
+    # The published marks: a small file per uplink, synced before any message goes on the wire,
+    # holding the highest seq ever handed out. If the database is lost or rolled back (a torn
+    # write), numbering continues above it: receivers may see a gap (what was lost), never an
+    # old number carrying new content.
+    def _mark_path(self, uplink: str) -> Path:
+        return self.data_dir / (SEQ_MARK if uplink == DEFAULT_UPLINK else f"{SEQ_MARK}.{uplink}")
 
-    def mark_published(self, seq: int) -> None:
-        """Record, durably, that messages up to `seq` may now be published.
+    def _read_mark(self, uplink: str) -> int:
+        if uplink not in self._published:
+            try:
+                self._published[uplink] = int(self._mark_path(uplink).read_text().strip())
+            except (FileNotFoundError, ValueError):
+                self._published[uplink] = 0
+        return self._published[uplink]
+
+    def _create_mark(self, uplink: str) -> None:
+        path = self._mark_path(uplink)
+        if not path.exists():  # created while there is space; rewritten in place
+            with open(path, "wb") as f:
+                f.write(f"{self._read_mark(uplink):020d}\n".encode())
+                f.flush()
+                os.fsync(f.fileno())
+
+    def mark_published(self, seq: int, uplink: str = DEFAULT_UPLINK) -> None:
+        """Record, durably, that the uplink's messages up to `seq` may now be published.
 
         The file is rewritten in place at a fixed width, so this works on a full disk too.
         """
-        if seq <= self._published:
+        if seq <= self._read_mark(uplink):
             return
-        mode = "r+b" if self.mark_path.exists() else "wb"
-        with open(self.mark_path, mode) as f:
+        path = self._mark_path(uplink)
+        with open(path, "r+b" if path.exists() else "wb") as f:
             f.write(f"{seq:020d}\n".encode())
             f.flush()
             os.fsync(f.fileno())
-        self._published = seq
+        self._published[uplink] = seq
 
-    def reserve_seq(self) -> int:
+    def reserve_seq(self, uplink: str = DEFAULT_UPLINK) -> int:
         """A number for a message built outside the database (it refuses writes), marked used."""
-        seq = self._next_seq()
-        self.mark_published(seq)
+        seq = self._next_seq(uplink)
+        self.mark_published(seq, uplink)
         return seq
 
     def close(self) -> None:
@@ -287,12 +384,21 @@ class Store:
         stamps, keys, values, qualities, reasons = zip(*rows, strict=True)
         if pids is not None:
             keys = tuple(pids[tag] for tag in keys)
-        self.db.execute("INSERT INTO chunks(oldest, newest, count, rows) VALUES (?,?,?,?)",
-                        (min(stamps), max(stamps), len(rows), pack_chunk(stamps, keys, values, qualities, reasons)))
+        cid = self.db.execute("INSERT INTO chunks(oldest, newest, count, rows) VALUES (?,?,?,?)",
+                              (min(stamps), max(stamps), len(rows),
+                               pack_chunk(stamps, keys, values, qualities, reasons))).lastrowid
+        self.db.execute("INSERT INTO pending(uplink, chunk) SELECT name, ? FROM uplinks", (cid,))
+
+    def _add_events(self, events: list[tuple[int, dict]]) -> None:
+        """Events for every uplink that carries events."""
+        for ts, body in events:
+            eid = self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts, orjson.dumps(body))).lastrowid
+            self.db.execute("INSERT INTO pending_events(uplink, event) SELECT name, ? FROM uplinks WHERE events",
+                            (eid,))
 
     def add_event(self, ts_ms: int, body: dict) -> None:
         with self._tx():
-            self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts_ms, orjson.dumps(body)))
+            self._add_events([(ts_ms, body)])
 
     def last_reading_id(self) -> int:
         """The newest chunk's id: readings up to it are older than any added later."""
@@ -307,9 +413,11 @@ class Store:
             point = self._points[pid]
         return point
 
-    def queued(self) -> Iterator[tuple[int, str, str, str, Any, str, str | None]]:
-        """Readings not yet in a message, oldest first: (ts_ms, tag, unit, type, value, quality, reason)."""
-        for taken, blob in self.db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
+    def queued(self, uplink: str = DEFAULT_UPLINK) -> Iterator[tuple[int, str, str, str, Any, str, str | None]]:
+        """Readings not yet in a message of the uplink, oldest first: (ts_ms, tag, unit, type,
+        value, quality, reason)."""
+        for taken, blob in self.db.execute("SELECT p.taken, c.rows FROM pending p JOIN chunks c ON c.id = p.chunk "
+                                           "WHERE p.uplink = ? ORDER BY p.chunk", (uplink,)):
             for ts, pid, value, q, reason in unpack_chunk(blob)[taken:]:
                 yield (ts, *self._point(pid), value, QUALITY_NAME[q], reason)
 
@@ -320,8 +428,7 @@ class Store:
         transaction: a restart never re-announces a condition whose event is stored, nor
         forgets one. upserts: (key, kind, subject, start_ms, data); deletes: keys."""
         with self._tx():
-            self.db.executemany("INSERT INTO events(ts, body) VALUES (?, ?)",
-                                ((ts, orjson.dumps(body)) for ts, body in events))
+            self._add_events(events)
             self.db.executemany("INSERT OR REPLACE INTO active(key, kind, subject, start, data) VALUES (?,?,?,?,?)",
                                 ((k, kind, subj, start, orjson.dumps(data)) for k, kind, subj, start, data in upserts))
             self.db.executemany("DELETE FROM active WHERE key = ?", ((k,) for k in deletes))
@@ -335,96 +442,111 @@ class Store:
         return [(k, kind, subj, start, orjson.loads(data) if data else {}) for k, kind, subj, start, data in rows]
 
     # --- building messages -------------------------------------------------------------
-    def _next_seq(self) -> int:
-        return max(int(self.get_state("next_seq", 1)), self._published + 1)
+    def _next_seq(self, uplink: str) -> int:
+        row = self.db.execute("SELECT next_seq FROM uplinks WHERE name=?", (uplink,)).fetchone()
+        if row is None:
+            raise sqlite3.OperationalError(f"no uplink {uplink!r} in the store")
+        return max(row[0], self._read_mark(uplink) + 1)
 
-    def _enqueue(self, seq: int, kind: str, retain: bool, count: int, oldest: int | None, payload: bytes) -> None:
+    def _enqueue(self, uplink: str, seq: int, kind: str, retain: bool, count: int, oldest: int | None,
+                 payload: bytes) -> None:
         self.db.execute(
-            "INSERT INTO outbox(seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?)",
-            (seq, kind, int(retain), now_ms(), count, oldest, payload),
+            "INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?,?)",
+            (uplink, seq, kind, int(retain), now_ms(), count, oldest, payload),
         )
-        self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('next_seq', ?)", (seq + 1,))
+        self.db.execute("UPDATE uplinks SET next_seq=? WHERE name=?", (seq + 1, uplink))
 
-    def take_readings(self, build: Builder, limit: int, after_id: int = 0, upto_id: int | None = None) -> tuple[int, int] | None:
-        """Move up to `limit` readings with after_id < id <= upto_id into one outbox message.
-
-        Rows handed to `build`: (ts_ms, tag, unit, type, value, quality name, reason).
-        Returns (seq, readings) or None when there is nothing to take.
+    def take_readings(self, build: Builder, limit: int, after_id: int = 0, upto_id: int | None = None,
+                      uplink: str = DEFAULT_UPLINK) -> tuple[int, int] | None:
+        """Move up to `limit` of the uplink's readings with after_id < id <= upto_id into one
+        outbox message. Rows handed to `build`: (ts_ms, tag, unit, type, value, quality name,
+        reason). Returns (seq, readings) or None when there is nothing to take.
         """
         with self._tx():
-            return self._take_readings(build, limit, after_id, upto_id)
+            return self._take_readings(uplink, build, limit, after_id, upto_id)
 
-    def _take_readings(self, build: Builder, limit: int, after_id: int, upto_id: int | None) -> tuple[int, int] | None:
+    def _take_readings(self, uplink: str, build: Builder, limit: int, after_id: int,
+                       upto_id: int | None) -> tuple[int, int] | None:
         upto = upto_id if upto_id is not None else 2**62
         body: list[tuple] = []
         point = self._point
-        last_whole = None  # the last chunk taken whole
+        whole: list[int] = []  # chunks taken to their end
         for cid, count, taken, blob in self.db.execute(
-                "SELECT id, count, taken, rows FROM chunks WHERE id > ? AND id <= ? ORDER BY id", (after_id, upto)):
+                "SELECT p.chunk, c.count, p.taken, c.rows FROM pending p JOIN chunks c ON c.id = p.chunk "
+                "WHERE p.uplink = ? AND p.chunk > ? AND p.chunk <= ? ORDER BY p.chunk", (uplink, after_id, upto)):
             stored = unpack_chunk(blob)
             end = min(count, taken + limit - len(body))
             body.extend((ts, *point(pid), value, QUALITY_NAME[q], reason)
                         for ts, pid, value, q, reason in stored[taken:end])
             if end < count:  # the rest stays for the next message
-                self.db.execute("UPDATE chunks SET taken=?, oldest=? WHERE id=?",
-                                (end, min(r[0] for r in stored[end:]), cid))
+                self.db.execute("UPDATE pending SET taken=?, oldest=? WHERE uplink=? AND chunk=?",
+                                (end, min(r[0] for r in stored[end:]), uplink, cid))
                 break
-            last_whole = cid
+            whole.append(cid)
             if len(body) >= limit:
                 break
         if not body:
             return None
-        seq = self._next_seq()
-        self._enqueue(seq, "readings", False, len(body), min(r[0] for r in body), build(seq, body))
-        if last_whole is not None:
-            self.db.execute("DELETE FROM chunks WHERE id > ? AND id <= ?", (after_id, last_whole))
+        seq = self._next_seq(uplink)
+        self._enqueue(uplink, seq, "readings", False, len(body), min(r[0] for r in body), build(seq, body))
+        if whole:
+            self.db.execute("DELETE FROM pending WHERE uplink=? AND chunk >= ? AND chunk <= ?",
+                            (uplink, whole[0], whole[-1]))
+            self.db.execute("DELETE FROM chunks WHERE id >= ? AND id <= ? AND NOT EXISTS "
+                            "(SELECT 1 FROM pending WHERE chunk = chunks.id)", (whole[0], whole[-1]))
         return seq, len(body)
 
-    def take_events(self, build: Builder, limit: int = EVENTS_PER_MESSAGE) -> int | None:
-        """Move pending events into one outbox message; rows handed to `build`: event dicts."""
+    def take_events(self, build: Builder, limit: int = EVENTS_PER_MESSAGE, uplink: str = DEFAULT_UPLINK) -> int | None:
+        """Move the uplink's pending events into one outbox message; rows handed to `build`: event dicts."""
         with self._tx():
-            return self._take_events(build, limit)
+            return self._take_events(uplink, build, limit)
 
-    def _take_events(self, build: Builder, limit: int) -> int | None:
-        rows = self.db.execute("SELECT id, ts, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
+    def _take_events(self, uplink: str, build: Builder, limit: int) -> int | None:
+        rows = self.db.execute("SELECT e.id, e.ts, e.body FROM pending_events p JOIN events e ON e.id = p.event "
+                               "WHERE p.uplink = ? ORDER BY p.event LIMIT ?", (uplink, limit)).fetchall()
         if not rows:
             return None
-        seq = self._next_seq()
-        self._enqueue(seq, "events", False, len(rows), rows[0][1], build(seq, [orjson.loads(r[2]) for r in rows]))
-        self.db.execute("DELETE FROM events WHERE id <= ?", (rows[-1][0],))
+        seq = self._next_seq(uplink)
+        self._enqueue(uplink, seq, "events", False, len(rows), rows[0][1], build(seq, [orjson.loads(r[2]) for r in rows]))
+        last = rows[-1][0]
+        self.db.execute("DELETE FROM pending_events WHERE uplink=? AND event <= ?", (uplink, last))
+        self.db.execute("DELETE FROM events WHERE id <= ? AND NOT EXISTS "
+                        "(SELECT 1 FROM pending_events WHERE event = events.id)", (last,))
         return seq
 
     def drain(self, req: DrainRequest) -> DrainResult:
         """One uplink step in one store call and one transaction: record the acknowledgements,
         number new messages (events, then live readings, then backlog) for the free window,
         and hand back every message not yet given to this connection, oldest first, with the
-        published mark synced past them (so they may go on the wire).
+        uplink's published mark synced past them (so they may go on the wire).
 
         A store that refuses writes (disk full) numbers nothing new; messages numbered before
         still come back, and the error with them.
         """
         res = DrainResult()
+        up = req.uplink
         try:
             with self._tx():
                 if req.acks:
-                    self._ack(req.acks)
-                waiting = self.db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE seq > ? LIMIT ?)",
-                                          (req.sent_upto, req.room)).fetchone()[0]
+                    self._ack(up, req.acks)
+                waiting = self.db.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE uplink=? AND seq > ? AND NOT aside LIMIT ?)",
+                    (up, req.sent_upto, req.room)).fetchone()[0]
                 self._number(req, req.room - waiting, res)
         except sqlite3.Error as exc:
             res.error = exc
-        res.messages = self.unacked(req.sent_upto, req.room)
+        res.messages = self.unacked(req.sent_upto, req.room, up)
         if res.messages:
-            self.mark_published(res.messages[-1][0])  # durably, before the wire
+            self.mark_published(res.messages[-1][0], up)  # durably, before the wire
         return res
 
     def _number(self, req: DrainRequest, free: int, res: DrainResult) -> None:
         """Build up to `free` messages within the request's reading budget."""
-        budget = req.budget
-        while free > 0 and self._take_events(req.build_events, EVENTS_PER_MESSAGE) is not None:
+        budget, up = req.budget, req.uplink
+        while free > 0 and self._take_events(up, req.build_events, EVENTS_PER_MESSAGE) is not None:
             free -= 1
         while free > 0 and budget > 0 and req.build_live is not None:
-            taken = self._take_readings(req.build_live, req.live_batch, req.watermark, None)
+            taken = self._take_readings(up, req.build_live, req.live_batch, req.watermark, None)
             count = taken[1] if taken else 0
             if taken:
                 free, budget = free - 1, budget - count
@@ -432,39 +554,64 @@ class Store:
                 res.live_short = True
                 break
         while free > 0 and budget > 0 and req.watermark and req.build_backlog is not None:
-            taken = self._take_readings(req.build_backlog, req.backlog_batch, 0, req.watermark)
+            taken = self._take_readings(up, req.build_backlog, req.backlog_batch, 0, req.watermark)
             if taken is None:
                 res.backlog_done = True
                 break
             free, budget = free - 1, budget - taken[1]
 
-    def enqueue(self, kind: str, retain: bool, build: Builder) -> int:
-        """Put a ready-made message (meta) into the outbox with the next seq."""
+    def enqueue(self, kind: str, retain: bool, build: Builder, uplink: str = DEFAULT_UPLINK) -> int:
+        """Put a ready-made message (meta) into the uplink's outbox with its next seq."""
         with self._tx():
-            seq = self._next_seq()
-            self._enqueue(seq, kind, retain, 0, None, build(seq, []))
+            seq = self._next_seq(uplink)
+            self._enqueue(uplink, seq, kind, retain, 0, None, build(seq, []))
         return seq
 
-    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[tuple[int, str, bool, bytes]]:
+    def unacked(self, after_seq: int = 0, limit: int = 100, uplink: str = DEFAULT_UPLINK) -> list[tuple[int, str, bool, bytes]]:
+        """The uplink's messages waiting for their acknowledgement (set-aside ones excepted)."""
         return [
             (seq, kind, bool(retain), payload)
             for seq, kind, retain, payload in self.db.execute(
-                "SELECT seq, kind, retain, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            )
+                "SELECT seq, kind, retain, payload FROM outbox WHERE uplink=? AND seq > ? AND NOT aside "
+                "ORDER BY seq LIMIT ?", (uplink, after_seq, limit))
         ]
 
-    def ack(self, seqs: list[int]) -> None:
-        """The broker acknowledged these messages: they leave the store."""
+    def ack(self, seqs: list[int], uplink: str = DEFAULT_UPLINK) -> None:
+        """The far end acknowledged these messages: they leave the store."""
         with self._tx():
-            self._ack(seqs)
+            self._ack(uplink, seqs)
 
-    def _ack(self, seqs: list[int]) -> None:
-        self.db.executemany("DELETE FROM outbox WHERE seq = ?", ((s,) for s in seqs))
-        self.db.executemany(
-            "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
-            (("last_ack_seq", max(seqs)), ("last_ack_at", now_ms())),
-        )
+    def _ack(self, uplink: str, seqs: list[int]) -> None:
+        self.db.executemany("DELETE FROM outbox WHERE uplink=? AND seq=?", ((uplink, s) for s in seqs))
+        self.db.execute("UPDATE uplinks SET last_ack_seq=MAX(COALESCE(last_ack_seq, 0), ?), last_ack_at=? "
+                        "WHERE name=?", (max(seqs), now_ms(), uplink))
+
+    def reject(self, uplink: str, seq: int, reason: str, max_rejects: int) -> dict | None:
+        """The far end refused a message. After `max_rejects` refusals in a row it is set aside
+        (kept, no longer sent) and an `uplink_rejected` event raised: returned, else None."""
+        with self._tx():
+            row = self.db.execute("UPDATE outbox SET rejects = rejects + 1, reason=? WHERE uplink=? AND seq=? "
+                                  "RETURNING rejects, count", (reason[:500], uplink, seq)).fetchone()
+            if row is None or row[0] < max_rejects:
+                return None
+            self.db.execute("UPDATE outbox SET aside=1 WHERE uplink=? AND seq=?", (uplink, seq))
+            ts = now_ms()
+            event = {"id": f"uplink-rejected-{uplink}-{seq}", "kind": "uplink_rejected", "severity": "alarm",
+                     "state": "set_aside", "ts": rfc3339(ts), "source": "gateway", "uplink": uplink,
+                     "seq": seq, "count": row[1], "rejects": row[0], "reason": reason[:500]}
+            self._add_events([(ts, event)])
+        return event
+
+    def rejected(self, uplink: str) -> list[tuple[int, str, int, str | None, bytes]]:
+        """The uplink's set-aside messages: (seq, kind, rejects, reason, payload)."""
+        return self.db.execute("SELECT seq, kind, rejects, reason, payload FROM outbox WHERE uplink=? AND aside "
+                               "ORDER BY seq", (uplink,)).fetchall()
+
+    def retry(self, uplink: str) -> int:
+        """Put the uplink's set-aside messages back in line; returns how many."""
+        with self._tx():
+            return self.db.execute("UPDATE outbox SET aside=0, rejects=0 WHERE uplink=? AND aside",
+                                   (uplink,)).rowcount
 
     # --- bounds -------------------------------------------------------------------------
     def used_bytes(self) -> int:
@@ -499,46 +646,71 @@ class Store:
         return raised
 
     def _evict(self, upto_id: int, why: str) -> dict:
+        """Drop the chunks up to `upto_id`; each uplink loses what it had not yet taken of them
+        (counted per uplink; the event's `count` is the most any uplink lost)."""
         with self._tx():
-            count, first_ts, last_ts, first_id = self.db.execute(
-                "SELECT SUM(count - taken), MIN(oldest), MAX(newest), MIN(id) FROM chunks WHERE id <= ?", (upto_id,)
-            ).fetchone()
+            first_ts, last_ts, first_id = self.db.execute(
+                "SELECT MIN(oldest), MAX(newest), MIN(id) FROM chunks WHERE id <= ?", (upto_id,)).fetchone()
+            lost = dict(self.db.execute(
+                "SELECT p.uplink, SUM(c.count - p.taken) FROM pending p JOIN chunks c ON c.id = p.chunk "
+                "WHERE p.chunk <= ? GROUP BY p.uplink", (upto_id,)))
+            self.db.executemany("UPDATE uplinks SET evicted = evicted + ? WHERE name = ?",
+                                ((n, name) for name, n in lost.items()))
+            self.db.execute("DELETE FROM pending WHERE chunk <= ?", (upto_id,))
             self.db.execute("DELETE FROM chunks WHERE id <= ?", (upto_id,))
+            count = max(lost.values(), default=0)
             total = int(self.get_state("evicted_readings", 0)) + count
             self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('evicted_readings', ?)", (total,))
             ts = now_ms()
             event = {
                 "id": f"evict-{first_id}-{upto_id}", "kind": "buffer_eviction", "severity": "warning",
                 "state": "dropped", "ts": rfc3339(ts), "source": "gateway", "count": count,
-                "from_ts": rfc3339(first_ts), "to_ts": rfc3339(last_ts), "reason": why,
+                "uplinks": lost, "from_ts": rfc3339(first_ts), "to_ts": rfc3339(last_ts), "reason": why,
             }
-            self.db.execute("INSERT INTO events(ts, body) VALUES (?, ?)", (ts, orjson.dumps(event)))
+            self._add_events([(ts, event)])
         return event
 
     # --- inspection -----------------------------------------------------------------------
+    def uplink_stats(self, uplink: str) -> dict:
+        """One uplink's queue: readings not yet in a message, messages not acknowledged, set aside."""
+        unsent, r_oldest = self.db.execute(
+            "SELECT COALESCE(SUM(c.count - p.taken), 0), MIN(COALESCE(p.oldest, c.oldest)) FROM pending p JOIN chunks c "
+            "ON c.id = p.chunk WHERE p.uplink = ?", (uplink,)).fetchone()
+        o_msgs, o_readings, o_oldest, aside = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind='readings' THEN count END), 0), "
+            "MIN(CASE WHEN kind='readings' THEN oldest END), COALESCE(SUM(aside), 0) FROM outbox WHERE uplink = ?",
+            (uplink,)).fetchone()
+        events = self.db.execute("SELECT COUNT(*) FROM pending_events WHERE uplink = ?", (uplink,)).fetchone()[0]
+        last_ack_seq, last_ack_at, evicted = self.db.execute(
+            "SELECT last_ack_seq, last_ack_at, evicted FROM uplinks WHERE name = ?", (uplink,)).fetchone()
+        return {
+            "readings_buffered": unsent + o_readings,
+            "readings_unsent": unsent,
+            "messages_unacked": o_msgs - aside,
+            "messages_rejected": aside,
+            "events_buffered": events,
+            "oldest_unsent_ms": min((t for t in (r_oldest, o_oldest) if t is not None), default=None),
+            "evicted_readings": evicted,
+            "next_seq": self._next_seq(uplink),
+            "last_ack_seq": last_ack_seq,
+            "last_ack_at": last_ack_at,
+        }
+
     def stats(self) -> dict:
-        r_count, r_oldest = self.db.execute("SELECT COALESCE(SUM(count - taken), 0), MIN(oldest) FROM chunks").fetchone()
-        o_msgs, o_readings, o_oldest = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(count), 0), MIN(oldest) FROM outbox WHERE kind='readings'"
-        ).fetchone()
-        events = self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        outbox_events = self.db.execute("SELECT COUNT(*) FROM outbox WHERE kind='events'").fetchone()[0]
+        """The store's figures; the queue figures are the first uplink's (the `[uplink]` one when
+        configured), every uplink's under `uplinks`."""
         page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
         pages = self.db.execute("PRAGMA page_count").fetchone()[0]
-        oldest = min((t for t in (r_oldest, o_oldest) if t is not None), default=None)
+        per = {name: self.uplink_stats(name) for name in self.uplinks()}
+        first = next(iter(per.values()), {})
         return {
-            "readings_buffered": r_count + o_readings,
-            "readings_unsent": r_count,
-            "messages_unacked": o_msgs + outbox_events,
-            "events_buffered": events,
-            "oldest_unsent_ms": oldest,
+            **{k: v for k, v in first.items() if k != "evicted_readings"},
+            "events_buffered": self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
             "db_bytes": page_size * pages,
             "used_bytes": self.used_bytes(),
             "evicted_readings": int(self.get_state("evicted_readings", 0)),
             "stored_readings": int(self.get_state("stored_readings", 0)),
-            "next_seq": self._next_seq(),
-            "last_ack_seq": self.get_state("last_ack_seq"),
-            "last_ack_at": self.get_state("last_ack_at"),
+            "uplinks": per,
         }
 
 

@@ -7,7 +7,7 @@ last looked:
 - every device task must complete polls: its `polls` counter moves at least once within
   max(watchdog/2, 3 poll intervals + 4 timeouts per unit on its bus + 5 s). Reads have
   timeouts, so a dead PLC still completes polls (bad ones): only a hung task stops;
-- the uplink loop must come round (its `stats.beat`) within watchdog/2 plus the uplink's own
+- each uplink's loop must come round (its `stats.beat`) within watchdog/2 plus the uplink's own
   allowance (MQTT: the publish interval, or keepalive + 30 s while it connects);
 - the store thread must answer a trivial probe; a probe that waits is tolerated while the store
   thread is visibly working (its CPU time or completed I/O system calls move, read from
@@ -83,8 +83,8 @@ class Progress:
             on_bus = sum(1 for d in self.agent.cfg.devices if d.bus == dev.bus)
         return max(self.stale_after, 3 * dev.poll_interval + 4 * dev.timeout * max(1, on_bus) + 5)
 
-    def uplink_allowance(self) -> float:
-        return self.stale_after + self.agent.uplink.progress_allowance()
+    def uplink_allowance(self, uplink: Any) -> float:
+        return self.stale_after + uplink.progress_allowance()
 
     def _probe_done(self, fut: asyncio.Future) -> None:
         if not fut.cancelled():
@@ -133,10 +133,11 @@ class Progress:
                     else:
                         problems.append(f"store: a call has waited {waited:.0f}s and the store thread "
                                         f"made no progress for {idle:.0f}s (disk I/O hung?)")
-        age = now - max(agent.uplink.stats.beat, self.since)
-        ages["uplink"] = age
-        if age > self.uplink_allowance() and not store_busy and agent.store.ready.is_set():
-            problems.append(f"uplink: its loop has not come round for {age:.0f}s")
+        for u in agent.uplinks:
+            age = now - max(u.stats.beat, self.since)
+            ages[f"uplink:{u.name}"] = age
+            if age > self.uplink_allowance(u) and not store_busy and agent.store.ready.is_set():
+                problems.append(f"uplink {u.name}: its loop has not come round for {age:.0f}s")
         self.ages, self.problems = ages, problems
         return problems
 
@@ -196,9 +197,10 @@ class StoreStats:
         finally:
             self._running = False
 
-    def oldest_age(self) -> float:
-        """Age of the oldest unacknowledged reading when the figures were read (0: none)."""
-        oldest = self.values.get("oldest_unsent_ms")
+    def oldest_age(self, figures: dict | None = None) -> float:
+        """Age of the oldest unacknowledged reading when the figures were read (0: none); of one
+        uplink's figures when given."""
+        oldest = (figures if figures is not None else self.values).get("oldest_unsent_ms")
         return round(max(0.0, self.at_wall - oldest / 1000), 3) if oldest else 0.0
 
     async def close(self) -> None:

@@ -119,7 +119,7 @@ class Service:
         self._lock = asyncio.Lock()
         self._helpers: list[asyncio.Task] = []
         self._stats_task: asyncio.Task | None = None
-        self._uplink_down_since: float | None = None
+        self._uplink_down_since: dict[str, float] = {}  # uplink name -> since when it is down
 
     # --- main ----------------------------------------------------------------------------
     async def run(self) -> int:
@@ -190,15 +190,16 @@ class Service:
             await asyncio.sleep(self.tick)
 
     def _track_uplink(self, now: float) -> None:
-        if self.agent.uplink.stats.state == "up":
-            self._uplink_down_since = None
-        elif self._uplink_down_since is None:
-            self._uplink_down_since = now
+        for u in self.agent.uplinks:
+            if u.stats.state == "up":
+                self._uplink_down_since.pop(u.name, None)
+            else:
+                self._uplink_down_since.setdefault(u.name, now)
 
     # --- status ----------------------------------------------------------------------------
     def _status_key(self) -> tuple:
         agent = self.agent
-        return (tuple(d.link for d in agent.devices), agent.uplink.stats.state, tuple(self.stuck),
+        return (tuple(d.link for d in agent.devices), tuple(u.stats.state for u in agent.uplinks), tuple(self.stuck),
                 agent.store_error is None, self.last_reload_ok)
 
     def status_line(self) -> str:
@@ -209,9 +210,10 @@ class Service:
         if self.stuck:
             parts.append("STUCK: " + "; ".join(self.stuck))
         parts.append(f"{up}/{len(devs)} devices up")
-        up = agent.uplink.stats
-        parts.append(f"uplink {up.state} ({up.acked}/{up.published} publishes acked, "
-                     f"{up.reconnects} reconnects)")
+        for u in agent.uplinks:
+            up = u.stats
+            parts.append(f"uplink {u.name} {up.state} ({up.acked}/{up.published} publishes acked, "
+                         f"{up.reconnects} reconnects" + (f", {up.rejected} refused" if up.rejected else "") + ")")
         st = self.stats.values
         if st:
             age = f", oldest {self.stats.oldest_age():.0f}s" if st.get("oldest_unsent_ms") else ""
@@ -318,8 +320,9 @@ class Service:
             problems.append(f"store refuses writes: {agent.store_error}")
         if agent.writer.held_dropped:
             problems.append(f"{agent.writer.held_dropped} readings dropped from memory since start")
-        if self._uplink_down_since is not None and now - self._uplink_down_since > UPLINK_DOWN_PROBLEM:
-            problems.append(f"uplink down for {now - self._uplink_down_since:.0f}s")
+        for name, since in self._uplink_down_since.items():
+            if now - since > UPLINK_DOWN_PROBLEM:
+                problems.append(f"uplink {name} down for {now - since:.0f}s")
         devs = agent.devices
         down = [d.device.name for d in devs if d.link == "down"]
         if devs and len(down) == len(devs):
@@ -396,8 +399,20 @@ class Service:
                      st["used_bytes"])
             e.family("hazgate_evicted_readings_total", "counter",
                      "Readings dropped by the store bounds since the store was created.", st["evicted_readings"])
+            per = st.get("uplinks", {})
             e.family("hazgate_uplink_last_ack_seq", "gauge", "Sequence number of the last acknowledged message.",
-                     st["last_ack_seq"] or 0)
+                     [({"uplink": n}, u["last_ack_seq"] or 0) for n, u in per.items()])
+            e.family("hazgate_uplink_readings_buffered", "gauge", "Readings the uplink has not had acknowledged.",
+                     [({"uplink": n}, u["readings_buffered"]) for n, u in per.items()])
+            e.family("hazgate_uplink_oldest_unsent_age_seconds", "gauge",
+                     "Age of the uplink's oldest reading not yet acknowledged, when the store figures were "
+                     "read (0 when none).", [({"uplink": n}, self.stats.oldest_age(u)) for n, u in per.items()])
+            e.family("hazgate_uplink_messages_set_aside", "gauge",
+                     "Messages set aside after repeated refusals (hazgate buffer export --rejected).",
+                     [({"uplink": n}, u["messages_rejected"]) for n, u in per.items()])
+            e.family("hazgate_uplink_evicted_readings_total", "counter",
+                     "Readings the store bounds dropped before the uplink had them.",
+                     [({"uplink": n}, u["evicted_readings"]) for n, u in per.items()])
             e.family("hazgate_store_stats_age_seconds", "gauge", "Age of the store figures above.",
                      round(time.monotonic() - self.stats.at, 3) if self.stats.at else 0)
         e.family("hazgate_store_max_bytes", "gauge", "The store's size bound (max_size).", self.cfg.store.max_bytes)
@@ -407,11 +422,17 @@ class Service:
                  "Readings polled but not yet in the store.", agent.writer.held)
         e.family("hazgate_readings_dropped_total", "counter",
                  "Readings dropped from memory while the store refused writes.", agent.writer.held_dropped)
-        up = agent.uplink.stats
-        e.family("hazgate_uplink_up", "gauge", "1 while connected to the broker.", int(up.state == "up"))
-        e.family("hazgate_uplink_published_total", "counter", "Messages handed to the broker.", up.published)
-        e.family("hazgate_uplink_acked_total", "counter", "Messages the broker acknowledged.", up.acked)
-        e.family("hazgate_uplink_reconnects_total", "counter", "Connections made again after a loss.", up.reconnects)
+        ups = [({"uplink": u.name}, u.stats) for u in agent.uplinks]
+        e.family("hazgate_uplink_up", "gauge", "1 while connected to the far end.",
+                 [(lb, int(s.state == "up")) for lb, s in ups])
+        e.family("hazgate_uplink_published_total", "counter", "Messages handed to the far end.",
+                 [(lb, s.published) for lb, s in ups])
+        e.family("hazgate_uplink_acked_total", "counter", "Messages the far end acknowledged.",
+                 [(lb, s.acked) for lb, s in ups])
+        e.family("hazgate_uplink_rejected_total", "counter", "Messages the far end refused.",
+                 [(lb, s.rejected) for lb, s in ups])
+        e.family("hazgate_uplink_reconnects_total", "counter", "Connections made again after a loss.",
+                 [(lb, s.reconnects) for lb, s in ups])
         kinds = self.stats.active
         if self.stats.at is not None:
             e.family("hazgate_active_conditions", "gauge", "Active alarms, bypasses and other conditions, by kind.",

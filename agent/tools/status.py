@@ -36,9 +36,17 @@ def status(cfg: GatewayConfig) -> int:
     clock = "unknown" if synced is None else ("synchronized" if synced else
                                                 "NOT synchronized: readings are marked uncertain")
     print(f"clock:   {clock} (source {state.get('clock_source', cfg.clock.sync_source)})")
-    uplink = state.get("uplink_state", "unknown") if running else "down (agent not running)"
-    print(f"uplink:  {uplink} ({cfg.uplink.broker}); since {age_text(state.get('uplink_changed'))}")
-    print(f"         last acknowledged publish: seq {st['last_ack_seq']} at {age_text(st['last_ack_at'])}")
+    for spec in cfg.uplinks:
+        name, u = spec.name, st["uplinks"].get(spec.name)
+        link = state.get(f"uplink:{name}:state", "unknown") if running else "down (agent not running)"
+        print(f"uplink:  {name} {link} ({spec.describe}); since {age_text(state.get(f'uplink:{name}:changed'))}")
+        if u is None:
+            print("         not in the store yet (starts with the agent)")
+            continue
+        print(f"         last acknowledged publish: seq {u['last_ack_seq']} at {age_text(u['last_ack_at'])}; "
+              f"{u['readings_buffered']} readings and {u['messages_unacked']} messages waiting, oldest "
+              f"{age_text(u['oldest_unsent_ms'])}; {u['messages_rejected']} set aside, "
+              f"{u['evicted_readings']} evicted")
     print(f"buffer:  {st['readings_buffered']} readings buffered, {st['messages_unacked']} messages unacknowledged, "
           f"{st['events_buffered']} events waiting; oldest unsent {age_text(st['oldest_unsent_ms'])}")
     print(f"         store {st['used_bytes'] / 1e6:.1f} MB used of {cfg.store.max_bytes / 1e6:.0f} MB; "

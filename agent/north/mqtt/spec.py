@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 @dataclass
 class MqttSpec:
     broker: str
+    name: str = "mqtt"  # the `[uplink]` table is the uplink named mqtt
     topic_prefix: str = "hazchem"
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -19,6 +20,11 @@ class MqttSpec:
     publish_interval: float = 1.0
     batch_size: int = 500
     keepalive: float = 30.0
+
+    @property
+    def describe(self) -> str:
+        """Where it delivers, for status and logs (never a credential)."""
+        return self.broker
 
     @property
     def tls(self) -> bool:

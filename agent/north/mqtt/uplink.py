@@ -155,12 +155,12 @@ class MqttConnector:
 
 
 class MqttUplink:
-    """The `mqtt` uplink: the drain loop with an MQTT connector and `hazgate.uplink/1` bodies."""
+    """An MQTT uplink: the drain loop with an MQTT connector and `hazgate.uplink/1` bodies."""
 
-    name = "mqtt"
+    carries_events = True
 
     def __init__(self, spec: MqttSpec, ctx: UplinkContext):
-        self.spec = spec
+        self.spec, self.name = spec, spec.name
         self.body = Uplink1Body(ctx)
         self.drain = Drain(self.name, ctx, self._settings(spec), self.body, MqttConnector(spec, ctx, self.body))
         self.stats = self.drain.stats
