@@ -234,9 +234,11 @@ class Store:
         with self._tx():
             known = dict(self.db.execute("SELECT name, events FROM uplinks"))
             for name, events in configured:
-                if name not in known:
+                if name not in known:  # from what the store holds unsent: as far as the least advanced uplink
                     self.db.execute("INSERT INTO uplinks(name, events) VALUES (?, ?)", (name, int(events)))
-                    self.db.execute("INSERT INTO pending(uplink, chunk) SELECT ?, id FROM chunks", (name,))
+                    self.db.execute("INSERT INTO pending(uplink, chunk, taken) SELECT ?, chunk, MIN(taken) "
+                                    "FROM pending WHERE uplink != ? GROUP BY chunk", (name, name))
+                    self.db.execute("INSERT OR IGNORE INTO pending(uplink, chunk) SELECT ?, id FROM chunks", (name,))
                 elif bool(known[name]) != events:
                     self.db.execute("UPDATE uplinks SET events=? WHERE name=?", (int(events), name))
                 if events and (name not in known or not known[name]):
