@@ -91,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_buffer(args: argparse.Namespace) -> int:
     from agent.tools.buffer import buffer
 
-    return buffer(_load(args.config), args.action, args.format, args.output)
+    return buffer(_load(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -139,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("buffer", help="inspect the local store: stats, or export buffered readings")
+    p = sub.add_parser("buffer", help="inspect the local store: stats, export buffered readings or "
+                       "set-aside messages, retry set-aside messages")
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("action", choices=["stats", "export"])
+    p.add_argument("action", choices=["stats", "export", "retry"])
+    p.add_argument("--uplink", default=None, help="the uplink (default: the first configured)")
+    p.add_argument("--rejected", action="store_true", help="export: the messages set aside after refusals")
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_buffer)
