@@ -125,9 +125,8 @@ class Agent:
         failed = False
         while True:
             try:
-                await self.store.open()
+                await self.store.open([(u.name, u.carries_events) for u in self.uplinks])
                 await self.writer.register(self.cfg.all_points())
-                await self.store.call("set_uplinks", [(u.name, u.carries_events) for u in self.uplinks])
                 await self.store.call("set_state", {"started_at": self.started_ms, "version": __version__,
                                                     "clock_synchronized": int(self.clock.synchronized),
                                                     "clock_source": self.cfg.clock.sync_source})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,9 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from agent.common.loopback import free_port, wait_port  # noqa: F401 - tests import them from here
+from agent.common import loopback
+from agent.common.loopback import wait_port  # noqa: F401 - tests import it from here
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest-xdist
+_ports = itertools.count()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on. Under pytest-xdist each worker picks from a
+    range of its own, below the kernel's ephemeral ports (32768 and up), so two workers never
+    hand out the same port and no outgoing connection takes it meanwhile."""
+    if not WORKER:
+        return loopback.free_port()
+    base = 20_000 + 1_000 * int(WORKER.removeprefix("gw"))
+    for _ in range(1_000):
+        port = base + next(_ports) % 1_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 127.0.0.1:{base}-{base + 999}")
 HAZGATE = [sys.executable, "-m", "agent.cli"]
 
 

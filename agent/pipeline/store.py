@@ -756,10 +756,17 @@ class AsyncStore:
             except BaseException as exc:  # handed to the caller
                 fut.set_exception(exc)
 
-    async def open(self) -> None:
-        """Open the store; raises sqlite3.Error or OSError when it cannot be opened."""
+    async def open(self, uplinks: list[tuple[str, bool]] | None = None) -> None:
+        """Open the store with the configured uplinks, (name, carries events), before anyone
+        may use it; raises sqlite3.Error or OSError when it cannot be opened."""
         store = await self._run_raw(False, Store, self._data_dir)
-        self.opened_upto = await self._run_raw(False, store.last_reading_id)
+        try:
+            if uplinks is not None:
+                await self._run_raw(False, store.set_uplinks, uplinks)
+            self.opened_upto = await self._run_raw(False, store.last_reading_id)
+        except BaseException:
+            await self._run_raw(False, store.close)
+            raise
         self._store = store
         self.ready.set()
 
