@@ -2,7 +2,8 @@
 
 - both modes deliver the server's values, source timestamps and status codes;
 - the agent (`hazgate run`, real Mosquitto) rides out a killed and restarted server alone;
-- SignAndEncrypt and Sign with generated certificates and a username login;
+- SignAndEncrypt with generated certificates (openssl-made too) and a username login; a login over
+  Sign alone or no security is refused by the config check (its password could cross unencrypted);
 - a wrong application URI, an untrusted server certificate and a server that does not trust the
   gateway each fail with a message naming what to fix;
 - `hazgate browse` lists the address space and writes a starter point table that validates.
@@ -202,22 +203,28 @@ def test_sign_and_encrypt_with_generated_certificates_and_a_login(procs, tmp_pat
     assert re.search(r"^TT\s.*\s42\.5\s.*good$", r.stdout, re.M) and re.search(r"^ON\s.*True\s.*good$", r.stdout, re.M), r.stdout
     # no security at all is refused: the server offers only signed endpoints
     none = tmp_path / "none.toml"
-    none.write_text(re.sub(r"(?m)^(security_|certificate|private_key|server_certificate).*\n", "",
-                           plant.config.read_text()))
+    none.write_text(re.sub(r"(?m)^(security_|certificate|private_key|server_certificate|username|password_file).*\n",
+                           "", plant.config.read_text()))
     r = _read(none)
     assert r.returncode == 1 and "offers no" not in r.stderr, r.stderr
-    # Sign only, with a certificate made by the documented openssl command (trusted by folder)
+    # a login over Sign only is refused before connecting: its password could cross unencrypted
+    sign = tmp_path / "sign.toml"
+    sign.write_text(plant.config.read_text().replace('"SignAndEncrypt"', '"Sign"'))
+    r = _read(sign)
+    assert r.returncode == 2 and "devices.username: the password of 'operator' could cross the network " \
+        "unencrypted with security_mode 'Sign'" in r.stderr, r.stderr
+    # a certificate made by the documented openssl command (trusted by folder)
     if shutil.which("openssl"):
         der, key = _openssl_cert(pki / "openssl", "urn:hazgate:GW-TEST-0006")
         shutil.copy(der, trusted / "openssl-gateway.der")
         trust_dir = pki / "trusted-servers"
         trust_dir.mkdir()
         shutil.copy(server_cert, trust_dir)
-        sign = tmp_path / "sign.toml"
-        text = plant.config.read_text().replace('"SignAndEncrypt"', '"Sign"')
+        made = tmp_path / "openssl.toml"
+        text = plant.config.read_text()
         text = text.replace(str(gw_cert), str(der)).replace(str(gw_key), str(key)).replace(str(server_cert), str(trust_dir))
-        sign.write_text(text)
-        r = _read(sign)
+        made.write_text(text)
+        r = _read(made)
         assert r.returncode == 0, r.stderr
         assert re.search(r"^TT\s.*\s42\.5\s.*good$", r.stdout, re.M), r.stdout
     # a wrong password is named as such

@@ -8,13 +8,20 @@ Two modes per device:
   the previous one, and the last value of points that did not change.
 
 The server's status code becomes the quality (Good -> good, Uncertain* -> uncertain, Bad* ->
-bad, the status name as the reason). The server's source timestamp becomes the reading's
-timestamp when it is a new one for that point. A value seen again is stamped with the time it
-was last confirmed: the collection time in poll mode, the server's latest publish response in
-subscribe mode (the subscription publishes every half poll interval, keep-alives included). A
-source time older than the point's previous reading (a value older than the session, a server
-clock behind ours) becomes the collection time too, so each tag's timestamps only move forward
-and no reading repeats an earlier one.
+bad, the status name as the reason). Every sample goes through drivers/plausible.py: a value its
+point's type cannot hold is bad, and a source time far ahead of ours or before 2000 is dropped
+(the reading keeps the collection time) with the point uncertain. The server's source timestamp
+becomes the reading's timestamp when it is a new one for that point. A value seen again is
+stamped with the time it was last confirmed: the collection time in poll mode, the server's
+latest publish response in subscribe mode (the subscription publishes every half poll interval,
+keep-alives included). A source time older than the point's previous reading (a value older
+than the session, a server clock behind ours) becomes the collection time too, so each tag's
+timestamps only move forward and no reading repeats an earlier one.
+
+A subscription that goes silent (no publish response, not even a keep-alive, for STALL_PERIODS
+keep-alive periods) while the session still answers reads would otherwise hand on frozen values
+as good: its points become uncertain (last value) with the reason `subscription_stalled`, and
+the session is renewed (at once, then with back-off while it keeps stalling).
 
 The driver owns its reconnection: a lost session (socket closed, watchdog probe failed,
 subscription ended by the server, two read timeouts in a row) is torn down completely and a
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -36,7 +44,12 @@ from collections.abc import Iterable
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
-from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent
+from asyncua.common.subscription import (
+    DataChangeEvent,
+    OverflowPolicy,
+    StatusChangeEvent,
+    Subscription,
+)
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.hazmat.primitives import serialization
 
@@ -49,6 +62,7 @@ from drivers.opcua.options import (
     load_private_key,
     untrusted_reason,
 )
+from drivers.plausible import checked
 
 log = logging.getLogger("hazgate.opcua")
 
@@ -60,6 +74,13 @@ PUBLISH_MIN_MS = 50.0
 SESSION_TIMEOUT_MS = 60_000  # the server drops our session (and subscription) a minute after we vanish
 DISCONNECT_TIMEOUT = 2.0
 TIMEOUTS_BEFORE_DROP = 2
+# A server answers a queued Publish request at least once per keep-alive period (revised
+# publishing interval x revised max keep-alive count; we ask for a count of 1, so half a poll
+# interval), with data or a keep-alive. One late answer can be load or the network; none for 3
+# periods means its publishing has stopped. Never under 1 s, so scheduling jitter on a busy
+# gateway is not taken for a stall (asyncua's own check uses 1.5 periods, also at least 1 s).
+STALL_PERIODS = 3
+STALL_MIN = 1.0
 POLICIES = {"Basic256Sha256": SecurityPolicyBasic256Sha256}
 LOGIN_CODES = {"BadIdentityTokenInvalid", "BadIdentityTokenRejected", "BadUserAccessDenied"}
 CERT_CODES = {"BadCertificateUntrusted", "BadSecurityChecksFailed", "BadCertificateInvalid",
@@ -84,12 +105,15 @@ def quality_of(status: ua.StatusCode | None) -> tuple[str, str | None]:
 
 
 def convert(ptype: str, value: object) -> float | int | bool:
-    """The raw value of a point from an OPC UA variant value; ValueError names what came."""
+    """The raw value of a point from an OPC UA variant value; ValueError names what came.
+
+    A bool point takes a Boolean, or 0 and 1; any other number is passed on as it is, for
+    drivers/plausible.py to refuse."""
     if ptype == "bool":
         if isinstance(value, bool):
             return value
         if isinstance(value, int | float):
-            return value != 0
+            return bool(value) if value in (0, 1) else value
     elif isinstance(value, bool):
         return int(value)
     elif isinstance(value, int | float):
@@ -148,7 +172,9 @@ class OpcUaDriver:
         self._retry_at = 0.0
         self._timeouts = 0
         # subscribe mode: what arrived since the last poll, and the last value of each point
-        self._sub = None
+        self._sub: Subscription | None = None
+        self._stall_after = STALL_MIN  # seconds of silence that make the subscription stalled
+        self._stalls = 0  # renewals for a stall since the last publish response
         self._consumer: asyncio.Task | None = None
         self._pending: list[deque] = [deque(maxlen=PENDING_MAX) for _ in range(n)]
         self._latest: list[ua.DataValue | None] = [None] * n
@@ -375,10 +401,16 @@ class OpcUaDriver:
         params.PublishingEnabled = True
         params.Priority = 0
         sampling_ms = (o.sampling_interval or self.device.poll_interval) * 1000
-        sub = await client.create_subscription(params, handler=None,
-                                               queue_maxsize=max(1000, 4 * len(self.points) * o.queue_size),
-                                               overflow=OverflowPolicy.DROP_OLDEST)
+        # Made here rather than with Client.create_subscription, whose stale-subscription watchdog
+        # (asyncua 2.1.0) recreates a silent subscription and resets its last_publish_at: a stalled
+        # server would look alive. This driver watches and renews its subscription itself.
+        sub = Subscription(client.uaclient.session, params, None,
+                           queue_maxsize=max(1000, 4 * len(self.points) * o.queue_size),
+                           overflow=OverflowPolicy.DROP_OLDEST)
         self._sub = sub
+        revised = await sub.init()
+        period = revised.RevisedPublishingInterval / 1000 * max(1, revised.RevisedMaxKeepAliveCount)
+        self._stall_after = max(STALL_MIN, STALL_PERIODS * period)
         idxs = [i for i in range(len(self.points)) if i not in self._unresolved]
         for part in chunks(idxs, ITEMS_CHUNK):
             requests = [self._item_request(i, sampling_ms) for i in part]
@@ -426,8 +458,9 @@ class OpcUaDriver:
         except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
             self._lost = self._lost or f"subscription failed: {exc!r}"
 
-    async def _drop(self, reason: str) -> None:
-        """Tear the session down completely; the next poll reconnects (after back-off)."""
+    async def _drop(self, reason: str, retry_in: float = 0.0) -> None:
+        """Tear the session down completely; a later poll reconnects (`retry_in` s from now, then
+        with back-off)."""
         client, self._client = self._client, None
         consumer, self._consumer = self._consumer, None
         self._sub = None
@@ -442,7 +475,7 @@ class OpcUaDriver:
         if reason != "closed":
             log.warning("OPC UA session lost", extra={"fields": {"device": self.device.name, "reason": reason}})
             self._backoff = 0.0
-            self._retry_at = 0.0  # one immediate attempt; back-off from there
+            self._retry_at = time.monotonic() + retry_in  # one attempt then; back-off from there
         await self._dispose(client)
 
     async def _abandon(self, client: Client | None) -> None:
@@ -517,6 +550,12 @@ class OpcUaDriver:
     async def _from_subscription(self, now: float) -> list[Sample]:
         await asyncio.sleep(0)  # let the consumer take in what the latest publish delivered
         confirmed = self._confirmed_at()
+        if self._sub is not None and self._sub.last_publish_at is not None:
+            self._stalls = 0
+        stall = None
+        if now - confirmed > self._stall_after:
+            stall = (f"subscription_stalled: no publish response or keep-alive from the server for more "
+                     f"than {self._stall_after:g} s; renewing the session")
         out = []
         for i, p in enumerate(self.points):
             if i in self._unresolved:
@@ -527,9 +566,16 @@ class OpcUaDriver:
                 while pending:
                     out.append(self._sample(i, pending.popleft(), now, True))
             elif (dv := self._latest[i]) is not None:
-                out.append(self._sample(i, dv, now, False, confirmed))
+                s = self._sample(i, dv, now, False, None if stall else confirmed)
+                if stall and s.quality != BAD:  # the last value, no longer confirmed
+                    s = dataclasses.replace(s, quality=UNCERTAIN, reason=stall)
+                out.append(s)
             else:
                 out.append(Sample(p, None, BAD, "no value from the server yet"))
+        if stall:
+            self._stalls += 1  # renew at once, then back off while it keeps stalling
+            retry_in = 0.0 if self._stalls == 1 else min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (self._stalls - 2))
+            await self._drop(stall, retry_in)
         return out
 
     def _sample(self, i: int, dv: ua.DataValue, now: float, fresh: bool, confirmed: float | None = None) -> Sample:
@@ -541,12 +587,13 @@ class OpcUaDriver:
                 raw = convert(p.type, dv.Value.Value if dv.Value is not None else None)
             except ValueError as exc:
                 quality, reason = BAD, f"decode error: {exc}"
+        src = epoch(dv.SourceTimestamp or dv.ServerTimestamp)
+        s = checked(Sample(p, raw, quality, reason, src), now)  # an implausible src comes back None
         ts = None
         if fresh:
-            src = epoch(dv.SourceTimestamp or dv.ServerTimestamp)
-            if src is not None and src > self._last_ts[i]:
-                ts = src
-        elif confirmed is not None and self._last_ts[i] < confirmed <= now:
+            if s.ts is not None and s.ts > self._last_ts[i]:
+                ts = s.ts
+        elif confirmed is not None and s.ts == src and self._last_ts[i] < confirmed <= now:
             ts = confirmed  # unchanged as of the server's latest confirmation
         self._last_ts[i] = max(self._last_ts[i], ts or now)
-        return Sample(p, raw, quality, reason, ts)
+        return dataclasses.replace(s, ts=ts)

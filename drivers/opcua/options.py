@@ -162,6 +162,14 @@ def check_options(o: dict[str, Any]) -> list[tuple[str, str]]:
         problems.append(("password_file", "username needs password_file (a file holding only the password)"))
     if "password_file" in o and "username" not in o:
         problems.append(("username", "password_file needs username; give both or neither"))
+    if "username" in o and mode != "SignAndEncrypt":
+        # Without an encrypted channel the password is encrypted only if the server's user token
+        # policy says so, which only the server knows (GetEndpoints): validate cannot check it,
+        # and asyncua sends the password in clear text otherwise, with a warning our logs hide.
+        problems.append(("username", f"the password of {o['username']!r} could cross the network unencrypted "
+                         f"with security_mode {mode!r} (whether the server's user token policy encrypts it "
+                         "cannot be checked before connecting); valid: security_policy = \"Basic256Sha256\" "
+                         "with security_mode = \"SignAndEncrypt\", or no username and password_file (anonymous)"))
     secure = policy != "None" and mode != "None"
     needed = {
         "certificate": f"the gateway's certificate file (DER or PEM); {CERT_HELP}",
