@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.common.secrets import read_secret, secret_file_problem
 from agent.config.toml import TomlReader
 from agent.north.ack import AckRule
-from agent.north.codec import DERIVATIONS, Codec, build_codec
+from agent.north.codec import CIPHERS, DERIVATIONS, Codec, build_codec
 from agent.north.http.spec import Header, HttpSpec
 from agent.north.listed import MqttUplinkSpec
 from agent.north.mqtt.spec import MqttSpec
@@ -216,6 +216,10 @@ def _check_name(e: _Entry, name: str, names: dict[str, int], reserved: Mapping[s
 def _codec(e: _Entry, item: dict, values: dict, protocol: str) -> Codec | None:
     steps = item.get("codec", ["json"])
     if protocol == "mqtt":  # key_file is the TLS client key there
+        if isinstance(steps, list) and any(s in CIPHERS for s in steps):
+            e.err(("codec",), "codec", "an mqtt uplink takes no cipher (its key_file is the TLS "
+                  "client key); valid: codec = [\"json\"], or an http or tcp uplink")
+            return None
         key_text = iv_text = None
     else:
         key_text = e.secret_text("key_file", values["key_file"]) if "key_file" in values else None
@@ -226,10 +230,6 @@ def _codec(e: _Entry, item: dict, values: dict, protocol: str) -> Codec | None:
                                   values.get("key_derivation", "raw"))
     for problem in problems:
         key, _, msg = problem.partition(": ")
-        if protocol == "mqtt" and key == "key_file":
-            msg = ("an mqtt uplink takes no cipher (its key_file is the TLS client key); "
-                   "valid: codec = [\"json\"], or an http or tcp uplink")
-            key = "codec"
         e.err((key,), key, msg)
     return codec
 
