@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 from urllib.parse import urlparse
 
@@ -51,7 +51,7 @@ class HttpLink:
         self._queue: deque[tuple[int, str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._worker = asyncio.ensure_future(self._work())
+        self._worker = asyncio.ensure_future(self._guarded(self._work()))
         self._closing: asyncio.Future | None = None
 
     def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
@@ -63,6 +63,15 @@ class HttpLink:
 
     def opened(self) -> None:
         """No session message: the platform sees only numbered messages."""
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """A bug must not leave the link hanging: log it and end the link (the drain
+        connects again)."""
+        try:
+            await work
+        except Exception:
+            log.exception("uplink link failed", extra={"fields": {"uplink": self.spec.name}})
+            self.lost.set()
 
     async def _work(self) -> None:
         while not self.lost.is_set():

@@ -80,7 +80,7 @@ class TcpLink:
         self._loop = asyncio.get_running_loop()
         self._waiting = False  # persistent: a frame is out and its reply not yet taken
         self._replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-        self._tasks = [asyncio.ensure_future(self._work())]
+        self._tasks = [asyncio.ensure_future(self._guarded(self._work()))]
         if stream is not None:
             self._tasks.append(asyncio.ensure_future(self._read(stream)))
 
@@ -116,6 +116,15 @@ class TcpLink:
                 self._replies.put_nowait(exc)
             else:
                 self._lose(f"{self.spec.host}:{self.spec.port}: {why(exc)}")
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """A bug must not leave the link hanging: log it and end the link (the drain
+        connects again)."""
+        try:
+            await work
+        except Exception:
+            log.exception("uplink link failed", extra={"fields": {"uplink": self.spec.name}})
+            self.lost.set()
 
     async def _work(self) -> None:
         while not self.lost.is_set():
