@@ -82,7 +82,7 @@ class TcpLink:
         self._replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
         self._tasks = [asyncio.ensure_future(self._guarded(self._work()))]
         if stream is not None:
-            self._tasks.append(asyncio.ensure_future(self._read(stream)))
+            self._tasks.append(asyncio.ensure_future(self._guarded(self._read(stream))))
 
     def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
         if self.lost.is_set():
