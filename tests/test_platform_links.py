@@ -146,6 +146,7 @@ async def test_http_5xx_and_timeout_lose_the_link_without_a_verdict(tmp_path: Pa
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await settle(link, verdicts)
         assert link.lost.is_set() and verdicts.acked == verdicts.rejected == []
+        assert link.reason.startswith("HTTP 503" if controls.fail else "http://127.0.0.1")
         assert pacing.delay > 0  # the next connection waits: a 503 is not hammered
     finally:
         await link.close(1.0)

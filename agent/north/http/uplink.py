@@ -48,6 +48,7 @@ class HttpLink:
         self.spec, self.session, self.pacing = spec, session, pacing
         self.on_ack, self.on_reject = on_ack, on_reject
         self.lost = asyncio.Event()
+        self.reason = ""  # why it was lost, for the uplink's last error
         self._queue: deque[tuple[int, str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -83,6 +84,7 @@ class HttpLink:
             verdict = await self._post(kind, payload)
             if verdict.outcome == NO_ANSWER:
                 self.pacing.failed(verdict.reason)
+                self.reason = verdict.reason
                 self.lost.set()
                 return
             self._queue.popleft()

@@ -75,6 +75,7 @@ class TcpLink:
         self.spec, self._connect, self._stream, self.pacing = spec, connect, stream, pacing
         self.on_ack, self.on_reject = on_ack, on_reject
         self.lost = asyncio.Event()
+        self.reason = ""  # why it was lost, for the uplink's last error
         self._queue: deque[tuple[int, bytes]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -97,6 +98,7 @@ class TcpLink:
     def _lose(self, reason: str) -> None:
         if not self.lost.is_set():
             self.pacing.failed(reason)
+            self.reason = reason
             self.lost.set()
 
     async def _read(self, stream: _Stream) -> None:
