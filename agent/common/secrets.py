@@ -97,3 +97,8 @@ def check_certificates(certificates: list[tuple[str, Path]], warn_days: float = 
                         extra={"fields": fields})
         out.append(info)
     return out
+
+
+def read_secret(path: Path) -> str:
+    """A secret as its file holds it, without the trailing line break; raises OSError."""
+    return path.read_text(encoding="utf-8").rstrip("\r\n")

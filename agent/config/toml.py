@@ -25,17 +25,29 @@ class LineIndex:
 
     def __init__(self, text: str):
         self.lines: dict[tuple, int] = {}
-        counts: dict[str, int] = {}
+        counts: dict[tuple, int] = {}  # array of tables (its path, indices resolved) -> entries
         current: tuple = ()
+
+        def resolve(names: list[str]) -> tuple:
+            """A dotted header's path, each array of tables in it at its latest entry:
+            [uplinks.envelope] after a second [[uplinks]] is ("uplinks", 1, "envelope")."""
+            path: tuple = ()
+            for name in names:
+                path = (*path, name)
+                if path in counts:
+                    path = (*path, counts[path] - 1)
+            return path
+
         for n, line in enumerate(text.splitlines(), start=1):
             if m := self._ARRAY.match(line):
-                name = m.group(1)
-                idx = counts.get(name, 0)
-                counts[name] = idx + 1
-                current = (name, idx)
+                *parents, name = m.group(1).split(".")
+                array = (*resolve(parents), name)
+                idx = counts.get(array, 0)
+                counts[array] = idx + 1
+                current = (*array, idx)
                 self.lines.setdefault(current, n)
             elif m := self._TABLE.match(line):
-                current = tuple(m.group(1).split("."))
+                current = resolve(m.group(1).split("."))
                 self.lines.setdefault(current, n)
             elif m := self._KEY.match(line):
                 self.lines.setdefault((*current, m.group(1)), n)
@@ -87,6 +99,10 @@ class TomlReader:
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{value!r} is not a whole number")
+            return value
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{value!r} is not true or false")
             return value
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, int | float) or value != value:

@@ -101,6 +101,12 @@ def _parse(s: str) -> tuple[list[str], list[str]]:
     return literals, names
 
 
+def split_placeholders(s: str) -> tuple[list[str], list[str]]:
+    """A template string's literals and variable names (text = lit0 + v0 + lit1 + ... + litN);
+    ValueError on a stray brace."""
+    return _parse(s)
+
+
 def _key_path(where: str, key: str) -> str:
     part = key if _BARE_KEY.fullmatch(key) else orjson.dumps(key).decode("utf-8")
     return f"{where}.{part}" if where else part

@@ -1,0 +1,170 @@
+"""The HTTP uplink: each message one POST of its JSON body, over http or https.
+
+aiohttp: one session per connection of the drain, keep-alive, one request at a time (the
+drain's window is 1, so the platform sees messages in order). A connection is "up" once a TCP
+(and TLS) connection to the platform's host has been made. Verdicts follow the ack rule
+(agent/north/ack.py): a timeout, a refused connection, a 5xx or a reply that says nothing
+about the message ends the link (the drain sends again, with back-off); a refusal goes to the
+drain by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import tzinfo
+from urllib.parse import urlparse
+
+import aiohttp
+
+from agent.common.secrets import read_secret
+from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
+from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.drain import BACKOFF_MAX
+from agent.north.http.spec import HttpSpec
+from agent.north.platform import Pacing, PlatformUplink, client_tls, open_stream, why
+
+log = logging.getLogger("hazgate.uplink")
+
+MAX_REPLY = 1 << 20  # bytes of a reply read at most
+CONNECTION_KEYS = ("url", "ca_file", "headers", "events_url", "delivery", "ack")
+
+
+def describe(url: str) -> str:
+    """The address for logs: scheme, host, port and path (never a query or user info)."""
+    u = urlparse(url)
+    port = f":{u.port}" if u.port else ""
+    return f"{u.scheme}://{u.hostname}{port}{u.path}"
+
+
+class HttpLink:
+    """One aiohttp session; messages POSTed one after the other, in the order sent."""
+
+    def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, pacing: Pacing,
+                 on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]):
+        self.spec, self.session, self.pacing = spec, session, pacing
+        self.on_ack, self.on_reject = on_ack, on_reject
+        self.lost = asyncio.Event()
+        self.reason = ""  # why it was lost, for the uplink's last error
+        self._queue: deque[tuple[int, str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._worker = asyncio.ensure_future(self._guarded(self._work()))
+        self._closing: asyncio.Future | None = None
+
+    def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
+        if self.lost.is_set():
+            return False
+        self._queue.append((seq, kind, payload))
+        self._wake.set()
+        return True
+
+    def opened(self) -> None:
+        """No session message: the platform sees only numbered messages."""
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """A bug must not leave the link hanging: log it and end the link (the drain
+        connects again)."""
+        try:
+            await work
+        except Exception:
+            log.exception("uplink link failed", extra={"fields": {"uplink": self.spec.name}})
+            self.lost.set()
+
+    async def _work(self) -> None:
+        while not self.lost.is_set():
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            seq, kind, payload = self._queue[0]
+            verdict = await self._post(kind, payload)
+            if verdict.outcome == NO_ANSWER:
+                self.pacing.failed(verdict.reason)
+                self.reason = verdict.reason
+                self.lost.set()
+                return
+            self._queue.popleft()
+            if verdict.outcome == ACCEPT:
+                self.pacing.accepted()
+                self.on_ack(seq)
+            else:
+                self.pacing.failed(verdict.reason, refused=True)
+                self.on_reject(seq, verdict.reason)
+
+    async def _post(self, kind: str, payload: bytes) -> Verdict:
+        url = self.spec.events_url if kind == "events" and self.spec.events_url else self.spec.url
+        try:
+            async with self.session.post(url, data=payload, allow_redirects=False,
+                                         headers={"Content-Type": "application/json"}) as resp:
+                body = bytearray()
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_REPLY:
+                        return Verdict(NO_ANSWER, f"HTTP {resp.status}: the reply is over "
+                                                  f"{MAX_REPLY} bytes")
+                return judge(self.spec.ack, bytes(body), resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Verdict(NO_ANSWER, f"{describe(url)}: {why(exc)}")
+
+    async def close(self, grace: float) -> None:
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self.session.close(), grace)
+
+    def abandon(self) -> None:
+        """From a worker thread: stop the requests and close the session on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left open
+            self._loop.call_soon_threadsafe(self._shut)
+
+    def _shut(self) -> None:
+        self.lost.set()
+        self._worker.cancel()
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.session.close())
+
+
+class HttpConnector:
+    def __init__(self, spec: HttpSpec, pacing: Pacing):
+        self.spec, self.pacing = spec, pacing
+        self.describe = describe(spec.url)
+        self.connect_allowance = 2 * spec.delivery.timeout + BACKOFF_MAX
+        self.tls = client_tls(spec.ca_file) if spec.tls else None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {}
+        for h in self.spec.headers:
+            if h.secret is None:
+                headers[h.name] = h.value or ""
+                continue
+            try:
+                headers[h.name] = read_secret(h.secret)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}") from None
+        return headers
+
+    async def connect(self, on_ack: Callable[[int], None],
+                      on_reject: Callable[[int, str], None]) -> HttpLink:
+        await self.pacing.wait()
+        spec = self.spec
+        headers = self._headers()
+        _, writer = await open_stream(spec.host, spec.port, self.tls, spec.delivery.timeout)
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), spec.delivery.timeout)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.tls if self.tls else True, limit=1),
+            timeout=aiohttp.ClientTimeout(total=spec.delivery.timeout), headers=headers,
+            raise_for_status=False)
+        return HttpLink(spec, session, self.pacing, on_ack, on_reject)
+
+
+class HttpUplink(PlatformUplink):
+    """An `http` uplink: the drain loop, templated bodies, POST per message."""
+
+    def __init__(self, spec: HttpSpec, ctx: UplinkContext, timezone: tzinfo | None = None):
+        super().__init__(spec, ctx, timezone, HttpConnector, CONNECTION_KEYS)
+

@@ -1,0 +1,1 @@
+"""The TCP platform uplink (`protocol = "tcp"`): templated JSON frames ended by a delimiter."""
