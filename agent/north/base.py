@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from typing import Any, Protocol
 
 from agent.common.clock import ClockWatch
@@ -37,6 +38,7 @@ class UplinkContext:
     held: HeldReadings
     on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
     events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
+    timezone: tzinfo | None = None  # `[gateway] timezone` for templated times (None: the system's)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Link(Protocol):
     connection lost) is neither: the link sets `lost` and the message is sent again."""
 
     lost: asyncio.Event
+    reason: str  # why the link ended or was refused, once it did (for logs and status)
 
     def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
         """Put one numbered message on the wire; False when the connection is gone."""
@@ -95,8 +98,7 @@ class Body(Protocol):
 
     def readings(self, backfill: bool) -> Builder: ...
 
-    def events(self, seq: int, rows: list) -> bytes: ...
-
+    events: Builder | None  # None: the uplink carries no events
     meta: Builder | None  # a description restated on every connection, or None
 
 

@@ -21,7 +21,8 @@ from agent.pipeline.store import Builder, DrainRequest
 
 log = logging.getLogger("hazgate.uplink")
 
-BACKLOG_BATCH = 2000  # readings per back-fill message
+BACKLOG_BATCH = 2000  # readings per back-fill message (at most the uplink's batch)
+EVENTS_BATCH = 100  # events per message (at most the uplink's batch)
 BACKLOG_INFLIGHT_BYTES = 600_000  # about two back-fill messages on the wire at once
 DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
@@ -171,7 +172,7 @@ class Drain:
                     await asyncio.gather(*self._refusals, return_exceptions=True)
                     self._refusals = []
                 await asyncio.get_running_loop().run_in_executor(None, link.abandon)
-            self._set_state("down", "connection lost")
+            self._set_state("down", link.reason or "connection lost")
 
     async def stop(self, grace: float = 2.0) -> None:
         """Clean shutdown: let in-flight messages be acknowledged, then the link's goodbye."""
@@ -282,7 +283,8 @@ class Drain:
         req = DrainRequest(
             acks, self._sent_upto, max(0, room), body.events,
             body.readings(False) if live_due else None, self.settings.batch,
-            self._watermark, body.readings(True) if backlog_ok else None, BACKLOG_BATCH, DRAIN_BUDGET, self.name)
+            self._watermark, body.readings(True) if backlog_ok else None,
+            min(BACKLOG_BATCH, self.settings.batch), DRAIN_BUDGET, self.name, min(EVENTS_BATCH, self.settings.batch))
         urgent, self._events_waiting = self._events_waiting, False
         try:
             res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)

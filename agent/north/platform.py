@@ -83,13 +83,15 @@ class PlatformUplink:
         self._connector, self._connection_keys = connector, connection_keys
         self.pacing = Pacing(self.name)
         self.body = TemplatedBody(ctx, spec.body, timezone)
+        self.carries_events = self.body.events is not None
         self.drain = Drain(self.name, ctx, self._settings(spec.delivery), self.body,
                            connector(spec, self.pacing))
         self.stats = self.drain.stats
 
     @staticmethod
     def _settings(delivery: Delivery) -> DrainSettings:
-        return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval)
+        return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
+                             max_rejects=delivery.max_rejects)
 
     async def run(self) -> None:
         await self.drain.run()

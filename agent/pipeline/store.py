@@ -118,7 +118,7 @@ class DrainRequest:
     acks: list[int]  # seqs the broker acknowledged since the last call
     sent_upto: int  # highest seq already handed to this connection
     room: int  # free places in the in-flight window
-    build_events: Builder
+    build_events: Builder | None  # None: the uplink carries no events
     build_live: Builder | None  # None: live readings are not due yet
     live_batch: int
     watermark: int  # readings up to this id are backlog; 0: no backlog
@@ -126,6 +126,7 @@ class DrainRequest:
     backlog_batch: int
     budget: int  # readings to number at most in this call (keeps the store thread's turns short)
     uplink: str = DEFAULT_UPLINK
+    events_batch: int = 100  # events in one message at most
 
 
 @dataclass(slots=True)
@@ -545,7 +546,8 @@ class Store:
     def _number(self, req: DrainRequest, free: int, res: DrainResult) -> None:
         """Build up to `free` messages within the request's reading budget."""
         budget, up = req.budget, req.uplink
-        while free > 0 and self._take_events(up, req.build_events, EVENTS_PER_MESSAGE) is not None:
+        while (free > 0 and req.build_events is not None
+               and self._take_events(up, req.build_events, req.events_batch) is not None):
             free -= 1
         while free > 0 and budget > 0 and req.build_live is not None:
             taken = self._take_readings(up, req.build_live, req.live_batch, req.watermark, None)

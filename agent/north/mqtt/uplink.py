@@ -41,6 +41,7 @@ class Uplink1Body:
     def __init__(self, ctx: UplinkContext):
         self.ctx = ctx
         self.meta: Builder | None = self.build_meta
+        self.events: Builder | None = self.build_events
 
     def _env(self, seq: int) -> dict:
         return envelope(self.ctx.gateway, self.ctx.enterprise, seq, now_ms())
@@ -48,7 +49,7 @@ class Uplink1Body:
     def readings(self, backfill: bool) -> Builder:
         return lambda seq, rows: encode(readings_body(self._env(seq), rows, backfill))
 
-    def events(self, seq: int, rows: list) -> bytes:
+    def build_events(self, seq: int, rows: list) -> bytes:
         return encode(events_body(self._env(seq), rows))
 
     def build_meta(self, seq: int, _rows: list) -> bytes:
@@ -95,6 +96,7 @@ class MqttLink:
         self.lost = asyncio.Event()
         self.connected = asyncio.Event()
         self.refusal = ""
+        self.reason = ""  # MQTT refuses no single message: a refused connection says why at connect
         self.seq_of: dict[int, int] = {}  # paho mid -> seq
         self._lock = threading.Lock()  # a PUBACK may come before publish() returns its mid
         self.session = MqttSession(opts, _LinkEvents(self), loop.call_soon_threadsafe)
