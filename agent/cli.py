@@ -95,9 +95,28 @@ def cmd_buffer(args: argparse.Namespace) -> int:
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from agent.receiver.mqtt import receive
+    if args.listen is None:
+        if args.broker is None:
+            print("hazgate receive: give --broker mqtt://HOST:PORT (the MQTT consumer) or --listen URL "
+                  "--uplink-config FILE --uplink NAME (a reference platform)", file=sys.stderr)
+            return EXIT_USAGE
+        from agent.receiver.mqtt import receive
 
-    return receive(args)
+        return receive(args)
+    from agent.receiver.platform import Controls, parse_reject, platform_spec, receive_platform
+
+    if args.uplink_config is None or args.uplink is None:
+        print("hazgate receive --listen: give --uplink-config FILE and --uplink NAME: the platform "
+              "decodes and checks what that uplink of that gateway config sends", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        spec = platform_spec(_load(args.uplink_config).uplinks, args.uplink)
+        reject = parse_reject(args.reject) if args.reject else None
+    except ValueError as exc:
+        print(f"hazgate receive: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return receive_platform(args.listen, spec, args.db, Controls(reject, args.delay, args.fail),
+                            args.duration, args.idle_exit, args.report, args.fail_on_gaps)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,8 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)
     p.set_defaults(func=cmd_simulate, log_level_default="info")
-    p = sub.add_parser("receive", help="reference provincial-side consumer: validate, store, report gaps")
-    p.add_argument("--broker", required=True, help="mqtt://host:port")
+    p = sub.add_parser("receive", help="reference consumer (--broker) or reference platform (--listen): "
+                       "decode, validate, store, report gaps and duplicates")
+    p.add_argument("--broker", default=None, help="mqtt://host:port: consume hazgate.uplink/1")
+    p.add_argument("--listen", default=None, help="http://127.0.0.1:PORT/PATH or tcp://127.0.0.1:PORT: "
+                   "serve as the platform of an http or tcp uplink")
+    p.add_argument("--uplink-config", default=None, help="with --listen: the gateway config naming the uplink")
+    p.add_argument("--uplink", default=None, help="with --listen: the uplink's name")
+    p.add_argument("--reject", default=None, help="with --listen: refuse all, data_id=HEX, seq=N or record:KEY=VALUE")
+    p.add_argument("--delay", type=float, default=0.0, help="with --listen: seconds before each reply")
+    p.add_argument("--fail", type=int, default=None, help="with --listen: answer every message with this "
+                   "HTTP status (TCP: close without a reply)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -128,7 +128,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
         spids = store.pids([(p.tag, p.unit, p.type) for p in cfg.all_points()])
         add("store: add_readings (tag -> id, pack, insert), one transaction per second",
             "agent/pipeline/store.py Store.add_readings", n, lambda: store.add_readings(rows, spids))
-        body = MqttUplink(cfg.uplink, agent.uplink.drain.ctx).body
+        body = MqttUplink(cfg.uplinks[0], agent.uplinks[0].drain.ctx).body
         build = body.readings(False)
         taken: list[int] = []
 

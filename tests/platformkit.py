@@ -148,4 +148,4 @@ def context(store, points: list[Point] = POINTS) -> UplinkContext:
     clock = ClockWatch(ClockConfig(sync_source="trust"), lambda step: None, lambda ok: None)
     return UplinkContext(gateway=GATEWAY, enterprise=ENTERPRISE, version="test", started_ms=0,
                          store=store, clock=clock, points=lambda: points, held=Held(),
-                         on_state=States())
+                         on_state=States(), events_stored=lambda: None)

@@ -197,7 +197,7 @@ def test_valid_example_loads_as_written() -> None:
     dev = cfg.device("tank-farm")
     assert (dev.timeout, dev.options.max_gap, dev.options.unit) == (0.5, 4, 1)
     assert cfg.device("reactor").integrity_interval == 300.0
-    assert cfg.uplink.tls and cfg.uplink.batch_size == 200 and cfg.uplink.keepalive == 60.0
+    assert cfg.mqtt.tls and cfg.mqtt.batch_size == 200 and cfg.mqtt.keepalive == 60.0
 
 
 def test_shipped_example_is_valid() -> None:

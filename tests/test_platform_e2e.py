@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from agent.north.http.uplink import HttpUplink
 from agent.north.tcp.uplink import TcpUplink
 from agent.pipeline.store import AsyncStore
@@ -72,7 +70,7 @@ async def test_http_uplink_delivers_every_reading_once_in_order(tmp_path: Path) 
     port = free_port()
     spec = mem_http(tmp_path, f"http://127.0.0.1:{port}/api/realtime", batch=40)
     store = AsyncStore(tmp_path / "data")
-    await store.open()
+    await store.open([(spec.name, False)])
     uplink = HttpUplink(spec, context(store))
     receiver = await run_through(tmp_path, uplink, spec, f"http://127.0.0.1:{port}/api/realtime")
     gw = receiver.gateways["GW-320200-0001"]
@@ -82,13 +80,11 @@ async def test_http_uplink_delivers_every_reading_once_in_order(tmp_path: Path) 
     assert live <= 40  # the first 300 readings went live: at most `batch` records per message
 
 
-@pytest.mark.xfail(strict=True, reason="the drain cuts back-fill messages at BACKLOG_BATCH (2000) "
-                   "whatever the uplink's batch; needs DrainSettings to carry the back-fill batch")
 async def test_backfill_messages_respect_the_uplink_batch(tmp_path: Path) -> None:
     port = free_port()
     spec = mem_http(tmp_path, f"http://127.0.0.1:{port}/api/realtime", batch=40)
     store = AsyncStore(tmp_path / "data")
-    await store.open()
+    await store.open([(spec.name, False)])
     receiver = await run_through(tmp_path, HttpUplink(spec, context(store)), spec,
                                  f"http://127.0.0.1:{port}/api/realtime")
     assert receiver.db.execute("SELECT MAX(count) FROM platform_messages").fetchone()[0] <= 40
@@ -98,7 +94,7 @@ async def test_tcp_uplink_delivers_every_reading_once_in_order(tmp_path: Path) -
     port = free_port()
     spec = jiangsu_tcp(tmp_path, port, "persistent", batch=64)
     store = AsyncStore(tmp_path / "data")
-    await store.open()
+    await store.open([(spec.name, False)])
     uplink = TcpUplink(spec, context(store))
     receiver = await run_through(tmp_path, uplink, spec, f"tcp://127.0.0.1:{port}")
     gw = receiver.gateways["jiangsu"]

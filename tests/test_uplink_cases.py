@@ -21,7 +21,7 @@ from agent.common.problems import Problems
 from agent.config.toml import TomlReader
 from agent.config.uplinks import load_uplinks
 from agent.north.http.spec import HttpSpec
-from agent.north.listed import MqttUplinkSpec
+from agent.north.mqtt.spec import MqttUplinkSpec
 from agent.north.tcp.spec import TcpSpec
 
 ROOT = Path(__file__).resolve().parent.parent

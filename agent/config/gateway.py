@@ -4,12 +4,13 @@ part its own spec."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
 from agent.common.clock import ClockConfig
 from agent.model import Point
-from agent.north.mqtt.spec import MqttSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.pipeline.checks.rules import Rules
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec
@@ -21,18 +22,19 @@ class GatewayConfig:
     gateway_id: str
     enterprise_code: str
     data_dir: Path
-    uplink: MqttSpec
+    uplinks: list[Any]  # every uplink's typed spec, unique names (`[uplink]` first, as `mqtt`)
     devices: list[DeviceSpec]
     rules_file: Path | None = None
     store: StoreBounds = field(default_factory=StoreBounds)
     clock: ClockConfig = field(default_factory=ClockConfig)
     health_listen: tuple[str, int] | None = None  # [health] listen; None: no health endpoint
     rules: Rules = field(default_factory=Rules)  # interlocks, detector and alarm settings
+    timezone: tzinfo | None = None  # `[gateway] timezone` (None: the system's)
 
     @property
-    def uplinks(self) -> list[Any]:
-        """Every uplink's typed spec, each with a unique `name` (agent/north/adapters.py)."""
-        return [self.uplink]
+    def mqtt(self) -> MqttSpec | None:
+        """The broker settings of the first MQTT uplink (the live view and `receive` use it)."""
+        return next((u.mqtt for u in self.uplinks if isinstance(u, MqttUplinkSpec)), None)
 
     def device(self, name: str) -> DeviceSpec:
         for d in self.devices:
@@ -47,8 +49,10 @@ class GatewayConfig:
     def client_certificates(self) -> list[tuple[str, Path]]:
         """The TLS client certificates the gateway presents: (use, path)."""
         found = []
-        if self.uplink.cert_file is not None:
-            found.append(("uplink", self.uplink.cert_file))
+        for u in self.uplinks:
+            mqtt = getattr(u, "mqtt", None)  # MQTT uplinks may present a client certificate
+            if mqtt is not None and mqtt.cert_file is not None:
+                found.append((f"uplink:{u.name}", mqtt.cert_file))
         for dev in self.devices:
             cert = getattr(dev.options, "certificate", None)  # options of a protocol with client certificates
             if cert:

@@ -16,8 +16,9 @@ from agent.config.gateway import GatewayConfig
 from agent.config.points import load_point_table
 from agent.config.rules import load_checks
 from agent.config.toml import TomlReader
+from agent.config.uplinks import MQTT_KEYS, load_uplinks, parse_timezone
 from agent.model import Point
-from agent.north.mqtt.spec import MqttSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -25,13 +26,9 @@ from drivers.registry import PROTOCOLS
 # --- key schemas: key -> (kind, required). Kinds: str, int, float, duration, path, enum:a|b, url:a|b
 GATEWAY_KEYS = {
     "id": ("str", True), "enterprise_code": ("str", True), "data_dir": ("path", True),
+    "timezone": ("str", False),
 }
-UPLINK_KEYS = {
-    "broker": ("url:mqtt|mqtts", True), "topic_prefix": ("str", False), "ca_file": ("path", False),
-    "cert_file": ("path", False), "key_file": ("path", False), "username": ("str", False),
-    "password_file": ("path", False), "publish_interval": ("duration", False),
-    "batch_size": ("int", False), "keepalive": ("duration", False),
-}
+UPLINK_KEYS = MQTT_KEYS  # `[uplink]`: the uplink named mqtt
 COMMON_DEVICE_KEYS = {
     "name": ("str", True), "protocol": ("enum:" + "|".join(PROTOCOLS), True),
     "poll_interval": ("duration", True), "points": ("path", True), "timeout": ("duration", False),
@@ -42,7 +39,7 @@ STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
 CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
               "step_threshold": ("duration", False)}
 HEALTH_KEYS = {"listen": ("str", False)}
-TOP_KEYS = ("gateway", "uplink", "devices", "checks", "store", "clock", "health")
+TOP_KEYS = ("gateway", "uplink", "uplinks", "devices", "checks", "store", "clock", "health")
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -72,8 +69,16 @@ def load_config(path: str | Path) -> GatewayConfig:
     if "gateway" not in data:
         r.err((), "gateway", "required section [gateway] is missing")
     up = r.section(data["uplink"], ("uplink",), UPLINK_KEYS) if "uplink" in data else {}
-    if "uplink" not in data:
-        r.err((), "uplink", "required section [uplink] is missing")
+    if "uplink" not in data and "uplinks" not in data:
+        r.err((), "uplink", "no uplink: the required section [uplink] (or [[uplinks]]) is missing")
+    timezone = None
+    if "timezone" in gw:
+        try:
+            timezone = parse_timezone(gw["timezone"])
+        except ValueError as exc:
+            r.err(("gateway", "timezone"), "gateway.timezone", str(exc))
+    listed = load_uplinks(r, data.get("uplinks"), r.base,
+                          reserved={"mqtt": "the [uplink] table"} if "uplink" in data else None)
     if up.get("batch_size") is not None and not 1 <= up["batch_size"] <= 10000:
         r.err(("uplink", "batch_size"), "uplink.batch_size", f"{up['batch_size']} is out of range; valid: 1-10000")
     for key in ("ca_file", "cert_file", "key_file", "password_file"):
@@ -100,16 +105,18 @@ def load_config(path: str | Path) -> GatewayConfig:
     rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
     if problems:
         raise ConfigError(problems)
-    uplink = MqttSpec(
-        broker=up["broker"], topic_prefix=up.get("topic_prefix", "hazchem"),
-        ca_file=up.get("ca_file"), cert_file=up.get("cert_file"), key_file=up.get("key_file"),
-        username=up.get("username"), password_file=up.get("password_file"),
-        publish_interval=up.get("publish_interval", 1.0), batch_size=up.get("batch_size", 500),
-        keepalive=up.get("keepalive", 30.0),
-    )
+    uplinks = listed
+    if "uplink" in data:
+        uplinks = [MqttUplinkSpec(name="mqtt", mqtt=MqttSpec(
+            broker=up["broker"], topic_prefix=up.get("topic_prefix", "hazchem"),
+            ca_file=up.get("ca_file"), cert_file=up.get("cert_file"), key_file=up.get("key_file"),
+            username=up.get("username"), password_file=up.get("password_file"),
+            publish_interval=up.get("publish_interval", 1.0), batch_size=up.get("batch_size", 500),
+            keepalive=up.get("keepalive", 30.0),
+        )), *listed]
     return GatewayConfig(
-        path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"],
-        data_dir=gw["data_dir"], uplink=uplink, devices=devices, rules_file=checks.get("rules"), rules=rules,
+        path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"], timezone=timezone,
+        data_dir=gw["data_dir"], uplinks=uplinks, devices=devices, rules_file=checks.get("rules"), rules=rules,
         store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
         clock=ClockConfig(**ck), health_listen=listen,
     )

@@ -22,8 +22,7 @@ from agent.config.toml import TomlReader
 from agent.north.ack import AckRule
 from agent.north.codec import CIPHERS, DERIVATIONS, Codec, build_codec
 from agent.north.http.spec import Header, HttpSpec
-from agent.north.listed import MqttUplinkSpec
-from agent.north.mqtt.spec import MqttSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.north.platform import SENDS, Delivery
 from agent.north.tcp.spec import CONNECTIONS, MAX_REPLY, TcpSpec
 from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, compile_template

@@ -151,7 +151,7 @@ class LiveView(Events):
         self.started = time.monotonic()
         self.connected_now = False
         self.connect_error = ""
-        up = cfg.uplink
+        up = cfg.mqtt
         self.filter = topic(up.topic_prefix, cfg.enterprise_code, cfg.gateway_id, "#")
         self.session = MqttSession(MqttOptions(
             host=up.host, port=up.port, client_id=f"hazgate-liveview-{uuid.uuid4().hex[:8]}",
@@ -186,7 +186,7 @@ class LiveView(Events):
         t.append(f"{self.title}", style="bold")
         t.append(f"  gateway {self.cfg.gateway_id}  enterprise {self.cfg.enterprise_code}"
                  f"  t+{time.monotonic() - self.started:.0f}s\n")
-        t.append(f"broker {self.cfg.uplink.broker}  uplink ")
+        t.append(f"broker {self.cfg.mqtt.broker}  uplink ")
         st = (s.status or {}).get("state")
         if st == "online":
             t.append("online", style="green")

@@ -1,16 +1,22 @@
-"""The uplink protocols, by the protocol of their spec: the only place that names them. A new
-north protocol is a folder beside mqtt/ plus one line here."""
+"""The uplink protocols, by the type of their spec: the only place that names them. A new
+north protocol is a folder beside mqtt/, http/ and tcp/ plus one line here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from agent.north.base import Uplink, UplinkContext
-from agent.north.mqtt.spec import MqttSpec
+from agent.north.http.spec import HttpSpec
+from agent.north.http.uplink import HttpUplink
+from agent.north.mqtt.spec import MqttUplinkSpec
 from agent.north.mqtt.uplink import MqttUplink
+from agent.north.tcp.spec import TcpSpec
+from agent.north.tcp.uplink import TcpUplink
 
 ADAPTERS: dict[type, Any] = {
-    MqttSpec: MqttUplink,
+    MqttUplinkSpec: MqttUplink,
+    HttpSpec: lambda spec, ctx: HttpUplink(spec, ctx, ctx.timezone),
+    TcpSpec: lambda spec, ctx: TcpUplink(spec, ctx, ctx.timezone),
 }
 
 

@@ -694,6 +694,15 @@ def _write_report(path: str, listen: str, db_path: str, receiver: PlatformReceiv
     os.replace(tmp, path)
 
 
+def platform_spec(uplinks: list, name: str) -> HttpSpec | TcpSpec:
+    """The named http or tcp uplink of a gateway config; ValueError saying what is valid."""
+    platforms = {u.name: u for u in uplinks if isinstance(u, HttpSpec | TcpSpec)}
+    if name not in platforms:
+        raise ValueError(f"--uplink {name!r}: no http or tcp uplink of that name; valid: "
+                         f"{', '.join(platforms) or 'none in this config'}")
+    return platforms[name]
+
+
 def receive_platform(listen: str, spec: HttpSpec | TcpSpec, db_path: str,
                      controls: Controls = Controls(), duration: float | None = None,
                      idle_exit: float | None = None, report: str | None = None,

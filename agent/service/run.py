@@ -74,7 +74,8 @@ def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     for what, a, b in (("gateway.id", old.gateway_id, new.gateway_id),
                        ("gateway.enterprise_code", old.enterprise_code, new.enterprise_code),
                        ("gateway.data_dir", old.data_dir, new.data_dir),
-                       ("uplink.topic_prefix", old.uplink.topic_prefix, new.uplink.topic_prefix)):
+                       ("uplink.topic_prefix", old.mqtt and old.mqtt.topic_prefix, new.mqtt and new.mqtt.topic_prefix),
+                       ("uplinks", [u.name for u in old.uplinks], [u.name for u in new.uplinks])):
         if a != b:
             out.append(f"{what} changed from {a!r} to {b!r}: restart the service to apply it")
     return out

@@ -33,6 +33,12 @@ class HttpSpec:
     events_url: str | None = None  # where events go, when not to `url`
 
     @property
+    def describe(self) -> str:
+        """Where it delivers, for status and logs (never a credential)."""
+        u = urlparse(self.url)
+        return f"{u.scheme}://{u.hostname}:{self.port}{u.path}"
+
+    @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme == "https"
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from agent.north.templated import BodySpec
+
 
 @dataclass
 class MqttSpec:
     broker: str
-    name: str = "mqtt"  # the `[uplink]` table is the uplink named mqtt
     topic_prefix: str = "hazchem"
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -20,11 +21,6 @@ class MqttSpec:
     publish_interval: float = 1.0
     batch_size: int = 500
     keepalive: float = 30.0
-
-    @property
-    def describe(self) -> str:
-        """Where it delivers, for status and logs (never a credential)."""
-        return self.broker
 
     @property
     def tls(self) -> bool:
@@ -37,3 +33,19 @@ class MqttSpec:
     @property
     def port(self) -> int:
         return urlparse(self.broker).port or (8883 if self.tls else 1883)
+
+
+@dataclass(frozen=True)
+class MqttUplinkSpec:
+    """The broker's settings and, given `topic` with `[uplinks.envelope]` and
+    `[uplinks.record]`, the templated body published there instead of `hazgate.uplink/1`."""
+
+    name: str
+    mqtt: MqttSpec
+    topic: str | None = None  # readings (and, without events_topic, events) go here
+    body: BodySpec | None = None  # None: hazgate.uplink/1
+    events_topic: str | None = None
+
+    @property
+    def describe(self) -> str:
+        return self.mqtt.broker

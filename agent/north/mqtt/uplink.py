@@ -26,7 +26,8 @@ from agent.north.mqtt.schema import (
     status_body,
     topic,
 )
-from agent.north.mqtt.spec import MqttSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
+from agent.north.templated import TemplatedBody
 from agent.pipeline.store import Builder
 
 WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
@@ -127,9 +128,8 @@ class MqttLink:
 
 
 class MqttConnector:
-    def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body):
-        self.spec, self.ctx, self.body = spec, ctx, body
-        self.topics = {k: topic(spec.topic_prefix, ctx.enterprise, ctx.gateway, k) for k in KINDS}
+    def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body, topics: dict[str, str]):
+        self.spec, self.ctx, self.body, self.topics = spec, ctx, body, topics
         self.describe = spec.broker
         self.connect_allowance = spec.keepalive + CONNECTING_EXTRA
 
@@ -157,15 +157,24 @@ class MqttConnector:
 
 
 class MqttUplink:
-    """An MQTT uplink: the drain loop with an MQTT connector and `hazgate.uplink/1` bodies."""
+    """An MQTT uplink: the drain loop with an MQTT connector, and `hazgate.uplink/1` bodies on
+    its topics or, given a template, the templated body on the uplink's own topic. The retained
+    `status` with its last will goes on the standard topic either way."""
 
-    carries_events = True
-
-    def __init__(self, spec: MqttSpec, ctx: UplinkContext):
-        self.spec, self.name = spec, spec.name
-        self.body = Uplink1Body(ctx)
-        self.drain = Drain(self.name, ctx, self._settings(spec), self.body, MqttConnector(spec, ctx, self.body))
+    def __init__(self, listed: MqttUplinkSpec, ctx: UplinkContext):
+        self.listed, self.spec, self.name, self.ctx = listed, listed.mqtt, listed.name, ctx
+        self.status_body = Uplink1Body(ctx)
+        self.body = TemplatedBody(ctx, listed.body, ctx.timezone) if listed.body else self.status_body
+        self.carries_events = self.body.events is not None
+        self.drain = Drain(self.name, ctx, self._settings(self.spec), self.body, self._connector(self.spec))
         self.stats = self.drain.stats
+
+    def _connector(self, spec: MqttSpec) -> MqttConnector:
+        ctx, listed = self.ctx, self.listed
+        topics = {k: topic(spec.topic_prefix, ctx.enterprise, ctx.gateway, k) for k in KINDS}
+        if listed.topic is not None:  # templated: the platform's topics
+            topics.update(readings=listed.topic, events=listed.events_topic or listed.topic)
+        return MqttConnector(spec, ctx, self.status_body, topics)
 
     @staticmethod
     def _settings(spec: MqttSpec) -> DrainSettings:
@@ -182,7 +191,10 @@ class MqttUplink:
 
     async def points_changed(self) -> None:
         """The retained meta describes the new point set: restate it now."""
-        await self.drain.restate(self.body.build_meta)
+        if self.body is self.status_body:
+            await self.drain.restate(self.status_body.build_meta)
+        else:
+            self.body.points_changed()
 
     def status_changed(self) -> None:
         """Publish the retained `online` status again (its clock state changed)."""
@@ -190,13 +202,15 @@ class MqttUplink:
         if isinstance(link, MqttLink):
             link.restate_status()
 
-    def reconfigure(self, spec: MqttSpec) -> None:
+    def reconfigure(self, listed: MqttUplinkSpec) -> None:
         """A reloaded config (SIGHUP): batch size and publish interval apply at once; a new
         broker address, TLS file, credential or keepalive on a new connection."""
-        old, self.spec = self.spec, spec
+        old, self.listed, self.spec = self.spec, listed, listed.mqtt
+        if listed.body is not None and isinstance(self.body, TemplatedBody):
+            self.body.reconfigure(listed.body, self.ctx.timezone)
         fields = ("broker", "ca_file", "cert_file", "key_file", "username", "password_file", "keepalive")
-        changed = any(getattr(old, f) != getattr(spec, f) for f in fields)
-        self.drain.configure(self._settings(spec), MqttConnector(spec, self.drain.ctx, self.body) if changed else None)
+        changed = any(getattr(old, f) != getattr(self.spec, f) for f in fields)
+        self.drain.configure(self._settings(self.spec), self._connector(self.spec) if changed else None)
 
     def progress_allowance(self) -> float:
         """Seconds its loop may go without coming round, beyond the watchdog's own limit."""

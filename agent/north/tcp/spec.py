@@ -26,3 +26,8 @@ class TcpSpec:
     tls: bool = False
     ca_file: Path | None = None  # trust for the platform's certificate; None: the system CAs
     max_reply: int = MAX_REPLY  # bytes of one reply frame at most
+
+    @property
+    def describe(self) -> str:
+        """Where it delivers, for status and logs."""
+        return f"{'tls' if self.tls else 'tcp'}://{self.host}:{self.port}"
