@@ -11,6 +11,18 @@ FAILS_BEFORE_BACKOFF polls without an answer it is backed off (1 s doubling to 3
 probe request), and while it is failing a poll stops at its first unanswered request instead of
 spending a timeout on every block. The port itself is never closed for a unit's failure; it is
 reopened (with back-off) only when the port fails (adapter unplugged, device gone).
+
+RTU frames carry no transaction id, so a unit's answer that comes after its request's timeout
+would be taken for the answer to its next request of the same shape. After a request without a
+valid answer (timeout, garbled, or refused by `read_table`'s check of unit, function code and
+byte count) that unit is not asked again for its timeout, and no request starts within the
+pause between frames after the last byte heard; its late answer, if it comes in that time, is
+discarded (pymodbus 3.16.1 drops a frame while no request waits, skips a frame of another unit,
+and empties its receive buffer when it sends a request). The other units keep the line
+meanwhile: a frame of one unit is never taken for another's, since the unit id is checked, so a
+failing neighbour does not slow their polls. An answer later than twice the timeout cannot be
+told from a timely one by any RTU master; it still has to match the next request's unit,
+function code and byte count.
 """
 
 from __future__ import annotations
@@ -28,8 +40,9 @@ from pymodbus.framer import FramerType
 
 from agent.model import BAD, Sample
 from drivers.base import DeviceError, DeviceSpec
+from drivers.modbus.answer import WrongAnswer
 from drivers.modbus.options import ModbusRtuOptions
-from drivers.modbus.read import BlockReader, read_table
+from drivers.modbus.read import BlockReader, checked_client, read_table
 
 log = logging.getLogger("hazgate.rtu")
 
@@ -97,7 +110,9 @@ class SerialBus:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._idle_since = 0.0
-        self._rx = 0
+        self._rx = 0  # bytes seen since the request went out
+        self._heard_at = 0.0  # when bytes last arrived
+        self._quiet_until: dict[int, float] = {}  # unit -> not asked before then (its late answer)
         self.requests = 0
 
     @property
@@ -107,6 +122,7 @@ class SerialBus:
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self._rx += len(data)
+            self._heard_at = time.monotonic()
         return data
 
     @contextlib.asynccontextmanager
@@ -146,11 +162,11 @@ class SerialBus:
         s = self.settings
         problem = port_problem(self.port, s)
         if problem is None:
-            client = AsyncModbusSerialClient(
+            client = checked_client(AsyncModbusSerialClient(
                 self.port, framer=FramerType.RTU, baudrate=s["baudrate"], bytesize=s["bytesize"],
                 parity=s["parity"], stopbits=s["stopbits"], timeout=1.0, retries=0, reconnect_delay=0,
                 name=f"rtu:{self.port}", trace_packet=self._trace,
-            )
+            ))
             if await client.connect():
                 self.client = client
                 self._backoff, self.last_error, self._logged = 0.0, "", None
@@ -176,11 +192,14 @@ class SerialBus:
     async def request(self, unit: int, table: str, start: int, count: int, answer_within: float,
                       low: bool = False):
         """One read request of `unit`; raises ModbusIOException (no answer), GarbledAnswer,
-        PortUnavailable or ConnectionException like the TCP transport would."""
+        WrongAnswer, PortUnavailable or ConnectionException like the TCP transport would."""
+        quiet = self._quiet_until.get(unit, 0.0) - time.monotonic()
+        if quiet > 0:
+            await asyncio.sleep(quiet)  # outside the turn: the other units use the line meanwhile
         async with self.turn(low):
             if not await self._open():
                 raise PortUnavailable(self.last_error)
-            wait = self._idle_since + self.pause - time.monotonic()
+            wait = max(self._idle_since, self._heard_at) + self.pause - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             c = self.client
@@ -190,10 +209,11 @@ class SerialBus:
             self.requests += 1
             try:
                 return await read_table(c, table, start, count, unit)
-            except ModbusIOException:
-                if self._rx:
-                    raise GarbledAnswer(f"garbled answer ({self._rx} bytes without a valid frame: "
-                                        "bad CRC or line noise)") from None
+            except (ModbusIOException, WrongAnswer) as exc:
+                self._quiet_until[unit] = time.monotonic() + answer_within
+                if self._rx and isinstance(exc, ModbusIOException):
+                    raise GarbledAnswer(f"garbled answer ({self._rx} bytes without a valid frame: bad "
+                                        "CRC, line noise or another unit's answer)") from None
                 raise
             except (ConnectionException, OSError) as exc:
                 self.last_error = f"serial port {self.port} failed: {exc}"
@@ -262,7 +282,7 @@ class ModbusRtuDriver:
         try:
             resp = await self._bus().request(self.device.options.unit, table, start, count, self.device.timeout,
                                              low=self._fails > 0)
-        except (ModbusIOException, GarbledAnswer) as exc:
+        except (ModbusIOException, GarbledAnswer, WrongAnswer) as exc:
             # a unit that missed its last poll, or has not answered since the start, gets no more
             # line time this poll once a request fails; one that answered last time tries every block
             if self._fails or (not self._answered and not self._ever_answered):

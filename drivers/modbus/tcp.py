@@ -1,4 +1,11 @@
-"""Modbus TCP driver (pymodbus async client), strictly read-only."""
+"""Modbus TCP driver (pymodbus async client), strictly read-only.
+
+The connection is kept only while it is in step: after a request that got no answer of its own
+(a timeout, or an answer `read_table` refuses) it is dropped, and the next request goes out on a
+fresh one. A late answer then has no connection to arrive on, so it cannot be taken for a later
+request, even when it comes under that request's transaction id, as a TCP-to-RTU gateway sends
+it after its own serial timeout.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,13 @@ import logging
 import time
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
 from agent.model import BAD, Sample
 from drivers.base import DeviceError, DeviceSpec
-from drivers.modbus.read import BlockReader, read_table
+from drivers.modbus.answer import WrongAnswer
+from drivers.modbus.read import BlockReader, checked_client, read_table
 
 log = logging.getLogger("hazgate.modbus")
 
@@ -22,10 +30,10 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 class ModbusTcpDriver:
     def __init__(self, device: DeviceSpec):
         self.device = device
-        self.client = AsyncModbusTcpClient(
+        self.client = checked_client(AsyncModbusTcpClient(
             device.options.host, port=int(device.options.port), timeout=device.timeout, retries=0,
             reconnect_delay=0, name=device.name,
-        )
+        ))
         self.reader = BlockReader(device, self._request)
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -79,8 +87,18 @@ class ModbusTcpDriver:
         return True
 
     async def _request(self, table: str, start: int, count: int):
-        """One read request; raises ModbusException/ConnectionException/TimeoutError."""
-        return await read_table(self.client, table, start, count, self.device.options.unit)
+        """One read request on a connection in step with the device; raises ModbusException,
+        TimeoutError, or ConnectionError when no fresh connection can be made."""
+        if not self.client.connected:  # dropped after a request without its answer
+            try:
+                await self._connect_once()
+            except DeviceError:
+                raise ConnectionError(self._last_error) from None
+        try:
+            return await read_table(self.client, table, start, count, self.device.options.unit)
+        except (ModbusIOException, TimeoutError, WrongAnswer):
+            self.client.close()  # its answer may still come: never on the connection of a later request
+            raise
 
     async def read(self) -> list[Sample]:
         if not await self._ensure_connected():
