@@ -8,7 +8,9 @@ import contextlib
 import gc
 import logging
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from agent import __version__
 from agent.common.clock import ClockWatch
@@ -30,6 +32,26 @@ log = logging.getLogger("hazgate.agent")
 STOP_TIMEOUT = 5.0
 MAINTENANCE_INTERVAL = 5.0
 UNKNOWN_AGE_S = 1e9
+RESTART_MIN, RESTART_MAX = 1.0, 60.0  # a core task that ended starts again after this, doubling
+RESTART_RESET = 60.0  # a run this long before it ended counts as healthy: the back-off starts over
+
+
+@dataclass
+class TaskRestarts:
+    """One core task that ended, as its supervisor tells it: how often, why, and (while it
+    waits to be started again) when it runs again."""
+
+    count: int = 0
+    error: str = ""
+    ended_at: float = 0.0  # wall clock of the last end
+    restart_at: float | None = None  # monotonic; None while the task runs
+
+    def ended(self, error: str, delay: float) -> None:
+        self.count += 1
+        self.error, self.ended_at, self.restart_at = error, time.time(), time.monotonic() + delay
+
+    def restarted(self) -> None:
+        self.restart_at = None
 
 
 class Agent:
@@ -46,7 +68,8 @@ class Agent:
         self.uplinks = [make_uplink(spec, ctx) for spec in cfg.uplinks]
         self.checks = self._check_stage(cfg)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
-        self.tasks: list[asyncio.Task] = []  # every task of the agent (the service watches them end)
+        self.tasks: list[asyncio.Task] = []  # every core task, each under _supervise (the service watches them)
+        self.restarts: dict[str, TaskRestarts] = {}  # by task name: core tasks that ended and were restarted
         self._background: set[asyncio.Task] = set()
         self.opened = asyncio.Event()  # the store is open and the points registered (READY=1)
 
@@ -146,7 +169,8 @@ class Agent:
             return
 
     async def _intake(self) -> None:
-        await self._open_store()
+        if not self.opened.is_set():  # a restarted writer finds the store open
+            await self._open_store()
         await self.writer.run()
 
     async def _maintain(self) -> None:
@@ -173,11 +197,11 @@ class Agent:
     async def start(self) -> None:
         for dev in self.cfg.devices:
             self._start_device(dev)
-        self.tasks.append(asyncio.create_task(self._intake(), name="writer"))
-        self.tasks.append(asyncio.create_task(self.checks.run(), name="checks"))
+        self._spawn("writer", self._intake)
+        self._spawn("checks", self.checks.run)
         for u in self.uplinks:
-            self.tasks.append(asyncio.create_task(u.run(), name=f"uplink:{u.name}"))
-        self.tasks.append(asyncio.create_task(self._maintain(), name="maintenance"))
+            self._spawn(f"uplink:{u.name}", u.run)
+        self._spawn("maintenance", self._maintain)
         # Start-up objects (config, points, libraries) live for good: keep the collector off
         # them, and let it run less often (bench: GC cost 3.3 -> 0.08 us per reading)
         gc.collect()
@@ -187,10 +211,42 @@ class Agent:
             "gateway": self.cfg.gateway_id, "devices": len(self.devices),
             "points": sum(len(d.points) for d in self.cfg.devices), "version": __version__}})
 
+    def _spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Start a core task under supervision."""
+        self.tasks.append(asyncio.create_task(self._supervise(name, run), name=name))
+
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a core task for good: each part catches what it expects, so an end is a bug or a
+        surprise (a file gone at run time). Log it and start the task again after a back-off
+        (1 s doubling to 60 s), reported meanwhile by /healthz. In place, not by systemd: a
+        restart of the service would stop polling and storing too, and a config that has since
+        become invalid (a deleted password file) would keep it stopped."""
+        delay = RESTART_MIN
+        while True:
+            began = time.monotonic()
+            failure: Exception | None = None
+            try:
+                await run()
+            except Exception as exc:
+                failure = exc
+            error = repr(failure)[:300] if failure else "returned"  # runs until cancelled: returning is an end too
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a cancel swallowed inside run(): honour it
+                raise asyncio.CancelledError
+            if time.monotonic() - began >= RESTART_RESET:
+                delay = RESTART_MIN
+            record = self.restarts.setdefault(name, TaskRestarts())
+            record.ended(error, delay)
+            log.error("task ended; restarting it", exc_info=failure, extra={"fields": {
+                "task": name, "error": error, "restart_in_s": delay, "restarts": record.count}})
+            await asyncio.sleep(delay)
+            record.restarted()
+            delay = min(RESTART_MAX, delay * 2)
+
     def _start_device(self, dev: DeviceSpec) -> None:
         task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock)
         self.devices.append(task)
-        self.tasks.append(asyncio.create_task(task.run(), name=f"device:{dev.name}"))
+        self._spawn(f"device:{dev.name}", task.run)
 
     async def _stop_device(self, name: str) -> None:
         """Stop polling one device: a poll in progress is abandoned, what it polled before stays."""
@@ -199,6 +255,7 @@ class Agent:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks = [t for t in self.tasks if t not in tasks]
+        self.restarts.pop(f"device:{name}", None)
         for d in [d for d in self.devices if d.device.name == name]:
             self.devices.remove(d)
             with contextlib.suppress(Exception):
@@ -243,7 +300,8 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.tasks = [t for t in self.tasks if t not in tasks]
         await old.flush()
-        self.tasks.append(asyncio.create_task(self.checks.run(), name="checks"))
+        self.restarts.pop("checks", None)  # a new stage, a new start
+        self._spawn("checks", self.checks.run)
 
     async def stop(self) -> None:
         devices = [t for t in self.tasks if t.get_name().startswith("device:")]

@@ -3,19 +3,18 @@ and line. Devices are read with what their protocol says of itself (drivers/regi
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from agent.common.clock import SOURCES, ClockConfig
+from agent.common.durations import quoted
 from agent.common.listen import parse_listen
 from agent.common.problems import ConfigError, Problems
 from agent.common.secrets import UPLINK_SECRET_KEYS, secret_file_problem
 from agent.config.gateway import GatewayConfig
 from agent.config.points import load_point_table
 from agent.config.rules import load_checks
-from agent.config.toml import TomlReader
+from agent.config.toml import TomlReader, load_toml
 from agent.config.uplinks import MQTT_KEYS, load_uplinks, parse_timezone
 from agent.model import Point
 from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
@@ -23,21 +22,23 @@ from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
 
-# --- key schemas: key -> (kind, required). Kinds: str, int, float, duration, path, enum:a|b, url:a|b
+# --- key schemas: key -> (kind, required); kinds and their ranges: agent/config/toml.py. Each
+# range is what the runtime honours: paho takes a keep-alive of at most 65535 s, ids and the
+# prefix are single topic levels, the store's age bound must stay a time it can compute.
 GATEWAY_KEYS = {
-    "id": ("str", True), "enterprise_code": ("str", True), "data_dir": ("path", True),
+    "id": ("level", True), "enterprise_code": ("level", True), "data_dir": ("path", True),
     "timezone": ("str", False),
 }
 UPLINK_KEYS = MQTT_KEYS  # `[uplink]`: the uplink named mqtt
 COMMON_DEVICE_KEYS = {
     "name": ("str", True), "protocol": ("enum:" + "|".join(PROTOCOLS), True),
-    "poll_interval": ("duration", True), "points": ("path", True), "timeout": ("duration", False),
-    "integrity_interval": ("duration", False),
+    "poll_interval": ("duration:10ms..1d", True), "points": ("path", True),
+    "timeout": ("duration:10ms..10m", False), "integrity_interval": ("duration:1s..1d", False),
 }
 CHECKS_KEYS = {"rules": ("path", False)}
-STORE_KEYS = {"max_size": ("size", False), "max_age": ("duration", False)}
+STORE_KEYS = {"max_size": ("size:1MiB..1TiB", False), "max_age": ("duration:10s..3650d", False)}
 CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
-              "step_threshold": ("duration", False)}
+              "step_threshold": ("duration:100ms..1h", False)}
 HEALTH_KEYS = {"listen": ("str", False)}
 TOP_KEYS = ("gateway", "uplink", "uplinks", "devices", "checks", "store", "clock", "health")
 
@@ -55,12 +56,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     except (OSError, UnicodeDecodeError) as exc:
         problems.add(shown, 1, "file", f"cannot read config: {exc}; valid: a UTF-8 TOML file")
         raise ConfigError(problems) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"at line (\d+)", str(exc))
-        problems.add(shown, int(m.group(1)) if m else 1, "toml", f"syntax error: {exc}")
-        raise ConfigError(problems) from None
+    data = load_toml(text, shown, problems)
+    if data is None:
+        raise ConfigError(problems)
     r = TomlReader(Path(shown), text, problems)
     for key in data:
         if key not in TOP_KEYS:
@@ -71,6 +69,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     up = r.section(data["uplink"], ("uplink",), UPLINK_KEYS) if "uplink" in data else {}
     if "uplink" not in data and "uplinks" not in data:
         r.err((), "uplink", "no uplink: the required section [uplink] (or [[uplinks]]) is missing")
+    if "keepalive" in up and not up["keepalive"].is_integer():
+        r.err(("uplink", "keepalive"), "uplink.keepalive", f"{up['keepalive']:g}s is not whole seconds; "
+              "valid: whole seconds from 1s to 65535s (the MQTT keep-alive is counted in seconds)")
     timezone = None
     if "timezone" in gw:
         try:
@@ -79,18 +80,17 @@ def load_config(path: str | Path) -> GatewayConfig:
             r.err(("gateway", "timezone"), "gateway.timezone", str(exc))
     listed = load_uplinks(r, data.get("uplinks"), r.base,
                           reserved={"mqtt": "the [uplink] table"} if "uplink" in data else None)
-    if up.get("batch_size") is not None and not 1 <= up["batch_size"] <= 10000:
-        r.err(("uplink", "batch_size"), "uplink.batch_size", f"{up['batch_size']} is out of range; valid: 1-10000")
     for key in ("ca_file", "cert_file", "key_file", "password_file"):
-        if up.get(key) is not None and not up[key].is_file():
-            r.err(("uplink", key), f"uplink.{key}", f"file {up[key]} does not exist")
-        elif up.get(key) is not None and key in UPLINK_SECRET_KEYS and (why := secret_file_problem(up[key])):
+        if up.get(key) is None:
+            continue
+        why = _not_a_file(up[key]) or (secret_file_problem(up[key]) if key in UPLINK_SECRET_KEYS else None)
+        if why:
             r.err(("uplink", key), f"uplink.{key}", why)
     if ("cert_file" in up) != ("key_file" in up):
         r.err(("uplink",), "uplink.key_file", "cert_file and key_file go together; give both or neither")
     checks = r.section(data.get("checks", {}), ("checks",), CHECKS_KEYS)
-    if checks.get("rules") is not None and not checks["rules"].is_file():
-        r.err(("checks", "rules"), "checks.rules", f"file {checks['rules']} does not exist")
+    if checks.get("rules") is not None and (why := _not_a_file(checks["rules"])):
+        r.err(("checks", "rules"), "checks.rules", why)
 
     st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
     ck = r.section(data.get("clock", {}), ("clock",), CLOCK_KEYS)
@@ -120,6 +120,16 @@ def load_config(path: str | Path) -> GatewayConfig:
         store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
         clock=ClockConfig(**ck), health_listen=listen,
     )
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` is no readable file (None: it is one); a folder we may not enter says so."""
+    try:
+        if path.is_file():
+            return None
+    except OSError as exc:
+        return f"cannot reach file {path}: {exc.strerror}; valid: a file the agent's user can read"
+    return f"file {path} does not exist"
 
 
 def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
@@ -170,12 +180,12 @@ def _check_options(r: TomlReader, loc: tuple, proto: ProtocolSpec, specific: dic
     before = len(r.problems)
     for key, (lo, hi) in proto.limits.items():
         if key in specific and not lo <= specific[key] <= hi:
-            r.err((*loc, key), f"devices.{key}", f"{specific[key]} is out of range; valid: {lo}-{hi}")
+            r.err((*loc, key), f"devices.{key}", f"{quoted(specific[key])} is out of range; valid: {lo}-{hi}")
     for key, msg in proto.check_options(specific):
         r.err((*loc, key), f"devices.{key}", msg)
     for key in proto.secret_keys:
         path = specific.get(key)
-        if isinstance(path, Path) and path.is_file() and (why := secret_file_problem(path)):
+        if isinstance(path, Path) and _not_a_file(path) is None and (why := secret_file_problem(path)):
             r.err((*loc, key), f"devices.{key}", why)
     missing = [k for k, (_kind, required) in proto.keys.items() if required and k not in specific]
     return len(r.problems) == before and not missing

@@ -21,6 +21,8 @@ COLUMNS = (
 )
 REQUIRED_COLUMNS = ("tag", "address", "type")
 ENCODINGS = ("utf-8-sig", "gbk")  # utf-8-sig reads plain UTF-8 too
+CSV_VALID = (f"cells of at most {csv.field_size_limit() // 1024} KiB, each opening quote closed "
+             "(an unclosed quote takes in the rest of the file)")
 TAG_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
@@ -65,6 +67,9 @@ def load_point_table(path: Path, protocol: ProtocolSpec, problems: Problems, sho
     except StopIteration:
         problems.add(shown, 1, "header", f"file is empty; the first row must name the columns, at least {', '.join(REQUIRED_COLUMNS)}")
         return []
+    except csv.Error as exc:
+        problems.add(shown, 1, "header", f"cannot be read as CSV: {exc}; valid: {CSV_VALID}")
+        return []
     header = [h.strip().lower() for h in header]
     for col in header:
         if col and col not in COLUMNS:
@@ -75,7 +80,15 @@ def load_point_table(path: Path, protocol: ProtocolSpec, problems: Problems, sho
     if any(col not in header for col in REQUIRED_COLUMNS):
         return []
     points: list[Point] = []
-    for row in rows:
+    while True:
+        start = rows.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # the rest of the file cannot be split into rows reliably
+            problems.add(shown, start, "row", f"cannot be read as CSV: {exc}; valid: {CSV_VALID}")
+            break
         line = rows.line_num
         if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
             continue

@@ -34,6 +34,9 @@ bypass_max = "8h"
 protects = [ { tag = "R101_TT01", trip_above = 180.0 } ]   # or trip_below
 ```
 
+Durations have ranges (DURATIONS): on_delay 0s to 1h, bypass_max, bypass_repeat and flatline
+1s to 365d, trip_window 10ms to 1h; numbers are finite.
+
 Gas setpoints are checked against GB/T 50493-2019 (`check_gas_setpoints`): combustible level 1
 (the point's `h`) at most 25 %LEL and level 2 (`hh`) at most 50 %LEL; toxic level 1 at most
 100 % and level 2 at most 200 % of the OEL (when the rules give it); oxygen low alarm (`l`) not
@@ -43,16 +46,12 @@ below 19.5 %VOL and high alarm (`h`) not above 23.5 %VOL.
 from __future__ import annotations
 
 import difflib
-import math
-import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from agent.common.durations import VALID as DURATION_VALID
-from agent.common.durations import parse_duration
+from agent.common.durations import parse_duration_between, quoted
 from agent.common.problems import Problems
-from agent.config.toml import LineIndex
+from agent.config.toml import LineIndex, finite, load_toml
 from agent.model import Point
 from agent.pipeline.checks.rules import (
     GAS_KINDS,
@@ -77,6 +76,10 @@ DETECTOR_KEYS = ("tag", "gas", "oel", "fault", "flatline", "flatline_band")
 INTERLOCK_KEYS = ("id", "name", "hazard_source", "bypass", "in_service", "tripped",
                   "bypass_max", "bypass_repeat", "protects")
 PROTECT_KEYS = ("tag", "trip_above", "trip_below")
+# durations, by key, from-to: finite (events carry them as JSON numbers), and no alarm held back
+# or bypass escalation put off beyond what still means something
+DURATIONS = {"on_delay": ("0s", "1h"), "bypass_max": ("1s", "365d"), "bypass_repeat": ("1s", "365d"),
+             "flatline": ("1s", "365d"), "trip_window": ("10ms", "1h")}
 
 
 
@@ -151,23 +154,20 @@ class _RulesReader:
         return raw
 
     # typed values; each returns None (and reports) when the value is unusable
-    def duration(self, value: Any, line: int, key: str, zero_ok: bool = False, off_ok: bool = False) -> float | None:
+    def duration(self, value: Any, line: int, key: str, off_ok: bool = False) -> float | None:
+        """A duration in the range DURATIONS gives for the key (`alarms.on_delay`: on_delay)."""
         if off_ok and value == "off":
             return 0.0
         try:
-            seconds = parse_duration(value)
+            return parse_duration_between(value, *DURATIONS[key.rsplit(".", 1)[-1]])
         except ValueError as exc:
             extra = ' or "off"' if off_ok else ""
             self.err(line, key, f"{exc}{extra}")
             return None
-        if seconds <= 0 and not zero_ok:
-            self.err(line, key, f"{value!r} must be longer than zero; valid: {DURATION_VALID}")
-            return None
-        return seconds
 
     def number(self, value: Any, line: int, key: str, minimum: float | None = None, positive: bool = False) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            self.err(line, key, f"{value!r} is not a number; valid: a decimal number such as 12.5 (no quotes)")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not finite(value):
+            self.err(line, key, f"{quoted(value)} is not a number; valid: a decimal number such as 12.5 (no quotes)")
             return None
         if positive and value <= 0:
             self.err(line, key, f"{value!r} must be above zero; valid: a positive number")
@@ -249,11 +249,8 @@ def load_rules(path: Path, points: list[Point], problems: Problems, shown: str) 
     except (OSError, UnicodeDecodeError) as exc:
         problems.add(shown, 1, "file", f"cannot read rules: {exc}; valid: a UTF-8 TOML file")
         return rules
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"at line (\d+)", str(exc))
-        problems.add(shown, int(m.group(1)) if m else 1, "toml", f"syntax error: {exc}")
+    data = load_toml(text, shown, problems)
+    if data is None:
         return rules
     found = Problems()
     r = _RulesReader(shown, text, found, {p.tag: p for p in points})
@@ -273,10 +270,8 @@ def _load_defaults(r: _RulesReader, raw: Any, d: Defaults) -> None:
     if not data:
         return
     ln = lambda k: r.line("defaults", k)  # noqa: E731
-    for key, zero_ok, off_ok in (("on_delay", True, False), ("bypass_max", False, False),
-                                 ("bypass_repeat", False, False), ("flatline", False, True),
-                                 ("trip_window", False, False)):
-        if key in data and (v := r.duration(data[key], ln(key), f"defaults.{key}", zero_ok, off_ok)) is not None:
+    for key in ("on_delay", "bypass_max", "bypass_repeat", "flatline", "trip_window"):
+        if key in data and (v := r.duration(data[key], ln(key), f"defaults.{key}", key == "flatline")) is not None:
             setattr(d, key, v)
     if "flatline_band" in data and (v := r.number(data["flatline_band"], ln("flatline_band"), "defaults.flatline_band", 0.0)) is not None:
         d.flatline_band = v
@@ -306,7 +301,7 @@ def _load_alarms(r: _RulesReader, data: dict, rules: Rules) -> None:
             continue
         s = AlarmSetting(tag, head)
         if "on_delay" in item:
-            s.on_delay = r.duration(item["on_delay"], r.line(*loc, "on_delay"), "alarms.on_delay", zero_ok=True)
+            s.on_delay = r.duration(item["on_delay"], r.line(*loc, "on_delay"), "alarms.on_delay")
         if "deadband" in item:
             s.deadband = r.number(item["deadband"], r.line(*loc, "deadband"), "alarms.deadband", minimum=0.0)
         rules.alarms[tag] = s
@@ -465,7 +460,7 @@ def load_checks(path: Path | None, points: list[Point], problems: Problems) -> R
     gas setpoints checked either way. Called by config loading with the gateway's points."""
     rules = Rules()
     shown = ""
-    if path is not None and path.is_file():
+    if path is not None and _is_file(path):
         try:
             shown = str(path.relative_to(Path.cwd()))
         except ValueError:
@@ -473,3 +468,10 @@ def load_checks(path: Path | None, points: list[Point], problems: Problems) -> R
         rules = load_rules(path, points, problems, shown)
     check_gas_setpoints(points, rules, problems, shown)
     return rules
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a folder we may not enter: the config loader says so at [checks] rules
+        return False

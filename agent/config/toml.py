@@ -1,19 +1,103 @@
 """Reading the technician's TOML: which line each key is on, and one table at a time checked
-against a schema of key kinds, every problem as `file:line: key: what is wrong; valid: ...`."""
+against a schema of key kinds, every problem as `file:line: key: what is wrong; valid: ...`.
+
+Kinds: `str`, `level` (one MQTT topic level), `int`, `float`, `duration`, `size`, `path`,
+`enum:a|b`, `url:a|b`. `int`, `duration` and `size` take the range the runtime honours after a
+colon, written as values of the kind: `int:1..10000`, `duration:1s..65535s`, `size:1MiB..1TiB`;
+a `duration` or `size` without one gets DEFAULT_DURATION or DEFAULT_SIZE. Nothing that passes
+is infinite, absurdly long or unusable where it goes (a socket, a file name, a topic).
+"""
 
 from __future__ import annotations
 
+import math
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from agent.common.durations import parse_duration
+from agent.common.durations import parse_duration_between, quoted
 from agent.common.problems import Problems
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)$")
-_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
-MIN_STORE_BYTES = 1 << 20
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+DEFAULT_DURATION = "1ms..1d"  # a duration key that names no range of its own (a protocol's)
+DEFAULT_SIZE = "1MiB..1TiB"
+MAX_TEXT = 1024  # characters of a text value: host names, user names, URIs
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LEVEL = re.compile(r"^[^\s+#/$\x00-\x1f\x7f][^\s+#/\x00-\x1f\x7f]{0,63}$")
+LEVEL_VALID = "1-64 characters without '+', '#', '/', spaces or control characters, not starting with '$'"
+PATH_MAX, NAME_MAX = 4095, 255  # bytes: Linux limits of a path and of one of its names
+MAX_NESTING = 20  # arrays and inline tables inside each other; no config key needs more than 2
+
+
+def load_toml(text: str, shown_file: str, problems: Problems) -> dict[str, Any] | None:
+    """Parse TOML text; None (with one `file:line: key: ...` problem) when it cannot be read,
+    whether a syntax error, a number too long to convert or nesting too deep for the parser."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"at line (\d+)", str(exc))
+        problems.add(shown_file, int(m.group(1)) if m else 1, "toml", f"syntax error: {exc}")
+        return None
+    except ValueError as exc:  # an integer of more digits than Python converts (tomllib lets it through)
+        line, digits = _longest_digits(text)
+        why = (f"a number of {digits} digits; valid: an integer of at most 19 digits" if "digits" in str(exc)
+               else f"{exc}; valid: TOML")
+    except RecursionError:
+        line = _too_deep(text)
+        why = f"arrays or tables nested more than {MAX_NESTING} deep; valid: the nesting its key takes (at most 2)"
+    problems.add(shown_file, line, _key_on(text, line), f"cannot be read at line {line}, {why}")
+    return None
+
+
+def _key_on(text: str, line: int) -> str:
+    """The dotted key written on `line` (as problems name keys), else `toml`."""
+    paths = [path for path, at in LineIndex(text).lines.items() if at == line]
+    names = [".".join(x for x in path if isinstance(x, str)) for path in paths]
+    return max(names, key=len) if names else "toml"
+
+
+def _longest_digits(text: str) -> tuple[int, int]:
+    """(line, length) of the longest run of digits: where an oversized number is written."""
+    best = max(re.finditer(r"\d+", text), key=lambda m: len(m.group()), default=None)
+    if best is None:
+        return 1, 0
+    return text.count("\n", 0, best.start()) + 1, len(best.group())
+
+
+def _too_deep(text: str) -> int:
+    """The line where brackets outside strings and comments first nest deeper than MAX_NESTING."""
+    depth, quote, line = 0, "", 1
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+            if quote in ('"', "'"):
+                quote = ""  # a one-line string ends with its line (TOML: an error anyway)
+        elif quote:
+            if ch == "\\" and quote in ('"', '"""') and text[i + 1:i + 2] != "\n":
+                i += 1  # an escaped character, never a closing quote
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = (end if end >= 0 else len(text)) - 1
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        elif ch in "]}":
+            depth -= 1
+        i += 1
+    return 1
 
 
 class LineIndex:
@@ -92,53 +176,81 @@ class TomlReader:
         return out
 
     def convert(self, kind: str, value: Any) -> Any:
+        kind, _, bounds = kind.partition(":")
         if kind == "str":
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{value!r} is not a non-empty string")
+                raise ValueError(f"{quoted(value)} is not a non-empty string")
+            if len(value) > MAX_TEXT or _CONTROL.search(value):
+                raise ValueError(f"{quoted(value)}: valid: text of at most {MAX_TEXT} characters without "
+                                 "control characters (tabs, line breaks, NUL)")
+            return value
+        if kind == "level":
+            if not isinstance(value, str) or not _LEVEL.match(value):
+                raise ValueError(f"{quoted(value)} cannot be one level of an MQTT topic; valid: {LEVEL_VALID}")
             return value
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{value!r} is not a whole number")
+                raise ValueError(f"{quoted(value)} is not a whole number")
+            low, _, high = bounds.partition("..")
+            if bounds and not int(low) <= value <= int(high):
+                raise ValueError(f"{quoted(value)} is out of range; valid: {low}-{high}")
             return value
         if kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"{value!r} is not true or false")
             return value
         if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-                raise ValueError(f"{value!r} is not a number; valid: a number such as 0.5")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not finite(value):
+                raise ValueError(f"{quoted(value)} is not a number; valid: a finite number such as 0.5")
             return float(value)
         if kind == "duration":
-            seconds = parse_duration(value)
-            if seconds <= 0:
-                raise ValueError(f"{value!r} must be longer than zero")
-            return seconds
+            return parse_duration_between(value, *(bounds or DEFAULT_DURATION).split(".."))
         if kind == "size":
-            m = _SIZE.match(value.strip()) if isinstance(value, str) else None
-            if not m:
-                raise ValueError(f"{value!r} is not a size; valid: a number with a unit, e.g. \"500MB\", \"2GiB\"")
-            size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-            if size < MIN_STORE_BYTES:
-                raise ValueError(f"{value!r} is too small; valid: at least 1MiB")
-            return size
+            low, high = (bounds or DEFAULT_SIZE).split("..")
+            size = _bytes(value)
+            if not _bytes(low) <= size <= _bytes(high):  # inf (400 digits) too
+                raise ValueError(f"{quoted(value)} is out of range; valid: {low} to {high}")
+            return int(size)
         if kind == "path":
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{value!r} is not a path string")
-            return (self.base / value).resolve() if not Path(value).is_absolute() else Path(value)
-        if kind.startswith("enum:"):
-            choices = kind[5:].split("|")
+                raise ValueError(f"{quoted(value)} is not a path string")
+            path = Path(value) if Path(value).is_absolute() else self.base / value
+            if _CONTROL.search(value) or len(bytes(path)) > PATH_MAX or \
+                    any(len(part.encode()) > NAME_MAX for part in path.parts):
+                raise ValueError(f"{quoted(value)} cannot be a file name here; valid: a path of at most "
+                                 f"{PATH_MAX} bytes, {NAME_MAX} per name, without control characters")
+            return path.resolve() if not Path(value).is_absolute() else path
+        if kind == "enum":
+            choices = bounds.split("|")
             if value not in choices:
-                raise ValueError(f"{value!r} is not valid; valid: {', '.join(choices)}")
+                raise ValueError(f"{quoted(value)} is not valid; valid: {', '.join(choices)}")
             return value
-        if kind.startswith("url:"):
-            schemes = kind[4:].split("|")
-            parsed = urlparse(value) if isinstance(value, str) else None
-            if parsed is None or parsed.scheme not in schemes or not parsed.hostname:
-                examples = ", ".join(f"{s}://host:port" for s in schemes)
-                raise ValueError(f"{value!r} is not a valid address; valid: {examples}")
+        if kind == "url":
+            schemes = bounds.split("|")
+            examples = ", ".join(f"{s}://host:port" for s in schemes)
             try:
+                parsed = urlparse(value) if isinstance(value, str) and not _CONTROL.search(value) else None
+                if parsed is None or parsed.scheme not in schemes or not parsed.hostname:
+                    raise ValueError("no scheme or host")
                 parsed.port  # noqa: B018 - raises on a bad port
             except ValueError as exc:
-                raise ValueError(f"{value!r}: {exc}") from None
+                why = "" if str(exc) == "no scheme or host" else f" ({exc})"
+                raise ValueError(f"{quoted(value)} is not a valid address{why}; valid: {examples}") from None
             return value
         raise AssertionError(kind)
+
+
+def finite(value: int | float) -> bool:
+    """A number that is not NaN, not infinite and not an int beyond any float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def _bytes(value: Any) -> float:
+    """Bytes a size stands for, as written (may be infinite: the caller bounds it)."""
+    m = _SIZE.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{quoted(value)} is not a size; valid: a number with a unit, e.g. \"500MB\", \"2GiB\"")
+    return float(m.group(1)) * _SIZE_UNITS[m.group(2)]

@@ -52,10 +52,10 @@ PLATFORM_KEYS = {
     "ca_file": ("path", False),
 }
 MQTT_KEYS = {  # `[uplink]`'s keys
-    "broker": ("url:mqtt|mqtts", True), "topic_prefix": ("str", False), "ca_file": ("path", False),
+    "broker": ("url:mqtt|mqtts", True), "topic_prefix": ("level", False), "ca_file": ("path", False),
     "cert_file": ("path", False), "key_file": ("path", False), "username": ("str", False),
-    "password_file": ("path", False), "publish_interval": ("duration", False),
-    "batch_size": ("int", False), "keepalive": ("duration", False),
+    "password_file": ("path", False), "publish_interval": ("duration:50ms..1h", False),
+    "batch_size": ("int:1..10000", False), "keepalive": ("duration:1s..65535s", False),
 }
 KEYS = {
     "http": {**COMMON_KEYS, **PLATFORM_KEYS, "url": ("url:http|https", True), "headers": ("table", False)},

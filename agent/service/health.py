@@ -14,7 +14,10 @@ last looked:
   /proc/self/task/<tid>): a long eviction or a slow SD card is busy, not hung. A disk whose
   writes never complete (hung storage, a frozen file system) leaves the thread in
   uninterruptible sleep with nothing moving: that is hung;
-- the core tasks (writer, checks, uplink, maintenance, devices) must not have ended;
+- the core tasks (writer, checks, uplink, maintenance, devices) must not have ended. Each runs
+  under a supervisor (agent/app.py) that starts it again with back-off when it ends, which
+  /healthz reports as a problem while it waits (a task restarting is handled inside the agent,
+  not stuck); only a task whose supervisor itself ended is stuck here;
 - and the event loop must run at all, or nothing here is evaluated.
 
 The watchdog ping is sent only while nothing is stuck, so a hung agent is restarted by systemd
@@ -26,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import resource
+import socket
 import sqlite3
 import threading
 import time
@@ -77,13 +82,22 @@ class Progress:
         self.ages: dict[str, float] = {}
         self.problems: list[str] = []
 
+    def _restarting(self, task: str) -> bool:
+        """The core task waits to be started again: no progress by design, /healthz reports it."""
+        r = self.agent.restarts.get(task)
+        return r is not None and r.restart_at is not None
+
     def device_allowance(self, dev: Any) -> float:
+        if self._restarting(f"device:{dev.name}"):
+            return math.inf
         on_bus = 1
         if dev.bus is not None:  # units answer one after another on a shared line
             on_bus = sum(1 for d in self.agent.cfg.devices if d.bus == dev.bus)
         return max(self.stale_after, 3 * dev.poll_interval + 4 * dev.timeout * max(1, on_bus) + 5)
 
     def uplink_allowance(self, uplink: Any) -> float:
+        if self._restarting(f"uplink:{uplink.name}"):
+            return math.inf
         return self.stale_after + uplink.progress_allowance()
 
     def _probe_done(self, fut: asyncio.Future) -> None:
@@ -284,31 +298,80 @@ class Exposition:
 # --- the HTTP endpoint --------------------------------------------------------------------
 Route = Callable[[], Awaitable[tuple[int, str, bytes]]]
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+MAX_CONNECTIONS = 16  # at once; a scrape takes milliseconds, so more means a stuck or hostile client
+READ_TIMEOUT = 3.0  # seconds a connection has to send its request line and headers
+WRITE_TIMEOUT = 5.0
 
 
 class HealthServer:
-    """A minimal HTTP/1.1 server (one request per connection) for loopback scrapes."""
+    """A minimal HTTP/1.1 server (one request per connection) for loopback scrapes.
+
+    Bounded, so that idle or slow clients cannot take the file descriptors the store and the
+    devices need: it accepts a connection only while fewer than MAX_CONNECTIONS are open (the
+    kernel's listen queue, as long again, holds the next; beyond it a client waits for its SYN
+    to be answered), and closes one that has not sent its request within READ_TIMEOUT."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Route]):
         self.host, self.port, self.routes = host, port, routes
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=8192,
-                                                  reuse_address=True)
+        """Listen; raises OSError (the port is taken, the address is not on this box)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._sock = socket.create_server((self.host, self.port), family=family, backlog=MAX_CONNECTIONS)
+        self._sock.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._sock), name="health-accept")
         log.info("health endpoint listening", extra={"fields": {"listen": f"{self.host}:{self.port}"}})
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
+        if self._accepting is None or self._sock is None:
+            return
+        tasks = [self._accepting, *self._connections]
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=2.0)
+        self._sock.close()
+        self._accepting = self._sock = None
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors (EMFILE) and the like: the agent goes first
+                self._slots.release()
+                if not failing:
+                    log.warning("health endpoint cannot accept; retrying every second",
+                                extra={"fields": {"error": str(exc)}})
+                failing = True
+                await asyncio.sleep(1.0)
+                continue
+            failing = False
+            task = loop.create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connection_done)
+
+    def _connection_done(self, task: asyncio.Task) -> None:
+        self._connections.discard(task)
+        self._slots.release()
+
+    async def _connection(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=8192)
+        except OSError:
+            conn.close()
+            return
+        await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                 return
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -328,12 +391,15 @@ class HealthServer:
             head_out = (f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\nContent-Type: {ctype}\r\n"
                         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
             writer.write(head_out.encode() + (b"" if method == "HEAD" else body))
-            await asyncio.wait_for(writer.drain(), 5.0)
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
         except (ConnectionError, TimeoutError):
             pass
         except Exception:  # never let a scrape take the agent down
             log.exception("health request failed")
         finally:
-            writer.close()
+            if writer.transport.get_write_buffer_size():  # a client that does not read: do not wait for it
+                writer.transport.abort()
+            else:
+                writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)

@@ -30,6 +30,7 @@ from agent.app import Agent
 from agent.common.listen import is_loopback
 from agent.common.memory import limit_malloc_arenas
 from agent.common.problems import ConfigError
+from agent.common.running import mark_running, mark_stopped
 from agent.common.secrets import CertInfo, check_certificates
 from agent.config.gateway import GatewayConfig
 from agent.config.loader import load_config
@@ -50,6 +51,7 @@ STATUS_EVERY = 30.0  # a STATUS line at least this often, and whenever it change
 CERT_CHECK_EVERY = 12 * 3600.0
 STOP_WAIT_FOR_RELOAD = 10.0
 UPLINK_DOWN_PROBLEM = 60.0  # seconds the uplink may be down before /healthz reports it
+RESTART_WARNING = 3600.0  # seconds /healthz still warns of a core task that was restarted
 
 
 # --- reload planning -----------------------------------------------------------------------
@@ -128,6 +130,11 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:  # before the store: `hazgate status` tells a running agent by it while the disk is full
+            mark_running(self.cfg.data_dir)
+        except OSError as exc:
+            log.warning("cannot write the pid file; hazgate status goes by the heartbeat alone",
+                        extra={"fields": {"data_dir": str(self.cfg.data_dir), "error": str(exc)}})
         await self.agent.start()
         self.certs = check_certificates(self.cfg.client_certificates())
         await self._start_health(self.cfg)
@@ -148,6 +155,8 @@ class Service:
                 await self.health.close()
             await self.stats.close()
             self.notifier.close()
+            with contextlib.suppress(OSError):
+                mark_stopped(self.cfg.data_dir)
         return 0
 
     async def _supervise(self) -> None:
@@ -201,7 +210,11 @@ class Service:
     def _status_key(self) -> tuple:
         agent = self.agent
         return (tuple(d.link for d in agent.devices), tuple(u.stats.state for u in agent.uplinks), tuple(self.stuck),
-                agent.store_error is None, self.last_reload_ok)
+                agent.store_error is None, self.last_reload_ok, tuple(self.restarting()))
+
+    def restarting(self) -> list[str]:
+        """Core tasks that ended and wait to be started again (agent/app.py supervises them)."""
+        return sorted(name for name, r in self.agent.restarts.items() if r.restart_at is not None)
 
     def status_line(self) -> str:
         agent = self.agent
@@ -210,6 +223,8 @@ class Service:
         parts = []
         if self.stuck:
             parts.append("STUCK: " + "; ".join(self.stuck))
+        if restarting := self.restarting():
+            parts.append("restarting: " + ", ".join(restarting))
         parts.append(f"{up}/{len(devs)} devices up")
         for u in agent.uplinks:
             up = u.stats
@@ -317,6 +332,12 @@ class Service:
         if not self.ready:
             problems.append("starting: the store is not open yet")
         problems += [f"stuck: {s}" for s in self.stuck]
+        for name, r in sorted(agent.restarts.items()):
+            if r.restart_at is not None:
+                problems.append(f"task {name} ended ({r.error}); restarting it in "
+                                f"{max(0.0, r.restart_at - now):.0f}s (restart {r.count})")
+            elif time.time() - r.ended_at < RESTART_WARNING:
+                warnings.append(f"task {name} was restarted {r.count} time(s), last after: {r.error}")
         if agent.store_error:
             problems.append(f"store refuses writes: {agent.store_error}")
         if agent.writer.held_dropped:
@@ -443,6 +464,8 @@ class Service:
             e.family("hazgate_active_bypasses", "gauge", "Interlocks bypassed now.", kinds.get("interlock_bypass", 0))
         e.family("hazgate_check_errors_total", "counter", "Checks that failed with an error.",
                  agent.checks.errors)
+        e.family("hazgate_task_restarts_total", "counter", "Times a core task ended (it is started again after a back-off).",
+                 [({"task": name}, r.count) for name, r in sorted(agent.restarts.items())])
         e.family("hazgate_clock_synchronized", "gauge", "1 while the system clock is synchronized.",
                  int(agent.clock.synchronized))
         e.family("hazgate_config_reloads_total", "counter", "Config reloads (SIGHUP), by result.",

@@ -1,16 +1,22 @@
 """`hazgate status`: device links, buffer, uplink and active conditions, from the store,
-whether or not the agent runs."""
+whether or not the agent runs. Running means a heartbeat in the store from the last 15 s, or,
+when the store cannot take one (a full disk), the agent's pid file (agent/common/running.py)
+naming a live process."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 import time
+from pathlib import Path
 
+from agent.common.running import running_pid
 from agent.config.gateway import GatewayConfig
 from agent.tools.store_view import age_text, open_store
 
 HEARTBEAT_STALE_MS = 15_000
+FULL_BYTES = 1 << 20  # less free space than this for the agent's user: the disk is full
 
 
 def status(cfg: GatewayConfig) -> int:
@@ -28,10 +34,13 @@ def status(cfg: GatewayConfig) -> int:
     finally:
         store.close()
     beat = state.get("heartbeat")
-    running = beat is not None and time.time() * 1000 - beat < HEARTBEAT_STALE_MS
+    fresh = beat is not None and time.time() * 1000 - beat < HEARTBEAT_STALE_MS
+    pid = None if fresh else running_pid(cfg.data_dir)
+    running = fresh or pid is not None
+    agent = "running" if fresh else "not running" if pid is None else f"running ({_no_heartbeat(cfg.data_dir)}; pid {pid})"
+    as_of = "" if fresh else " (at its last heartbeat)" if running else " (when the agent last ran)"
     print(f"gateway {cfg.gateway_id} ({cfg.path})")
-    print(f"agent:   {'running' if running else 'not running'}; started {age_text(state.get('started_at'))}; "
-          f"last heartbeat {age_text(beat)}")
+    print(f"agent:   {agent}; started {age_text(state.get('started_at'))}; last heartbeat {age_text(beat)}")
     synced = state.get("clock_synchronized")
     clock = "unknown" if synced is None else ("synchronized" if synced else
                                                 "NOT synchronized: readings are marked uncertain")
@@ -55,17 +64,28 @@ def status(cfg: GatewayConfig) -> int:
     print("devices:")
     for dev in cfg.devices:
         link, reason, last_good = known.get(dev.name, ("unknown", None, None))
-        if not running:
-            link = f"{link} (when the agent last ran)"
         extra = f" ({reason})" if reason else ""
-        print(f"  {dev.name:<20} {link}{extra}; last good read {age_text(last_good)}")
-    _print_active(active, running)
+        print(f"  {dev.name:<20} {link}{as_of}{extra}; last good read {age_text(last_good)}")
+    _print_active(active, as_of)
     return 0
 
 
-def _print_active(active: list[tuple[str, str, str, int, dict]], running: bool) -> None:
+def _no_heartbeat(data_dir: Path) -> str:
+    """Why a running agent writes no heartbeat, as far as the file system tells."""
+    try:
+        fs = os.statvfs(data_dir)
+    except OSError as exc:
+        return f"store not writable: {data_dir}: {exc.strerror}"
+    if fs.f_flag & os.ST_RDONLY:
+        return f"store not writable: the file system of {data_dir} is read-only"
+    free = fs.f_bavail * fs.f_frsize
+    if free < FULL_BYTES:
+        return f"store not writable: the disk of {data_dir} is full ({free} bytes free)"
+    return "no heartbeat in the store: it is starting, or its store refuses writes (see the journal)"
+
+
+def _print_active(active: list[tuple[str, str, str, int, dict]], note: str) -> None:
     """Active alarms, bypasses and interlock conditions (agent/checks), oldest first, with age."""
-    note = "" if running else " (when the agent last ran)"
     bypasses = sum(1 for _, kind, *_ in active if kind == "interlock_bypass")
     print(f"active:  {len(active)} alarms and conditions, {bypasses} bypasses{note}")
     for _key, kind, subject, start, data in active:
