@@ -20,9 +20,15 @@ demo: $(STAMP)
 	$(BIN)/hazgate demo
 
 test: $(STAMP)
+	@missing=""; for c in mosquitto socat faketime; do \
+	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing the test peers:$$missing"; \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y$$missing; } >/dev/null; \
+	  else echo "the tests need$$missing: run 'sudo apt-get install -y$$missing', then make test again"; exit 2; fi; fi
 	$(BIN)/ruff check agent drivers tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3  # mostly waiting on peers: three workers on two cores
 
 # quick mode, a few minutes; `make bench BENCH="--full"` for the issue's durations,
 # BENCH="--profile" to see where the agent's time goes (py-spy), `python -m bench -h` for more

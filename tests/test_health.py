@@ -164,7 +164,7 @@ def test_metrics_scraped_and_parsed_as_prometheus_text(broker, procs, tmp_path: 
         assert 0 <= value(ref, "hazgate_oldest_unsent_age_seconds") < 10
         assert value(ref, "hazgate_uplink_last_ack_seq") > 0
         assert value(ref, "hazgate_active_alarms") == 0 and value(ref, "hazgate_active_bypasses") == 0
-        expiry = value(ref, "hazgate_certificate_expiry_timestamp_seconds", use="uplink")
+        expiry = value(ref, "hazgate_certificate_expiry_timestamp_seconds", use="uplink:mqtt")
         assert 9 * 86400 < expiry - time.time() < 11 * 86400
         assert value(ref, "process_resident_memory_bytes") > 10e6 and value(ref, "process_cpu_seconds") > 0
         assert abs(value(ref, "process_start_time_seconds") - time.time()) < 120
