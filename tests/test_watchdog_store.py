@@ -31,6 +31,7 @@ class StandIn:
         self.store = store
         self.devices: list = []
         self.tasks: list[asyncio.Task] = []
+        self.restarts: dict = {}  # no core task waits for a restart
         self.cfg = SimpleNamespace(devices=[])
         self.uplinks = [SimpleNamespace(name="mqtt", stats=UplinkStats(), progress_allowance=lambda: 0.0)]
 
