@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -125,6 +125,16 @@ class PlatformUplink:
             return self.spec.delivery.interval + self.spec.delivery.timeout
         return self.drain.connector.connect_allowance + self.pacing.delay
 
+
+
+async def guarded(work: Awaitable[None], uplink: str, lost: asyncio.Event) -> None:
+    """A link's worker: a bug must not leave the link hanging; log it and end the link (the
+    drain connects again)."""
+    try:
+        await work
+    except Exception:
+        log.exception("uplink link failed", extra={"fields": {"uplink": uplink}})
+        lost.set()
 
 
 def client_tls(ca_file: Path | None) -> ssl.SSLContext:

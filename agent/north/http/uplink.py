@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import tzinfo
 from urllib.parse import urlparse
 
@@ -25,7 +25,7 @@ from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
 from agent.north.base import ConnectFailed, UplinkContext
 from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, client_tls, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -52,7 +52,7 @@ class HttpLink:
         self._queue: deque[tuple[int, str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._worker = asyncio.ensure_future(self._guarded(self._work()))
+        self._worker = asyncio.ensure_future(guarded(self._work(), self.spec.name, self.lost))
         self._closing: asyncio.Future | None = None
 
     def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
@@ -64,15 +64,6 @@ class HttpLink:
 
     def opened(self) -> None:
         """No session message: the platform sees only numbered messages."""
-
-    async def _guarded(self, work: Awaitable[None]) -> None:
-        """A bug must not leave the link hanging: log it and end the link (the drain
-        connects again)."""
-        try:
-            await work
-        except Exception:
-            log.exception("uplink link failed", extra={"fields": {"uplink": self.spec.name}})
-            self.lost.set()
 
     async def _work(self) -> None:
         while not self.lost.is_set():

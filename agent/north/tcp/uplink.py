@@ -22,7 +22,7 @@ from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
 from agent.north.base import ConnectFailed, UplinkContext
 from agent.north.drain import BACKOFF_MAX
 from agent.north.framing import Deframer, FrameTooLarge, FramingError, frame
-from agent.north.platform import Pacing, PlatformUplink, client_tls, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
 from agent.north.tcp.spec import TcpSpec
 
 log = logging.getLogger("hazgate.uplink")
@@ -81,9 +81,9 @@ class TcpLink:
         self._loop = asyncio.get_running_loop()
         self._waiting = False  # persistent: a frame is out and its reply not yet taken
         self._replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-        self._tasks = [asyncio.ensure_future(self._guarded(self._work()))]
+        self._tasks = [asyncio.ensure_future(guarded(self._work(), self.spec.name, self.lost))]
         if stream is not None:
-            self._tasks.append(asyncio.ensure_future(self._guarded(self._read(stream))))
+            self._tasks.append(asyncio.ensure_future(guarded(self._read(stream), self.spec.name, self.lost)))
 
     def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
         if self.lost.is_set():
@@ -118,15 +118,6 @@ class TcpLink:
                 self._replies.put_nowait(exc)
             else:
                 self._lose(f"{self.spec.host}:{self.spec.port}: {why(exc)}")
-
-    async def _guarded(self, work: Awaitable[None]) -> None:
-        """A bug must not leave the link hanging: log it and end the link (the drain
-        connects again)."""
-        try:
-            await work
-        except Exception:
-            log.exception("uplink link failed", extra={"fields": {"uplink": self.spec.name}})
-            self.lost.set()
 
     async def _work(self) -> None:
         while not self.lost.is_set():
