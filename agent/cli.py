@@ -23,6 +23,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     points = sum(len(d.points) for d in cfg.devices)
     print(f"{args.config}: valid: {len(cfg.devices)} devices, {points} points")
+    for warning in cfg.warnings:  # each `file:line: key: warning: ...`; they leave the config valid
+        print(warning)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.common.clock import ClockConfig
+from agent.common.problems import Problem
 from agent.model import Point
 from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.pipeline.checks.rules import Rules
@@ -30,6 +31,7 @@ class GatewayConfig:
     health_listen: tuple[str, int] | None = None  # [health] listen; None: no health endpoint
     rules: Rules = field(default_factory=Rules)  # interlocks, detector and alarm settings
     timezone: tzinfo | None = None  # `[gateway] timezone` (None: the system's)
+    warnings: list[Problem] = field(default_factory=list)  # what `validate` shows and `run` logs
 
     @property
     def mqtt(self) -> MqttSpec | None:

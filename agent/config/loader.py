@@ -41,6 +41,14 @@ CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": 
               "step_threshold": ("duration:100ms..1h", False)}
 HEALTH_KEYS = {"listen": ("str", False)}
 TOP_KEYS = ("gateway", "uplink", "uplinks", "devices", "checks", "store", "clock", "health")
+TIMEOUT, TIMEOUT_POLLS = 2.0, 5  # a device without `timeout` waits 2 s, or 5 polls when that is less
+TIMEOUT_MAX_POLLS = 10  # a written `timeout` must be below this many poll intervals
+
+
+def default_timeout(poll_interval: float) -> float:
+    """The timeout of a device whose file gives none: 2 s, but never more than five poll
+    intervals, so that it always passes the rule a written one must pass (below ten)."""
+    return min(TIMEOUT, TIMEOUT_POLLS * poll_interval)
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -118,7 +126,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"], timezone=timezone,
         data_dir=gw["data_dir"], uplinks=uplinks, devices=devices, rules_file=checks.get("rules"), rules=rules,
         store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
-        clock=ClockConfig(**ck), health_listen=listen,
+        clock=ClockConfig(**ck), health_listen=listen, warnings=problems.warnings,
     )
 
 
@@ -156,13 +164,16 @@ def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
             r.err((*loc, "name"), "devices.name", f"{name!r} is already used by the device at line {names[name]}; valid: a unique name")
         names.setdefault(name, r.index.line(*loc))
         valid = _check_options(r, loc, proto, specific)
+        poll = common["poll_interval"]
         dev = DeviceSpec(  # with options in error, its point table is still checked
-            name=name, protocol=item["protocol"], poll_interval=common["poll_interval"],
+            name=name, protocol=item["protocol"], poll_interval=poll,
             points_file=common["points"], options=proto.options(specific) if valid else None,
-            timeout=common.get("timeout", 2.0), integrity_interval=common.get("integrity_interval", 60.0),
+            timeout=common.get("timeout", default_timeout(poll)),
+            integrity_interval=common.get("integrity_interval", 60.0),
         )
-        if dev.timeout >= dev.poll_interval * 10:
-            r.err((*loc, "timeout"), "devices.timeout", f"{dev.timeout}s is ten or more poll intervals; valid: below {dev.poll_interval * 10:g}s")
+        if "timeout" in common and dev.timeout >= poll * TIMEOUT_MAX_POLLS:
+            r.err((*loc, "timeout"), "devices.timeout", f"{dev.timeout}s is ten or more poll intervals; "
+                  f"valid: below {poll * TIMEOUT_MAX_POLLS:g}s, or no timeout key (then {default_timeout(poll):g}s)")
         if valid:
             where = (dev.protocol, dev.options.where)
             if where in endpoints:

@@ -1,5 +1,10 @@
 """Point tables: the CSV device maps technicians edit, loaded into typed, validated points.
-The address column is parsed by the device's protocol (drivers/registry.py)."""
+The address column is parsed by the device's protocol (drivers/registry.py).
+
+A table is read as the spreadsheet saved it: comma-, semicolon- or tab-separated (the separator
+that makes the most known column names of the header row wins), with English or Chinese column
+names (HEADER_ALIASES) and the byte-order numbers of Chinese manuals (BYTE_ORDER_ALIASES). A
+semicolon table comes from a locale that writes a decimal comma, so `12,5` is 12.5 there."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from agent.common.problems import Problems
+from agent.common.problems import Problems, fullwidth_note
 from agent.model import BYTE_ORDERS, KINDS, TYPES, Point
 from drivers.base import ProtocolSpec
 
@@ -20,6 +25,23 @@ COLUMNS = (
     "equipment", "target_code", "deadband", "ll", "l", "h", "hh", "overlap",
 )
 REQUIRED_COLUMNS = ("tag", "address", "type")
+# Column names of Chinese point tables (docs/device-maps.md 2.2 lists them): 类型 is the data
+# type as in PLC manuals; the kind of measurement is 类别.
+HEADER_ALIASES = {
+    "位号": "tag", "名称": "name", "地址": "address", "类型": "type", "数据类型": "type",
+    "字节序": "byte_order", "系数": "scale", "比例": "scale", "偏移": "offset", "偏移量": "offset",
+    "原始下限": "raw_min", "原始上限": "raw_max", "量程下限": "eng_min", "量程上限": "eng_max",
+    "单位": "unit", "类别": "kind", "危险源编码": "hazard_source", "重大危险源编码": "hazard_source",
+    "设备编码": "equipment", "指标编码": "target_code", "死区": "deadband",
+    "低低报": "ll", "低报": "l", "高报": "h", "高高报": "hh",
+}
+BYTE_ORDER_ALIASES = {"1234": "ABCD", "3412": "CDAB", "2143": "BADC", "4321": "DCBA"}
+DELIMITERS = (",", ";", "\t")  # the first of those that name equally many columns wins
+CODES = ("hazard_source", "equipment", "target_code")
+NUMBERS = ("scale", "offset", "raw_min", "raw_max", "eng_min", "eng_max", "deadband", "ll", "l", "h", "hh")
+LIMITS = ("ll", "l", "h", "hh")
+SCIENTIFIC = re.compile(r"^[+-]?\d+(?:[.,]\d+)?E[+-]\d+$", re.I)  # how Excel shows a long number: 3.2E+11
+DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+(?:[eE][+-]?\d+)?$")
 ENCODINGS = ("utf-8-sig", "gbk")  # utf-8-sig reads plain UTF-8 too
 CSV_VALID = (f"cells of at most {csv.field_size_limit() // 1024} KiB, each opening quote closed "
              "(an unclosed quote takes in the rest of the file)")
@@ -43,7 +65,9 @@ def read_table_text(path: Path) -> tuple[str, str]:
 _NUMBERS: dict[float, float] = {}  # one object per distinct value: tables repeat ranges and limits
 
 
-def _number(text: str) -> float:
+def _number(text: str, decimal_comma: bool) -> float:
+    if decimal_comma and DECIMAL_COMMA.match(text):
+        text = text.replace(",", ".")
     value = float(text)
     if math.isnan(value) or math.isinf(value):
         raise ValueError("not finite")
@@ -61,19 +85,17 @@ def load_point_table(path: Path, protocol: ProtocolSpec, problems: Problems, sho
     except UnicodeDecodeError:
         problems.add(shown, 1, "encoding", "file is not UTF-8, UTF-8 with BOM or GBK; save it as UTF-8 (CSV UTF-8) or GBK")
         return []
-    rows = csv.reader(io.StringIO(text, newline=""))
+    delimiter = _delimiter(text)
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(rows)
+        written = next(rows)
     except StopIteration:
         problems.add(shown, 1, "header", f"file is empty; the first row must name the columns, at least {', '.join(REQUIRED_COLUMNS)}")
         return []
     except csv.Error as exc:
         problems.add(shown, 1, "header", f"cannot be read as CSV: {exc}; valid: {CSV_VALID}")
         return []
-    header = [h.strip().lower() for h in header]
-    for col in header:
-        if col and col not in COLUMNS:
-            problems.add(shown, 1, col, f"unknown column; valid columns: {', '.join(COLUMNS)}")
+    header = _header(written, problems, shown)
     for col in REQUIRED_COLUMNS:
         if col not in header:
             problems.add(shown, 1, col, "required column is missing from the header row")
@@ -97,17 +119,60 @@ def load_point_table(path: Path, protocol: ProtocolSpec, problems: Problems, sho
                          "valid: one cell per header column (a shifted row puts values in the wrong columns)")
             continue
         cells = {col: (row[i].strip() if i < len(row) else "") for i, col in enumerate(header) if col}
-        point = _parse_row(cells, protocol, problems, shown, line)
+        point = _parse_row(cells, protocol, problems, shown, line, delimiter == ";")
         if point is not None:
             points.append(point)
     return points
 
 
-def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems, shown: str, line: int) -> Point | None:
+def _column(written: str) -> str:
+    name = written.strip().lower()
+    return HEADER_ALIASES.get(name, name)
+
+
+def _delimiter(text: str) -> str:
+    """The separator under which the first row names the most known columns (ties: the
+    earlier in DELIMITERS): a semicolon table read with commas would name none."""
+    best, named = DELIMITERS[0], 0
+    for delimiter in DELIMITERS:
+        try:
+            first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        count = sum(_column(cell) in COLUMNS for cell in first)
+        if count > named:
+            best, named = delimiter, count
+    return best
+
+
+def _header(written: list[str], problems: Problems, shown: str) -> list[str]:
+    """The header row as column names ("" for a blank or a refused cell), each problem on line 1."""
+    header: list[str] = []
+    seen: dict[str, str] = {}
+    for cell in written:
+        col, name = _column(cell), cell.strip().lower()
+        if col and col not in COLUMNS:
+            note = fullwidth_note(name)
+            problems.add(shown, 1, name, f"{note + '; ' if note else ''}unknown column; valid columns: {', '.join(COLUMNS)}"
+                         " (or their Chinese names, docs/device-maps.md 2.2)")
+            col = ""
+        elif col in seen:
+            problems.add(shown, 1, name, f"names the column {col} a second time (first as {seen[col]!r}); "
+                         "valid: each column once")
+            col = ""
+        elif col:
+            seen[col] = cell.strip()
+        header.append(col)
+    return header
+
+
+def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems, shown: str, line: int,
+               decimal_comma: bool) -> Point | None:
     bad = len(problems)
 
     def err(key: str, msg: str) -> None:
-        problems.add(shown, line, key, msg)
+        note = fullwidth_note(cells.get(key, ""))
+        problems.add(shown, line, key, f"{note}; {msg}" if note else msg)
 
     tag = cells.get("tag", "")
     if not TAG_RE.match(tag):
@@ -130,8 +195,10 @@ def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems
             for key, msg in protocol.check_point(point):
                 err(key, msg)
     bo = cells.get("byte_order", "").upper() or "ABCD"
+    bo = BYTE_ORDER_ALIASES.get(bo, bo)
     if bo not in BYTE_ORDERS:
-        err("byte_order", f"{cells.get('byte_order')!r} is not a byte order; valid: {', '.join(BYTE_ORDERS)}")
+        err("byte_order", f"{cells.get('byte_order')!r} is not a byte order; valid: {', '.join(BYTE_ORDERS)} "
+            f"(or as numbers: {', '.join(BYTE_ORDER_ALIASES)})")
     point.byte_order = sys.intern(bo)
     kind = cells.get("kind", "").lower() or "other"
     if kind not in KINDS:
@@ -143,13 +210,13 @@ def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems
     point.overlap = overlap in ("yes", "true", "1")
 
     numbers: dict[str, float | None] = {}
-    for key in ("scale", "offset", "raw_min", "raw_max", "eng_min", "eng_max", "deadband", "ll", "l", "h", "hh"):
+    for key in NUMBERS:
         raw = cells.get(key, "")
         if raw == "":
             numbers[key] = None
             continue
         try:
-            numbers[key] = _number(raw)
+            numbers[key] = _number(raw, decimal_comma)
         except ValueError:
             err(key, f"{raw!r} is not a number; valid: a finite decimal number such as 12.5")
             numbers[key] = None
@@ -167,7 +234,7 @@ def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems
         err("deadband", f"{numbers['deadband']} is negative; valid: 0 or more, in engineering units")
     if numbers["eng_min"] is not None and numbers["eng_max"] is not None and numbers["eng_min"] >= numbers["eng_max"]:
         err("eng_max", f"eng_max {numbers['eng_max']} is not above eng_min {numbers['eng_min']}; valid: eng_min < eng_max")
-    limits = [(k, numbers[k]) for k in ("ll", "l", "h", "hh") if numbers[k] is not None]
+    limits = [(k, numbers[k]) for k in LIMITS if numbers[k] is not None]
     for (k1, v1), (k2, v2) in zip(limits, limits[1:], strict=False):
         if v1 > v2:  # type: ignore[operator]
             err(k2, f"{k2.upper()} {v2} is below {k1.upper()} {v1}; valid: LL <= L <= H <= HH")
@@ -179,4 +246,32 @@ def _parse_row(cells: dict[str, str], protocol: ProtocolSpec, problems: Problems
     point.eng_min, point.eng_max = numbers["eng_min"], numbers["eng_max"]
     point.deadband = numbers["deadband"] or 0.0
     point.ll, point.l, point.h, point.hh = numbers["ll"], numbers["l"], numbers["h"], numbers["hh"]
-    return point if len(problems) == bad else None
+    if len(problems) != bad:
+        return None
+    _warn(cells, numbers, problems, shown, line)
+    return point
+
+
+def _warn(cells: dict[str, str], numbers: dict[str, float | None], problems: Problems, shown: str, line: int) -> None:
+    """What a valid row may still have wrong: limits the instrument cannot reach, codes that a
+    spreadsheet turned into scientific notation."""
+    low, high = numbers["eng_min"], numbers["eng_max"]
+    for key in LIMITS:
+        value = numbers[key]
+        if value is None:
+            continue
+        if low is not None and value < low:
+            beyond = f"below eng_min {low:g}"
+        elif high is not None and value > high:
+            beyond = f"above eng_max {high:g}"
+        else:
+            continue
+        problems.warn(shown, line, key, f"{key.upper()} {value:g} is {beyond}, outside the instrument range: "
+                      "the instrument cannot show such a value, so this alarm may never be raised; valid: a "
+                      "limit within eng_min..eng_max, or the range corrected")
+    for key in CODES:
+        raw = cells.get(key, "")
+        if SCIENTIFIC.match(raw):
+            problems.warn(shown, line, key, f"{raw!r} is in scientific notation, as a spreadsheet shows a long "
+                          "number: the platform would get this text, not the code; valid: the code as issued, "
+                          "typed into a column formatted as Text (docs/device-maps.md 2.1)")

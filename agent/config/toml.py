@@ -1,15 +1,17 @@
 """Reading the technician's TOML: which line each key is on, and one table at a time checked
 against a schema of key kinds, every problem as `file:line: key: what is wrong; valid: ...`.
 
-Kinds: `str`, `level` (one MQTT topic level), `int`, `float`, `duration`, `size`, `path`,
-`enum:a|b`, `url:a|b`. `int`, `duration` and `size` take the range the runtime honours after a
-colon, written as values of the kind: `int:1..10000`, `duration:1s..65535s`, `size:1MiB..1TiB`;
+Kinds: `str`, `level` (one MQTT topic level), `host` (an IP address or a host name, no port),
+`int`, `float`, `duration`, `size`, `path`, `enum:a|b`, `url:a|b` (its host checked as `host`).
+`int`, `duration` and `size` take the range the runtime honours after a colon, written as values
+of the kind: `int:1..10000`, `duration:1s..65535s`, `size:1MiB..1TiB`;
 a `duration` or `size` without one gets DEFAULT_DURATION or DEFAULT_SIZE. Nothing that passes
 is infinite, absurdly long or unusable where it goes (a socket, a file name, a topic).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import tomllib
@@ -18,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agent.common.durations import parse_duration_between, quoted
-from agent.common.problems import Problems
+from agent.common.problems import Problems, fullwidth_note
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -31,6 +33,10 @@ _LEVEL = re.compile(r"^[^\s+#/$\x00-\x1f\x7f][^\s+#/\x00-\x1f\x7f]{0,63}$")
 LEVEL_VALID = "1-64 characters without '+', '#', '/', spaces or control characters, not starting with '$'"
 PATH_MAX, NAME_MAX = 4095, 255  # bytes: Linux limits of a path and of one of its names
 MAX_NESTING = 20  # arrays and inline tables inside each other; no config key needs more than 2
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # one label of a host name ('_': local names)
+_HOST_PORT = re.compile(r"^\[?(?P<host>[^\[\]]*?)\]?:(?P<port>\d+)$")
+HOST_VALID = ("an IPv4 address such as 192.168.1.20, an IPv6 address such as fd00::20, or a host name "
+              "such as plc-1.plant.local (letters, digits, '-', '_', labels joined by '.')")
 
 
 def load_toml(text: str, shown_file: str, problems: Problems) -> dict[str, Any] | None:
@@ -40,7 +46,10 @@ def load_toml(text: str, shown_file: str, problems: Problems) -> dict[str, Any] 
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"at line (\d+)", str(exc))
-        problems.add(shown_file, int(m.group(1)) if m else 1, "toml", f"syntax error: {exc}")
+        line = int(m.group(1)) if m else 1
+        lines = text.splitlines()
+        note = fullwidth_note(lines[line - 1]) if line <= len(lines) else None
+        problems.add(shown_file, line, "toml", f"{note}; syntax error: {exc}" if note else f"syntax error: {exc}")
         return None
     except ValueError as exc:  # an integer of more digits than Python converts (tomllib lets it through)
         line, digits = _longest_digits(text)
@@ -172,7 +181,8 @@ class TomlReader:
             try:
                 out[key] = self.convert(kind, data[key])
             except ValueError as exc:
-                self.err((*loc, key), f"{label}.{key}", str(exc))
+                note = fullwidth_note(data[key]) if isinstance(data[key], str) else None
+                self.err((*loc, key), f"{label}.{key}", f"{note}; {exc}" if note else str(exc))
         return out
 
     def convert(self, kind: str, value: Any) -> Any:
@@ -188,6 +198,8 @@ class TomlReader:
             if not isinstance(value, str) or not _LEVEL.match(value):
                 raise ValueError(f"{quoted(value)} cannot be one level of an MQTT topic; valid: {LEVEL_VALID}")
             return value
+        if kind == "host":
+            return check_host(value)
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{quoted(value)} is not a whole number")
@@ -236,8 +248,84 @@ class TomlReader:
             except ValueError as exc:
                 why = "" if str(exc) == "no scheme or host" else f" ({exc})"
                 raise ValueError(f"{quoted(value)} is not a valid address{why}; valid: {examples}") from None
+            if fault := host_fault(parsed.hostname):
+                raise ValueError(f"{quoted(value)}: host {parsed.hostname!r} is {fault}; valid: {examples}, where "
+                                 f"host is {HOST_VALID}")
             return value
         raise AssertionError(kind)
+
+
+def check_host(value: Any) -> str:
+    """`value` when it is an IP address or a host name; ValueError naming what is wrong: a port
+    or a scheme written into it, an impossible IPv4 address, a character no host name has."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{quoted(value)} is not a host; valid: {HOST_VALID}")
+    try:  # first: an IPv6 address ends in ':' and digits, like a port
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if "://" in value:
+        parsed = urlparse(value)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        where = f"host = \"{parsed.hostname}\"" + (f" and port = {port}" if port else "")
+        raise ValueError(f"{quoted(value)} is a URL ({parsed.scheme}://); valid: {where}, the host alone")
+    if (m := _HOST_PORT.match(value)) and m["host"]:
+        raise ValueError(f"{quoted(value)} holds port {m['port']}, which belongs in the port key; valid: "
+                         f"host = \"{m['host']}\" and port = {m['port']}")
+    if fault := host_fault(value):
+        raise ValueError(f"{quoted(value)} is {fault}; valid: {HOST_VALID}")
+    return value
+
+
+def host_fault(host: str) -> str | None:
+    """Why `host` (no port, no scheme) is neither an IP address nor a host name; None: it is one."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if _number(labels[-1]):  # a name ending in a number is an IPv4 address (as resolvers read it)
+        return f"not an IPv4 address: {_ipv4_fault(labels)}"
+    bad = next((label for label in labels if not _LABEL.match(label)), None)
+    if bad is not None or len(host) > 253:
+        return f"not a host name: {_label_fault(bad)}"
+    return None
+
+
+def _number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _ipv4_fault(parts: list[str]) -> str:
+    """What keeps dotted numbers from being an IPv4 address."""
+    if len(parts) != 4:
+        return f"{len(parts)} numbers where an IPv4 address has 4"
+    for part in parts:
+        if not _number(part):
+            return f"{part!r} is not a number 0-255"
+        if int(part) > 255:
+            return f"{part} is above 255"
+        if len(part) > 1 and part.startswith("0"):
+            return f"{part} has a leading zero (read as octal by some systems)"
+    return "a '.' after its last number"  # all else ip_address took
+
+
+def _label_fault(label: str | None) -> str:
+    """What keeps one label (None: the whole name) from being part of a host name."""
+    if label is None:
+        return "longer than 253 characters"
+    if not label:
+        return "an empty label (two dots in a row, or a leading dot)"
+    if ch := next((c for c in label if not (c.isascii() and (c.isalnum() or c in "-_"))), None):
+        return f"{ch!r} (U+{ord(ch):04X}) cannot be part of a host name"
+    if len(label) > 63:
+        return f"label {label[:20]!r}... is longer than 63 characters"
+    return f"label {label!r} starts or ends with '-'"
 
 
 def finite(value: int | float) -> bool:

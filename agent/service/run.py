@@ -264,6 +264,7 @@ class Service:
             log.exception("reload refused: cannot load the new config; still running the previous one",
                           extra={"fields": {"config": str(path), "error": str(exc)}})
         else:
+            log_config_warnings(new)
             ok = await self._apply(new)
         self.reloads["applied" if ok else "refused"] += 1
         self.last_reload_ok = ok
@@ -519,7 +520,15 @@ def journal_prefixes() -> None:
         handler.setFormatter(Prefixed(handler.formatter))
 
 
+def log_config_warnings(cfg: GatewayConfig) -> None:
+    """What `hazgate validate` shows after "valid", at warning level (after journal_prefixes, so
+    that `journalctl -p warning` shows it)."""
+    for w in cfg.warnings:
+        log.warning(f"config warning: {w.file}:{w.line}: {w.key}: {w.message}")
+
+
 async def run_service(cfg: GatewayConfig) -> int:
     journal_prefixes()
+    log_config_warnings(cfg)
     limit_malloc_arenas()
     return await Service(cfg).run()

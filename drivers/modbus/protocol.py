@@ -20,9 +20,12 @@ def _rtu_driver(device: DeviceSpec) -> Driver:
     return ModbusRtuDriver(device)
 
 
+# Unit ids: Modbus TCP carries 0-255 (255 is what the spec recommends for a directly addressed
+# device, 0 what some servers answer to); on a serial line 0 is broadcast (nothing answers) and
+# 248-255 are reserved, so RTU units are 1-247.
 TCP = ProtocolSpec(
-    keys={"host": ("str", True), "port": ("int", False), "unit": ("int", False), **PLAN_KEYS},
-    limits={"unit": (0, 247), "port": (1, 65535), **PLAN_LIMITS},
+    keys={"host": ("host", True), "port": ("int", False), "unit": ("int", False), **PLAN_KEYS},
+    limits={"unit": (0, 255), "port": (1, 65535), **PLAN_LIMITS},
     options=lambda keys: ModbusTcpOptions(**keys),
     parse_address=parse_modbus_address,
     check_point=check_point,

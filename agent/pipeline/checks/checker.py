@@ -42,6 +42,9 @@ from agent.pipeline.checks.watched import USABLE_UNCERTAIN, Op, Watched
 log = logging.getLogger("hazgate.checks")
 
 HELD_MAX = 50_000  # events kept in memory while the store refuses writes
+# an event's log level follows its severity, so the journal's priority does (`<2>` crit for a
+# critical event: `journalctl -p warning` shows warnings, alarms and critical events)
+LOG_LEVELS = {"critical": logging.CRITICAL, "alarm": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
 
 
 class Checker(LimitChecks, DetectorChecks, InterlockChecks):
@@ -167,7 +170,8 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks):
         body = {"id": f"{kind}:{subject}:{state}:{ts}", "kind": kind, "severity": severity, "state": state,
                 "ts": rfc3339(ts), **fields}
         self.events.append((ts, body))
-        log.info("event", extra={"fields": {"kind": kind, "state": state, "subject": subject, "severity": severity}})
+        log.log(LOG_LEVELS.get(severity, logging.INFO), "event",
+                extra={"fields": {"kind": kind, "state": state, "subject": subject, "severity": severity}})
         return body
 
     def _point_fields(self, w: Watched) -> dict:
