@@ -244,8 +244,9 @@ def store_state(data_dir: Path) -> dict:
     """Read-only look at a running agent's store: readings stored so far, last acknowledged seq."""
     db = sqlite3.connect(f"file:{data_dir / 'hazgate.db'}?mode=ro", uri=True, timeout=5)
     try:
-        state = dict(db.execute("SELECT key, value FROM state WHERE key IN ('stored_readings', 'last_ack_seq')"))
-        return {"stored_readings": int(state.get("stored_readings", 0)), "last_ack_seq": int(state.get("last_ack_seq", 0))}
+        state = dict(db.execute("SELECT key, value FROM state WHERE key = 'stored_readings'"))
+        ack = db.execute("SELECT last_ack_seq FROM uplinks WHERE name = 'mqtt'").fetchone()
+        return {"stored_readings": int(state.get("stored_readings", 0)), "last_ack_seq": int((ack or [0])[0] or 0)}
     except sqlite3.Error:
         return {"stored_readings": 0, "last_ack_seq": 0}
     finally:

@@ -7,16 +7,29 @@ from typing import Any
 
 from agent.north.base import Uplink, UplinkContext
 from agent.north.http.spec import HttpSpec
-from agent.north.http.uplink import HttpUplink
 from agent.north.mqtt.spec import MqttUplinkSpec
 from agent.north.mqtt.uplink import MqttUplink
 from agent.north.tcp.spec import TcpSpec
-from agent.north.tcp.uplink import TcpUplink
+
+
+# Imports in the factories: aiohttp (about 20 MB of a Pi's memory) and the platform links only
+# for a gateway that feeds such a platform.
+def _http(spec: HttpSpec, ctx: UplinkContext) -> Uplink:
+    from agent.north.http.uplink import HttpUplink
+
+    return HttpUplink(spec, ctx, ctx.timezone)
+
+
+def _tcp(spec: TcpSpec, ctx: UplinkContext) -> Uplink:
+    from agent.north.tcp.uplink import TcpUplink
+
+    return TcpUplink(spec, ctx, ctx.timezone)
+
 
 ADAPTERS: dict[type, Any] = {
     MqttUplinkSpec: MqttUplink,
-    HttpSpec: lambda spec, ctx: HttpUplink(spec, ctx, ctx.timezone),
-    TcpSpec: lambda spec, ctx: TcpUplink(spec, ctx, ctx.timezone),
+    HttpSpec: _http,
+    TcpSpec: _tcp,
 }
 
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 CIPHERS = ("aes-128-cbc", "aes-256-cbc", "aes-128-ecb", "aes-256-ecb", "sm4-cbc", "sm4-ecb")
 TEXT_STEPS = ("base64", "hex")
@@ -158,8 +156,7 @@ class Codec:
     def encode_bytes(self, data: bytes) -> str:
         """Cipher and text steps over already-serialised JSON bytes."""
         if self.cipher is not None:
-            padder = padding.PKCS7(128).padder()
-            encryptor = self._cipher().encryptor()
+            encryptor, padder = self._cipher().encryptor(), self._padding().padder()
             data = encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
         if self.text_step == "base64":
             return base64.b64encode(data).decode("ascii")
@@ -193,8 +190,7 @@ class Codec:
         if len(data) % 16:
             raise CodecError(f"{len(data)} bytes of {self.cipher} ciphertext is not a whole "
                              "number of 16-byte blocks: the text is cut or not ciphertext")
-        decryptor = self._cipher().decryptor()
-        unpadder = padding.PKCS7(128).unpadder()
+        decryptor, unpadder = self._cipher().decryptor(), self._padding().unpadder()
         try:
             plain = decryptor.update(data) + decryptor.finalize()
             return unpadder.update(plain) + unpadder.finalize()
@@ -210,10 +206,19 @@ class Codec:
         except orjson.JSONDecodeError as exc:
             raise CodecError(f"the decoded body is not JSON: {exc}") from None
 
-    def _cipher(self) -> Cipher:
+    # Imports here: cryptography (about 10 MB of a Pi's memory) only for an uplink with a cipher.
+    def _cipher(self) -> Any:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         name = self.cipher
         algorithm = algorithms.SM4(self.key) if name.startswith("sm4") else algorithms.AES(self.key)
         return Cipher(algorithm, modes.CBC(self.iv) if name.endswith("-cbc") else modes.ECB())
+
+    @staticmethod
+    def _padding() -> Any:
+        from cryptography.hazmat.primitives import padding
+
+        return padding.PKCS7(128)
 
 
 def _material_problems(cipher: str | None, key: bytes | None, iv: bytes | None) -> list[str]:

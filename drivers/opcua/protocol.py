@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from drivers.base import DeviceSpec, Driver, ProtocolSpec
-from drivers.opcua.options import UaOptions, check_options
 
 NODE_ID = re.compile(r"^(ns=\d+|nsu=[^;]+);[isgb]=.+$|^i=\d+$")
 
@@ -15,6 +15,20 @@ def parse_node_id(text: str, _ptype: str) -> str:
         raise ValueError(f"{text!r} is not an OPC UA NodeId; valid: ns=2;s=Tank1.Level, ns=3;i=1001, "
                          "nsu=<namespace URI>;s=...")
     return text
+
+
+# Imports in the functions below: asyncua and cryptography (tens of MB of a Pi's memory) only
+# for a gateway with OPC UA devices.
+def _options(keys: dict[str, Any]) -> Any:
+    from drivers.opcua.options import UaOptions
+
+    return UaOptions(**keys)
+
+
+def _check_options(keys: dict[str, Any]) -> list[tuple[str, str]]:
+    from drivers.opcua.options import check_options
+
+    return check_options(keys)
 
 
 def _driver(device: DeviceSpec) -> Driver:
@@ -41,9 +55,9 @@ OPCUA = ProtocolSpec(
         "deadband": ("float", False),
     },
     limits={"queue_size": (1, 1000)},
-    options=lambda keys: UaOptions(**keys),
+    options=_options,
     parse_address=parse_node_id,
-    check_options=check_options,
+    check_options=_check_options,
     secret_keys=("private_key", "password_file"),
     driver=_driver,
     browse=_browse,
