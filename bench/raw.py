@@ -187,7 +187,8 @@ async def backfill(args: argparse.Namespace) -> None:
         # the agent's packed chunks (decoded with the store's own unpack_chunk), read in order,
         # published BACKFILL_BATCH readings at a time
         readings: list[dict] = []
-        for taken, blob in db.execute("SELECT taken, rows FROM chunks ORDER BY id"):
+        for taken, blob in db.execute("SELECT p.taken, c.rows FROM pending p JOIN chunks c ON c.id = p.chunk "
+                                      "WHERE p.uplink = 'mqtt' ORDER BY p.chunk"):
             for ts, pid, value, q, reason in unpack_chunk(blob)[taken:]:
                 s = stamps.get(ts)
                 if s is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import random
 import shutil
 import struct
@@ -109,6 +110,7 @@ def measure(rounds: int = 20, broker: bool = True) -> list[tuple[str, float, flo
         add("normalize (scale, quality, deadband)", "agent/pipeline/normalize.py Normalizer.process", n,
             lambda: [nm.process(sm, ts) for nm, sm in zip(norms, samples, strict=True)])
 
+        logging.getLogger("hazgate.checks").setLevel(logging.CRITICAL + 10)  # events are measured, not printed
         checker = Checker(cfg.rules, cfg.all_points(), [])
         add("checks (every point with h/hh limits)", "agent/pipeline/checks/checker.py Checker.process", n,
             lambda: [checker.process(every) for every, _ in polls])
