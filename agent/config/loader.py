@@ -17,7 +17,7 @@ from agent.config.rules import load_checks
 from agent.config.toml import TomlReader, load_toml
 from agent.config.uplinks import MQTT_KEYS, load_uplinks, parse_timezone
 from agent.model import Point
-from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec, without_credentials
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -74,7 +74,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     gw = r.section(data["gateway"], ("gateway",), GATEWAY_KEYS) if "gateway" in data else {}
     if "gateway" not in data:
         r.err((), "gateway", "required section [gateway] is missing")
-    up = r.section(data["uplink"], ("uplink",), UPLINK_KEYS) if "uplink" in data else {}
+    up = r.section(_uplink_table(r, data["uplink"]), ("uplink",), UPLINK_KEYS) if "uplink" in data else {}
     if "uplink" not in data and "uplinks" not in data:
         r.err((), "uplink", "no uplink: the required section [uplink] (or [[uplinks]]) is missing")
     if "keepalive" in up and not up["keepalive"].is_integer():
@@ -128,6 +128,20 @@ def load_config(path: str | Path) -> GatewayConfig:
         store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
         clock=ClockConfig(**ck), health_listen=listen, warnings=problems.warnings,
     )
+
+
+def _uplink_table(r: TomlReader, raw: Any) -> Any:
+    """`[uplink]` as written, with a broker address carrying a user name or password refused
+    (and taken out of it, so no other message shows it either)."""
+    broker = raw.get("broker") if isinstance(raw, dict) else None
+    if not isinstance(broker, str) or "@" not in broker:
+        return raw
+    shown = without_credentials(broker)
+    r.err(("uplink", "broker"), "uplink.broker",
+          f"{shown!r} (shown without it): a user name or password in the address would show in logs "
+          "and status; valid: mqtt://host:port or mqtts://host:port, with the user name in username "
+          "and the password in password_file")
+    return {**raw, "broker": shown}
 
 
 def _not_a_file(path: Path) -> str | None:

@@ -52,6 +52,17 @@ class UplinkStats:
     last_error: str = ""
     rejected: int = 0  # refusals by the far end
     beat: float = field(default_factory=time.monotonic)  # each turn of its loops (the watchdog's view)
+    unacked_since: float | None = None  # monotonic time the oldest unacknowledged message was first sent
+    ack_warning: float = 0.0  # seconds: an acknowledgement slower than this is worth a warning
+    ack_deadline: float = 0.0  # seconds: past it the connection is dropped and messages sent again
+
+    def oldest_unacked_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest message sent and not yet acknowledged was first sent (0:
+        none); re-sends after a reconnect do not restart it. Above `ack_warning`: slow; above
+        `ack_deadline`: the far end takes messages and does not acknowledge them."""
+        if self.unacked_since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.unacked_since)
 
 
 class Link(Protocol):
@@ -99,7 +110,12 @@ class Body(Protocol):
     def readings(self, backfill: bool) -> Builder: ...
 
     events: Builder | None  # None: the uplink carries no events
-    meta: Builder | None  # a description restated on every connection, or None
+    meta: Builder | None  # a description of the points (restated when it changes), or None
+
+    def meta_digest(self) -> bytes:
+        """What `meta` would say now, condensed: equal digests, equal descriptions (asked only
+        when `meta` is not None)."""
+        ...
 
 
 class Uplink(Protocol):

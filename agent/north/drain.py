@@ -5,17 +5,28 @@ events, then live readings (collected since the link came up), then the backlog.
 one store call (`Store.drain`) that fills the free in-flight window. Each connection is a new
 `Link`, so what is re-sent after a reconnect is decided here from the store, never by a
 protocol library's own session replay.
+
+Three guards, whatever the protocol:
+- a message in flight has a deadline (the adapter's `ack_deadline`): when the oldest has waited
+  longer, the connection is dropped and everything unacknowledged goes again with its seq;
+- no record can stop the drain: the builders handed to the store build a batch that fails row
+  by row, leave out the rows that fail alone and report them (a `record_set_aside` event);
+- the description (`meta`) is queued again only when it differs from the one last acknowledged
+  (a note in the store's state) and is not already waiting in the outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
 
+from agent.common.timefmt import now_ms, rfc3339
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
 from agent.pipeline.store import Builder, DrainRequest
 
@@ -26,6 +37,8 @@ EVENTS_BATCH = 100  # events per message (at most the uplink's batch)
 BACKLOG_INFLIGHT_BYTES = 600_000  # about two back-fill messages on the wire at once
 DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
+SET_ASIDE = "record_set_aside"  # the gateway event reporting records left out of a message
+SHOWN = 200  # characters of a set-aside record in the error log
 
 
 @dataclass
@@ -34,6 +47,20 @@ class DrainSettings:
     batch: int  # readings per live message
     interval: float  # seconds between live messages (sooner while full batches wait)
     max_rejects: int = 10  # refusals of one message in a row before it is set aside
+    # the adapter's bounds on an acknowledgement (MQTT: 1 and 3 keepalives); inf: none of the
+    # drain's own (a link that times out each reply itself)
+    ack_warning: float = math.inf  # seconds one may take before it is worth a warning
+    ack_deadline: float = math.inf  # seconds the oldest in flight may wait: then a new connection
+
+
+@dataclass
+class SetAside:
+    """Rows of one message that could not be built, each alone: left out of that message."""
+
+    kind: str  # readings | events
+    seq: int
+    rows: list
+    reason: str
 
 
 class Drain:
@@ -41,7 +68,7 @@ class Drain:
         self.name, self.ctx, self.settings, self.body = name, ctx, settings, body
         self.connector = connector
         self.store = ctx.store
-        self.stats = UplinkStats()
+        self.stats = UplinkStats(ack_warning=settings.ack_warning, ack_deadline=settings.ack_deadline)
         self.wake = asyncio.Event()  # something to publish (an ack freed the window, a message waits)
         self._events_waiting = False  # events stored: the next store call goes before the writer's
         self._store_warned = False
@@ -51,11 +78,19 @@ class Drain:
         self._next_memory = 0.0
         self._link: Link | None = None
         self._acks: list[int] = []
-        self._in_flight: dict[int, int] = {}  # seq -> payload bytes
+        # seq -> (payload bytes, sent on this connection, first sent), in the order sent
+        self._in_flight: dict[int, tuple[int, float, float]] = {}
+        self._carried: dict[int, float] = {}  # seq -> first sent, of those in flight when the link went
         self._watermark = 0
         self._sent_upto = 0
         self._next_live = 0.0
         self._refusals: list[asyncio.Future] = []  # refusals being recorded in the store
+        self._drop_reason = ""  # why this side ended the connection
+        self._set_aside: list[SetAside] = []  # filled by the guarded builders (store thread)
+        self._meta_key = f"meta_acked:{name}"  # state key: digest of the meta last acknowledged
+        self._meta_acked: str | None = None
+        self._meta_sent: tuple[int, str] | None = None  # (seq, digest) of the meta in the outbox
+        self._meta_note_due = False  # acknowledged, not yet noted in the store
 
     @property
     def link(self) -> Link | None:
@@ -66,6 +101,7 @@ class Drain:
         """New settings apply at once; a new connector on a new connection, started here.
         Messages in flight stay in the store and go out again with their seq."""
         self.settings = settings
+        self.stats.ack_warning, self.stats.ack_deadline = settings.ack_warning, settings.ack_deadline
         if connector is not None:
             self.connector = connector
             if self._link is not None:
@@ -78,11 +114,76 @@ class Drain:
         self._events_waiting = True
         self.wake.set()
 
-    async def restate(self, build: Builder) -> None:
-        """Queue the description (meta) again, now: it changed."""
-        with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
-            await self.store.call("enqueue", "meta", True, build, self.name)
+    async def restate(self) -> None:
+        """The points changed: queue the description (meta) now, if it says something new."""
+        await self._restate_meta()
         self.wake.set()
+
+    def _meta_digest(self) -> str:
+        """The description and where it goes: a new broker has not had it."""
+        return hashlib.sha256(self.connector.describe.encode() + b"\n" + self.body.meta_digest()).hexdigest()
+
+    async def _restate_meta(self) -> None:
+        """Queue the description unless the far end acknowledged this very one, or it waits in
+        the outbox (a message there goes again, with its seq, on every connection)."""
+        build = self.body.meta
+        if build is None:
+            return
+        digest = await asyncio.get_running_loop().run_in_executor(None, self._meta_digest)
+        with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
+            if self._meta_acked is None:
+                self._meta_acked = await self.store.call("get_state", self._meta_key)
+            if digest == self._meta_acked or (self._meta_sent is not None and digest == self._meta_sent[1]):
+                return
+            self._meta_sent = (await self.store.call("enqueue", "meta", True, build, self.name), digest)
+
+    async def _note_meta(self) -> None:
+        """Remember, durably, which description the far end acknowledged."""
+        with contextlib.suppress(sqlite3.Error):  # noted on a later turn
+            await self.store.call("set_state", {self._meta_key: self._meta_acked})
+            self._meta_note_due = False
+
+    # --- records that cannot be built -------------------------------------------------------
+    def _guarded(self, kind: str, build: Builder) -> Builder:
+        """`build` for the store's drain: a batch it cannot build is built row by row; rows that
+        fail alone are left out of the message and noted (reported after the store call)."""
+        def guarded(seq: int, rows: list) -> bytes:
+            try:
+                return build(seq, rows)
+            except Exception as exc:  # noqa: BLE001 - whatever a record makes a builder raise
+                failed = exc
+            kept, aside, reason = [], [], ""
+            for row in rows:
+                try:
+                    build(seq, [row])
+                except Exception as exc:  # noqa: BLE001
+                    aside.append(row)
+                    reason = reason or f"{type(exc).__name__}: {exc}"
+                else:
+                    kept.append(row)
+            if not aside:  # every record builds alone: not a record's fault
+                raise failed
+            self._set_aside.append(SetAside(kind, seq, aside, reason))
+            return build(seq, kept)
+
+        return guarded
+
+    async def _report_set_aside(self) -> None:
+        """Log each set-aside batch at error and raise a `record_set_aside` gateway event."""
+        noted, self._set_aside = self._set_aside, []
+        for a in noted:
+            log.error("records set aside: they cannot be built into a message", extra={"fields": {
+                "uplink": self.name, "kind": a.kind, "seq": a.seq, "count": len(a.rows), "reason": a.reason,
+                "first": repr(a.rows[0])[:SHOWN]}})
+            if all(isinstance(r, dict) and r.get("kind") == SET_ASIDE for r in a.rows):
+                continue  # a report that cannot be built is not reported again, round after round
+            ts = now_ms()
+            event = {"id": f"{SET_ASIDE}-{self.name}-{a.seq}", "kind": SET_ASIDE, "severity": "alarm",
+                     "state": "dropped", "ts": rfc3339(ts), "source": "gateway", "uplink": self.name,
+                     "message_kind": a.kind, "seq": a.seq, "count": len(a.rows), "reason": a.reason}
+            with contextlib.suppress(sqlite3.Error):  # the store refuses writes: the log says it
+                await self.store.call_urgent("add_event", ts, event)
+                self.ctx.events_stored()  # a gateway event: every uplink publishes it
 
     # --- connection ---------------------------------------------------------------------
     def _set_state(self, state: str, reason: str = "") -> None:
@@ -101,13 +202,53 @@ class Drain:
         if self._in_flight.pop(seq, None) is not None:
             self._acks.append(seq)
             self.stats.acked += 1
+            self._track_oldest()
+            if self._meta_sent is not None and seq == self._meta_sent[0]:
+                self._meta_acked, self._meta_sent = self._meta_sent[1], None
+                self._meta_note_due = True
             self.wake.set()
+
+    def _track_oldest(self) -> None:
+        """The stats' oldest unacknowledged message: the first sending counts, so the age goes
+        on growing across reconnects while the far end takes messages and never acknowledges."""
+        firsts = [first for _n, _sent, first in self._in_flight.values()]
+        self.stats.unacked_since = min(firsts) if firsts else None
+
+    def _oldest_sent(self) -> float | None:
+        """When the oldest message in flight went out on this connection (None: nothing is)."""
+        return next(iter(self._in_flight.values()))[1] if self._in_flight else None
+
+    def _overdue(self, link: Link) -> bool:
+        """The oldest message in flight is past its deadline: drop the connection (True)."""
+        sent = self._oldest_sent()
+        waited = 0.0 if sent is None else time.monotonic() - sent
+        if waited <= self.settings.ack_deadline:
+            return False
+        self._drop_reason = f"no acknowledgement for {waited:.0f}s (deadline {self.settings.ack_deadline:g}s)"
+        log.warning("no acknowledgement within the deadline: connecting again", extra={"fields": {
+            "uplink": self.name, "to": self.connector.describe, "waited_s": round(waited, 1),
+            "deadline_s": self.settings.ack_deadline, "in_flight": len(self._in_flight)}})
+        link.lost.set()
+        return True
+
+    def _wait_time(self) -> float:
+        """Seconds until something is due: live readings (while the window has room), the
+        deadline of the oldest message in flight, and a turn at least every publish interval."""
+        now = time.monotonic()
+        due = now + self.settings.interval
+        if len(self._in_flight) < self.settings.window:
+            due = min(due, self._next_live)
+        sent = self._oldest_sent()
+        if sent is not None:
+            due = min(due, sent + self.settings.ack_deadline)
+        return max(0.001, due - now)
 
     def _on_reject(self, seq: int, reason: str) -> None:
         """The far end answered and refused the message: counted in the store, which sets it
         aside after `max_rejects` refusals in a row; the rest is sent again on a new link."""
         if self._in_flight.pop(seq, None) is None:
             return
+        self._track_oldest()
         self.stats.rejected += 1
         self.stats.last_error = reason
         log.warning("message refused by the far end", extra={"fields": {
@@ -141,12 +282,15 @@ class Drain:
             delay = min(BACKOFF_MAX, delay * 2)
 
     def _send(self, link: Link, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
-        self._in_flight[seq] = len(payload)
-        if not link.send(seq, kind, payload, retain):
+        now = time.monotonic()
+        self._in_flight[seq] = (len(payload), now, self._carried.pop(seq, now))
+        sent = link.send(seq, kind, payload, retain)
+        if sent:
+            self.stats.published += 1
+        else:
             self._in_flight.pop(seq, None)
-            return False
-        self.stats.published += 1
-        return True
+        self._track_oldest()
+        return sent
 
     async def run(self) -> None:
         """Forever: connect, drain, and on loss start again. Cancel to stop."""
@@ -163,16 +307,24 @@ class Drain:
                 await asyncio.sleep(BACKOFF_MIN)
             finally:
                 self._link = None
-                self._in_flight.clear()
-                if self._acks:  # delivered: record it, so they are not sent again
-                    with contextlib.suppress(sqlite3.Error):
-                        await self.store.call("ack", self._acks, self.name)
-                    self._acks = []
+                self._carried = {seq: first for seq, (_n, _sent, first) in self._in_flight.items()}
+                self._in_flight.clear()  # the stats keep their oldest: still unacknowledged
+                await self._record_acks()
                 if self._refusals:  # recorded before anything is sent again
                     await asyncio.gather(*self._refusals, return_exceptions=True)
                     self._refusals = []
                 await asyncio.get_running_loop().run_in_executor(None, link.abandon)
-            self._set_state("down", link.reason or "connection lost")
+            self._set_state("down", self._drop_reason or link.reason or "connection lost")
+            self._drop_reason = ""
+
+    async def _record_acks(self) -> None:
+        """Delivered: record it, so they are not sent again (and which meta the far end has)."""
+        if self._acks:
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.call("ack", self._acks, self.name)
+            self._acks = []
+        if self._meta_note_due:
+            await self._note_meta()
 
     async def stop(self, grace: float = 2.0) -> None:
         """Clean shutdown: let in-flight messages be acknowledged, then the link's goodbye."""
@@ -184,10 +336,7 @@ class Drain:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), deadline - time.monotonic())
-        if self._acks:
-            with contextlib.suppress(sqlite3.Error):
-                await self.store.call("ack", self._acks, self.name)
-            self._acks = []
+        await self._record_acks()
         await link.close(grace)
 
     async def _session(self, link: Link) -> None:
@@ -196,14 +345,16 @@ class Drain:
         self._set_state("up")
         self._sent_upto = 0  # highest outbox seq handed to this link
         self._next_live = time.monotonic()
-        if self.body.meta is not None:
-            with contextlib.suppress(sqlite3.Error):  # a store refusing writes restates it next time
-                await self.store.call("enqueue", "meta", True, self.body.meta, self.name)
+        await self._restate_meta()
         for seq in sorted(self._mem_msgs):  # sent from memory before the drop, not acknowledged
             if not self._send(link, seq, "readings", self._mem_msgs[seq], False):
                 return
         while not link.lost.is_set():
             self.stats.beat = time.monotonic()
+            if self._overdue(link):
+                return
+            if self._meta_note_due:
+                await self._note_meta()
             self.wake.clear()  # before the round: an ack arriving during it still wakes us
             try:
                 if await self._round(link):
@@ -220,7 +371,7 @@ class Drain:
             if self._store_warned:  # writable again: what it holds now was collected while stuck
                 self._store_warned = False
                 await self._mark_backlog()
-            timeout = max(0.001, self._next_live - time.monotonic())
+            timeout = self._wait_time()
             lost = asyncio.ensure_future(link.lost.wait())
             woke = asyncio.ensure_future(self.wake.wait())
             try:
@@ -259,7 +410,8 @@ class Drain:
             self.ctx.held.give_back(rows)  # read-only data dir: nothing can be numbered safely
             self._next_memory = now + self.settings.interval
             return False
-        payload = self.body.readings(False)(seq, rows)
+        payload = self._guarded("readings", self.body.readings(False))(seq, rows)
+        await self._report_set_aside()
         self._mem_msgs[seq] = payload
         if not self._send(link, seq, "readings", payload, False):
             link.lost.set()
@@ -277,22 +429,26 @@ class Drain:
         live_due = now >= self._next_live  # once per publish interval, sooner while full batches wait
         # an event published now waits on the connection behind every byte in flight: back-fill
         # only while little is (a full window of back-fill is ~4 MB, ~40 ms on loopback)
-        backlog_ok = bool(self._watermark) and sum(self._in_flight.values()) < BACKLOG_INFLIGHT_BYTES
+        backlog_ok = bool(self._watermark) and sum(n for n, _s, _f in self._in_flight.values()) < BACKLOG_INFLIGHT_BYTES
         acks, self._acks = self._acks, []
-        body = self.body
+        body, guard = self.body, self._guarded
         req = DrainRequest(
-            acks, self._sent_upto, max(0, room), body.events,
-            body.readings(False) if live_due else None, self.settings.batch,
-            self._watermark, body.readings(True) if backlog_ok else None,
+            acks, self._sent_upto, max(0, room), guard("events", body.events) if body.events else None,
+            guard("readings", body.readings(False)) if live_due else None, self.settings.batch,
+            self._watermark, guard("readings", body.readings(True)) if backlog_ok else None,
             min(BACKLOG_BATCH, self.settings.batch), DRAIN_BUDGET, self.name, min(EVENTS_BATCH, self.settings.batch))
         urgent, self._events_waiting = self._events_waiting, False
         try:
             res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)
         except BaseException:
             self._acks = acks + self._acks  # recorded on a later call (a repeat deletes nothing)
+            self._set_aside.clear()  # rolled back with the call: nothing was left out
             raise
         if res.error is not None:  # delivered all the same: record later, keep draining
             self._acks = acks + self._acks
+            self._set_aside.clear()  # numbering rolled back: nothing was left out
+        elif self._set_aside:
+            await self._report_set_aside()
         if live_due and res.live_short:
             self._next_live = now + self.settings.interval
         if res.backlog_done:

@@ -37,6 +37,7 @@ from agent.common.timefmt import now_ms, rfc3339
 from agent.model import QUALITIES
 from agent.north.mqtt.client import Events, MQTTMessage, MqttOptions, MqttSession
 from agent.north.mqtt.schema import SCHEMA, SEVERITIES
+from agent.north.mqtt.spec import without_credentials
 
 log = logging.getLogger("hazgate.receive")
 
@@ -45,6 +46,7 @@ SEQ_KINDS = ("readings", "events", "meta")  # the message kinds that carry `seq`
 KINDS = (*SEQ_KINDS, "status")
 STATES = ("online", "offline")
 MAX_PROBLEMS = 10  # problems listed per rejected message
+MAX_PROBLEM_TEXT = 300  # characters of one problem (a 64 KiB value is not repeated in full)
 BATCH_MESSAGES = 2000  # messages stored per transaction at most
 BATCH_BYTES = 16 << 20
 TICK = 0.2  # seconds between checks of the stop conditions
@@ -101,7 +103,7 @@ class Problems(list):
 
     def add(self, where: str, what: str) -> None:
         if len(self) < MAX_PROBLEMS:
-            self.append(f"{where}: {what}")
+            self.append(f"{where}: {what[:MAX_PROBLEM_TEXT]}")
         elif len(self) == MAX_PROBLEMS:
             self.append("... more problems not listed")
 
@@ -114,6 +116,12 @@ def validate(kind: str, enterprise: str, gateway: str, body: Any) -> list[str]:
     """Check one message body against `hazgate.uplink/1`; return its problems (empty: valid).
 
     kind, enterprise and gateway come from the topic `{prefix}/{enterprise}/{gateway}/{kind}`.
+    Every field the database stores in a column of its own is checked for its type here, so a
+    valid message always fits. Two readings of the JSON are decided, not checked:
+    - a whole number read as an integer must fit 64 bits; orjson reads one beyond the unsigned
+      64-bit range (2**64 and up) as a double, which is a number like any other (stored as REAL);
+    - a name given twice in one object takes its last value (as orjson, Python's json and
+      JavaScript's JSON.parse read it; RFC 8259 leaves it open): a `seq` written twice is the last.
     """
     p = Problems()
     if type(body) is not dict:
@@ -167,7 +175,7 @@ def _check_readings(readings: Any, p: Problems) -> None:
         if not _text(r.get("tag")):
             p.add(f"readings[{i}].tag", f"{r.get('tag')!r} is not a non-empty string")
         ts = r.get("ts")
-        if ts not in times:
+        if not (type(ts) is str and ts in times):
             if _is_time(ts):
                 times.add(ts)
             else:
@@ -220,6 +228,9 @@ def _check_events(events: Any, p: Problems) -> None:
         # buffer evictions, which concern neither) "source": "gateway".
         if not (_text(e.get("tag")) or _text(e.get("interlock")) or e.get("source") == "gateway"):
             p.add(w, 'names neither a tag nor an interlock (nor "source": "gateway")')
+        for key in ("tag", "interlock"):  # stored in columns of their own
+            if e.get(key) is not None and not _text(e[key]):
+                p.add(f"{w}.{key}", f"{e[key]!r} is not a non-empty string")
         for key in ("value", "limit"):
             if not _scalar(e.get(key)):
                 p.add(f"{w}.{key}", f"{e.get(key)!r} is not a number, string, true/false or null")
@@ -453,6 +464,35 @@ class Incoming(NamedTuple):
     received_ms: int
 
 
+# What the database says of a row it cannot take (a type it cannot bind, a number too large):
+# the message's fault, unlike a full disk or a read-only file (sqlite3.OperationalError).
+REFUSED = (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.DataError,
+           OverflowError, ValueError, TypeError)
+
+
+@dataclass
+class Rows:
+    """What one message adds to the database, and to its gateway's counters."""
+
+    incoming: Incoming
+    received: str
+    gw: Gateway | None
+    message: tuple | None = None  # its `messages` row, when it has a seq
+    readings: list[tuple] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)
+    meta: list[tuple] = field(default_factory=list)
+    violation: tuple | None = None
+
+    def count(self, sign: int) -> None:
+        """Add (1) or take back (-1) a stored message in its gateway's counters."""
+        gw = self.gw
+        assert gw is not None
+        gw.messages += sign
+        gw.readings += sign * len(self.readings)
+        gw.events += sign * len(self.events)
+        gw.meta += sign * len(self.meta)
+
+
 class Receiver:
     """Validates, deduplicates and stores batches of messages; one transaction per batch."""
 
@@ -469,113 +509,128 @@ class Receiver:
             gw = self.gateways[name] = Gateway(name)
         return gw
 
-    def _violation(self, rows: list, gw: Gateway | None, seq: int | None, m: Incoming, received: str,
-                   problems: list[str]) -> None:
+    def _violation(self, gw: Gateway | None, seq: int | None, kind: str | None, m: Incoming, received: str,
+                   problems: list[str]) -> Rows:
+        """The message recorded as a violation (and its seq as received, when it has one)."""
         if gw is not None:
             gw.violations += 1
-        rows.append((gw.name if gw else None, seq, m.topic, received, "; ".join(problems), m.payload))
         if self._logged < VIOLATIONS_LOGGED:
             self._logged += 1
             log.warning("schema violation", extra={"fields": {
                 "topic": m.topic, "seq": seq, "problems": "; ".join(problems[:3])}})
+        rows = Rows(m, received, gw)
+        rows.violation = (gw.name if gw else None, seq, m.topic, received, "; ".join(problems), m.payload)
+        if gw is not None and seq is not None:
+            rows.message = (gw.name, seq, kind, received, None, 0, int(m.retain), 0)
+        return rows
 
     def handle(self, batch: list[Incoming]) -> None:
-        """Store one batch in one transaction."""
-        msg_rows: list[tuple] = []
-        reading_rows: list[tuple] = []
-        event_rows: list[tuple] = []
-        meta_rows: list[tuple] = []
-        bad_rows: list[tuple] = []
-        touched: dict[str, Gateway] = {}
-        plen = len(self.prefix)
-        for m in batch:
-            received = rfc3339(m.received_ms)
-            parts = m.topic[plen:].split("/") if m.topic.startswith(self.prefix) else []
-            if len(parts) != 3 or parts[2] not in KINDS:
-                self._violation(bad_rows, None, None, m, received, [f"topic: {m.topic!r} is not {self.prefix}<enterprise>/<gateway>/<kind>"])
-                continue
-            enterprise, name, kind = parts
-            gw = self.gateway(name)
-            touched[name] = gw
-            gw.last_received = received
-            try:
-                body = orjson.loads(m.payload)
-            except orjson.JSONDecodeError as exc:
-                self._violation(bad_rows, gw, None, m, received, [f"message: not UTF-8 JSON: {exc}"])
-                continue
-            seq = body.get("seq") if type(body) is dict and kind != "status" else None
-            if not _int64(seq) or seq < 1:
-                seq = None
-            if seq is not None:
-                if seq in gw.seen:
-                    if m.retain:  # the broker's retained copy, handed out again on subscribe
-                        pass
-                    elif m.dup:
-                        gw.redelivered += 1
-                    else:
-                        gw.duplicates += 1
-                    continue
-                gw.seen.add(seq)
-                if not m.retain:  # a retained copy may be old: it does not open the range
-                    if gw.highest is not None and seq < gw.highest:
-                        gw.out_of_order += 1
-                    if gw.highest is None or seq > gw.highest:
-                        gw.highest = seq
-                    if gw.first is None or seq < gw.first:
-                        gw.first = seq
-            problems = validate(kind, enterprise, name, body)
-            if problems:
-                self._violation(bad_rows, gw, seq, m, received, problems)
-                if seq is not None:
-                    msg_rows.append((name, seq, kind, received, None, 0, int(m.retain), 0))
-                continue
-            if not gw.enterprise:
-                gw.enterprise = enterprise
-            if kind == "status":
-                gw.status, gw.version, gw.started_at = body["state"], body["version"], body["started_at"]
-                gw.status_at = received
-                continue
-            gw.messages += 1
-            sent_at = body["sent_at"]
-            if kind == "readings":
-                rs = body["readings"]
-                gw.readings += len(rs)
-                reading_rows.extend(
-                    (name, seq, r["tag"], r["ts"], r["value"], r["unit"], r["quality"], r.get("reason"), r["backfill"])
-                    for r in rs
-                )
-                count = len(rs)
-            elif kind == "events":
-                es = body["events"]
-                gw.events += len(es)
-                event_rows.extend(
-                    (name, seq, e["id"], e["kind"], e["severity"], e["state"], e["ts"], e.get("tag"),
-                     e.get("interlock"), e.get("value"), e.get("limit"), orjson.dumps(e).decode())
-                    for e in es
-                )
-                count = len(es)
-            else:
-                gw.meta += 1
-                meta_rows.append((name, seq, received, orjson.dumps(body["points"]).decode()))
-                count = len(body["points"])
-            msg_rows.append((name, seq, kind, received, sent_at, 1, int(m.retain), count))
+        """Store one batch in one transaction. Whatever a message holds, it ends stored, counted
+        as a duplicate or recorded as a violation: nothing in it can raise here (a raise would
+        leave it unacknowledged, handed to every restart again)."""
+        taken = [self._take(m) for m in batch]
         self.received += len(batch)
-        self._write(msg_rows, reading_rows, event_rows, meta_rows, bad_rows, touched)
+        try:
+            self._write(taken, one_by_one=False)
+        except REFUSED:  # a message the checks passed and the database will not take
+            self._write(taken, one_by_one=True)
 
-    def _write(self, msg_rows, reading_rows, event_rows, meta_rows, bad_rows, touched) -> None:
+    def _take(self, m: Incoming) -> Rows:
+        """One message: topic, JSON, seq bookkeeping, then the checks and its rows."""
+        received = rfc3339(m.received_ms)
+        plen = len(self.prefix)
+        parts = m.topic[plen:].split("/") if m.topic.startswith(self.prefix) else []
+        if len(parts) != 3 or parts[2] not in KINDS:
+            return self._violation(None, None, None, m, received,
+                                   [f"topic: {m.topic!r} is not {self.prefix}<enterprise>/<gateway>/<kind>"])
+        enterprise, name, kind = parts
+        gw = self.gateway(name)
+        gw.last_received = received
+        try:
+            body = orjson.loads(m.payload)
+        except orjson.JSONDecodeError as exc:
+            return self._violation(gw, None, kind, m, received, [f"message: not UTF-8 JSON: {exc}"])
+        seq = body.get("seq") if type(body) is dict and kind != "status" else None
+        if not _int64(seq) or seq < 1:
+            seq = None
+        if seq is not None:
+            if seq in gw.seen:
+                if m.retain:  # the broker's retained copy, handed out again on subscribe
+                    pass
+                elif m.dup:
+                    gw.redelivered += 1
+                else:
+                    gw.duplicates += 1
+                return Rows(m, received, gw)
+            gw.seen.add(seq)
+            if not m.retain:  # a retained copy may be old: it does not open the range
+                if gw.highest is not None and seq < gw.highest:
+                    gw.out_of_order += 1
+                if gw.highest is None or seq > gw.highest:
+                    gw.highest = seq
+                if gw.first is None or seq < gw.first:
+                    gw.first = seq
+        try:
+            return self._checked(m, received, gw, enterprise, kind, seq, body)
+        except Exception as exc:  # noqa: BLE001 - a gap in the checks: recorded, never raised
+            return self._violation(gw, seq, kind, m, received,
+                                   [f"message: cannot be checked: {type(exc).__name__}: {exc}"])
+
+    def _checked(self, m: Incoming, received: str, gw: Gateway, enterprise: str, kind: str, seq: int | None,
+                 body: Any) -> Rows:
+        problems = validate(kind, enterprise, gw.name, body)
+        if problems:
+            return self._violation(gw, seq, kind, m, received, problems)
+        if not gw.enterprise:
+            gw.enterprise = enterprise
+        rows = Rows(m, received, gw)
+        if kind == "status":
+            gw.status, gw.version, gw.started_at = body["state"], body["version"], body["started_at"]
+            gw.status_at = received
+            return rows
+        name = gw.name
+        if kind == "readings":
+            rows.readings = [(name, seq, r["tag"], r["ts"], r["value"], r["unit"], r["quality"], r.get("reason"),
+                              r["backfill"]) for r in body["readings"]]
+            count = len(rows.readings)
+        elif kind == "events":
+            rows.events = [(name, seq, e["id"], e["kind"], e["severity"], e["state"], e["ts"], e.get("tag"),
+                            e.get("interlock"), e.get("value"), e.get("limit"), orjson.dumps(e).decode())
+                           for e in body["events"]]
+            count = len(rows.events)
+        else:
+            rows.meta = [(name, seq, received, orjson.dumps(body["points"]).decode())]
+            count = len(body["points"])
+        rows.message = (name, seq, kind, received, body["sent_at"], 1, int(m.retain), count)
+        rows.count(+1)
+        return rows
+
+    def _refused(self, rows: Rows, exc: Exception) -> Rows:
+        """The database refused a message the checks passed: a violation instead."""
+        rows.count(-1)
+        _name, seq, kind, *_ = rows.message
+        return self._violation(rows.gw, seq, kind, rows.incoming, rows.received,
+                               [f"message: cannot be stored: {type(exc).__name__}: {exc}"])
+
+    def _write(self, taken: list[Rows], one_by_one: bool) -> None:
+        """One transaction; `one_by_one`: each message in a savepoint, a refused one recorded as
+        a violation (the first attempt, all at once, is the fast one)."""
         db = self.db
         db.execute("BEGIN")
         try:
-            if msg_rows:
-                db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?)", msg_rows)
-            if reading_rows:
-                db.executemany("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)", reading_rows)
-            if event_rows:
-                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", event_rows)
-            if meta_rows:
-                db.executemany("INSERT INTO meta VALUES (?,?,?,?)", meta_rows)
-            if bad_rows:
-                db.executemany("INSERT INTO violations VALUES (?,?,?,?,?,?)", bad_rows)
+            if one_by_one:
+                for i, rows in enumerate(taken):
+                    db.execute("SAVEPOINT message")
+                    try:
+                        self._insert([rows])
+                    except REFUSED as exc:
+                        db.execute("ROLLBACK TO message")
+                        taken[i] = self._refused(rows, exc)
+                        self._insert([taken[i]])
+                    db.execute("RELEASE message")
+            else:
+                self._insert(taken)
+            touched = {rows.gw.name: rows.gw for rows in taken if rows.gw is not None}
             cols = ", ".join(GATEWAY_COLUMNS)
             marks = ", ".join("?" * (len(GATEWAY_COLUMNS) + 1))
             db.executemany(
@@ -586,6 +641,18 @@ class Receiver:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _insert(self, taken: list[Rows]) -> None:
+        db = self.db
+        for sql, rows in (
+            ("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?)", [r.message for r in taken if r.message]),
+            ("INSERT INTO readings VALUES (?,?,?,?,?,?,?,?,?)", [x for r in taken for x in r.readings]),
+            ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [x for r in taken for x in r.events]),
+            ("INSERT INTO meta VALUES (?,?,?,?)", [x for r in taken for x in r.meta]),
+            ("INSERT INTO violations VALUES (?,?,?,?,?,?)", [r.violation for r in taken if r.violation]),
+        ):
+            if rows:
+                db.executemany(sql, rows)
 
     def report(self) -> dict:
         return {name: self.gateways[name].report() for name in sorted(self.gateways)}
@@ -600,7 +667,12 @@ class Receiver:
 # --- MQTT -------------------------------------------------------------------------------
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]; ValueError otherwise."""
+    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]; ValueError otherwise
+    (never showing a user name or password: the receiver takes none, and would log them)."""
+    if "@" in url:
+        raise ValueError(f"{without_credentials(url)!r} (shown without it): a user name or password in the "
+                         "address would show in logs and reports; valid: mqtt://host:port or "
+                         "mqtts://host:port (the receiver connects without credentials)")
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or parsed.path not in ("", "/"):
         raise ValueError(f"{url!r} is not a broker address; valid: mqtt://host:port or mqtts://host:port")

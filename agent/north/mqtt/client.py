@@ -5,6 +5,7 @@ live view): paho's callbacks are bound once, inside this class, and handed on as
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class MqttSession:
 
     def __init__(self, opts: MqttOptions, events: Events, call: Callable[..., Any] = _direct):
         self.opts = opts
+        self._abandoned = False  # set by abandon(): no event is handed on after it
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=opts.client_id,
                                       clean_session=opts.clean_session, protocol=mqtt.MQTTv311,
                                       manual_ack=opts.manual_ack)
@@ -80,6 +82,11 @@ class MqttSession:
             c.username_pw_set(opts.username, opts.password)
         if opts.reconnect is not None:
             c.reconnect_delay_set(*opts.reconnect)
+        given = call
+
+        def call(fn: Callable[..., Any], *args: Any) -> None:
+            if not self._abandoned:
+                given(fn, *args)
 
         def on_connect(_c: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
             if rc.is_failure:
@@ -140,9 +147,17 @@ class MqttSession:
         self.client.loop_stop()
 
     def abandon(self) -> None:
-        """Stop paho's thread first, so no event of this client arrives after it, then drop the
-        connection (a lost connection's client is never used again)."""
+        """Drop the connection at once and stop paho's thread; no event of this client is handed
+        on from now (a lost connection's client is never used again).
+
+        The socket is shut first: paho 2.2's network thread does not end while a QoS 1 message
+        waits for its PUBACK on a live connection, so `loop_stop` alone would wait for as long as
+        a broker withholds one."""
+        self._abandoned = True
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):  # already closed by paho
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the TCP socket under any TLS
         self.client.loop_stop()
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        self.client.loop_stop()

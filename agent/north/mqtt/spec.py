@@ -9,6 +9,15 @@ from urllib.parse import urlparse
 from agent.north.templated import BodySpec
 
 
+def without_credentials(url: str) -> str:
+    """The address with everything before its last '@' (a user name, a password) taken out: what
+    a log line, an error or `hazgate status` may show."""
+    if "@" not in url:
+        return url
+    scheme, sep, _ = url.partition("://")
+    return f"{scheme}{sep}{url.rpartition('@')[2]}" if sep else url.rpartition("@")[2]
+
+
 @dataclass
 class MqttSpec:
     broker: str
@@ -48,4 +57,6 @@ class MqttUplinkSpec:
 
     @property
     def describe(self) -> str:
-        return self.mqtt.broker
+        """Where it delivers, for status and logs: never a user name or password (the loader
+        refuses them in `[uplink]`; an address given another way still never shows one)."""
+        return without_credentials(self.mqtt.broker)

@@ -8,6 +8,7 @@ with its last will, and the message bodies (agent/north/mqtt/schema.py).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from agent.north.base import ConnectFailed, UplinkContext
 from agent.north.drain import Drain, DrainSettings
 from agent.north.mqtt.client import CONNECT_ERRORS, Events, MqttOptions, MqttSession
 from agent.north.mqtt.schema import (
+    SCHEMA,
     encode,
     envelope,
     events_body,
@@ -26,11 +28,12 @@ from agent.north.mqtt.schema import (
     status_body,
     topic,
 )
-from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
+from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec, without_credentials
 from agent.north.templated import TemplatedBody
 from agent.pipeline.store import Builder
 
 WINDOW = 16  # messages in flight; paho scans its in-flight list on each ack, so keep it small
+ACK_KEEPALIVES = 3  # keepalives a PUBACK may take before the connection is dropped and sent again
 CONNECT_TIMEOUT = 10.0
 CONNECTING_EXTRA = 30.0  # on top of keepalive while connecting (connect + CONNACK + back-off)
 KINDS = ("readings", "events", "meta", "status")
@@ -52,6 +55,13 @@ class Uplink1Body:
 
     def build_events(self, seq: int, rows: list) -> bytes:
         return encode(events_body(self._env(seq), rows))
+
+    def meta_digest(self) -> bytes:
+        """SHA-256 of the schema, the gateway and every point's description, as `meta` says them."""
+        h = hashlib.sha256(f"{SCHEMA}\n{self.ctx.gateway}\n{self.ctx.enterprise}".encode())
+        for p in self.ctx.points():
+            h.update(b"\n" + orjson.dumps(p.metadata()))
+        return h.digest()
 
     def build_meta(self, seq: int, _rows: list) -> bytes:
         # point by point into one buffer: the descriptions of 10 000 points never exist as
@@ -130,7 +140,10 @@ class MqttLink:
 class MqttConnector:
     def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body, topics: dict[str, str]):
         self.spec, self.ctx, self.body, self.topics = spec, ctx, body, topics
-        self.describe = spec.broker
+        # the broker (never a credential) and the topics under it: what one acknowledged there
+        # another broker has not had
+        root = topics["status"].rpartition("/")[0]
+        self.describe = f"{without_credentials(spec.broker).rstrip('/')}/{root}"
         self.connect_allowance = spec.keepalive + CONNECTING_EXTRA
 
     def _options(self) -> MqttOptions:
@@ -178,7 +191,8 @@ class MqttUplink:
 
     @staticmethod
     def _settings(spec: MqttSpec) -> DrainSettings:
-        return DrainSettings(window=WINDOW, batch=spec.batch_size, interval=spec.publish_interval)
+        return DrainSettings(window=WINDOW, batch=spec.batch_size, interval=spec.publish_interval,
+                             ack_warning=spec.keepalive, ack_deadline=ACK_KEEPALIVES * spec.keepalive)
 
     async def run(self) -> None:
         await self.drain.run()
@@ -192,7 +206,7 @@ class MqttUplink:
     async def points_changed(self) -> None:
         """The retained meta describes the new point set: restate it now."""
         if self.body is self.status_body:
-            await self.drain.restate(self.status_body.build_meta)
+            await self.drain.restate()
         else:
             self.body.points_changed()
 
@@ -203,8 +217,9 @@ class MqttUplink:
             link.restate_status()
 
     def reconfigure(self, listed: MqttUplinkSpec) -> None:
-        """A reloaded config (SIGHUP): batch size and publish interval apply at once; a new
-        broker address, TLS file, credential or keepalive on a new connection."""
+        """A reloaded config (SIGHUP): batch size, publish interval and the acknowledgement
+        deadline apply at once; a new broker address, TLS file, credential or keepalive on a new
+        connection."""
         old, self.listed, self.spec = self.spec, listed, listed.mqtt
         if listed.body is not None and isinstance(self.body, TemplatedBody):
             self.body.reconfigure(listed.body, self.ctx.timezone)
