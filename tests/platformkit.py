@@ -5,9 +5,13 @@ Every key here is an example made up for the tests, never an issued one.
 
 from __future__ import annotations
 
+import sqlite3
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from agent.common.clock import ClockConfig, ClockWatch
 from agent.common.problems import Problems
@@ -80,6 +84,44 @@ TARGET_CODE = "{{target_code}}"
 VALUE = "{{value}}"
 COLLECT_TIME = "{{ts}}"
 """
+
+
+def snapshot_http(url: str, interval: str) -> str:
+    """MEM_HTTP as a snapshot uplink; its records carry `ts_ms` and `backfill` too."""
+    text = MEM_HTTP.format(url=url, batch=50, timeout="2s")
+    return (text.replace('interval = "100ms"', f'send = "snapshot"\ninterval = "{interval}"')
+            + 'TS_MS = "{ts_ms}"\nBACKFILL = "{backfill}"\n')
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot as the platform stored it."""
+
+    seq: int
+    backfill: bool
+    at: int  # its boundary (epoch ms), from its newest record: something is polled every interval
+    records: dict[str, tuple[int, Any, str]]  # tag -> (ts_ms, value, quality)
+
+
+def received_snapshots(db: sqlite3.Connection, step_ms: int) -> list[Snapshot]:
+    """The snapshots a reference platform stored, in arrival order (one message each)."""
+    out: list[Snapshot] = []
+    for data_id, seq in db.execute("SELECT data_id, seq FROM platform_messages ORDER BY rowid").fetchall():
+        bodies = [orjson.loads(b) for (b,) in db.execute(
+            "SELECT body FROM platform_records WHERE data_id = ? ORDER BY idx", (data_id,))]
+        records = {r["BIT_NO"]: (r["TS_MS"], r["VALUE"], r["QUALITY"]) for r in bodies}
+        newest = max(ts for ts, _v, _q in records.values())
+        out.append(Snapshot(seq, bodies[0]["BACKFILL"], -(-newest // step_ms) * step_ms, records))
+    return out
+
+
+def value_at(readings: list[tuple[int, str, Any, str]], at: int) -> dict[str, tuple[int, Any, str]]:
+    """Each tag's newest reading at or before `at`: readings are (ts_ms, tag, value, quality)."""
+    out: dict[str, tuple[int, Any, str]] = {}
+    for ts, tag, value, quality in sorted(readings, key=lambda r: r[0]):
+        if ts <= at:
+            out[tag] = (ts, value, quality)
+    return out
 
 
 def write_secrets(folder: Path, files: dict[str, str] = SECRETS) -> None:

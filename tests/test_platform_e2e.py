@@ -9,12 +9,22 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from agent.common.timefmt import now_ms
+from agent.model import QUALITY_NAME
 from agent.north.http.uplink import HttpUplink
 from agent.north.tcp.uplink import TcpUplink
 from agent.pipeline.store import AsyncStore
 from agent.receiver.platform import PlatformReceiver, PlatformServer, open_db
 from tests.conftest import free_port
-from tests.platformkit import context, jiangsu_tcp, mem_http
+from tests.platformkit import (
+    context,
+    jiangsu_tcp,
+    mem_http,
+    received_snapshots,
+    snapshot_http,
+    spec_of,
+    value_at,
+)
 
 T0 = 1_795_777_200_000
 
@@ -99,3 +109,67 @@ async def test_tcp_uplink_delivers_every_reading_once_in_order(tmp_path: Path) -
     receiver = await run_through(tmp_path, uplink, spec, f"tcp://127.0.0.1:{port}")
     gw = receiver.gateways["jiangsu"]
     assert (gw.records, gw.violations, gw.undecodable, gw.gaps()) == (500, 0, 0, [])
+
+
+async def feed(store: AsyncStore, truth: list[tuple[int, str, object, str]]) -> None:
+    """A plant polled every 100 ms: the level is its time in seconds; the switch toggles every
+    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`."""
+    pids = await store.call("pids", [("TK101_LT", "m", "float32"), ("TK101_HLA", "", "bool")])
+    while True:
+        ts = now_ms()
+        rows = [(ts, "TK101_LT", ts / 1000, 0, None),
+                (ts, "TK101_HLA", ts // 700 % 2 == 0, 2 if ts // 2000 % 3 == 0 else 0, None)]
+        await store.call("add_readings", rows, pids)
+        truth += [(t, tag, v, QUALITY_NAME[q]) for t, tag, v, q, _r in rows]
+        await asyncio.sleep(0.1)
+
+
+async def test_a_snapshot_uplink_back_fills_one_snapshot_per_missed_interval(tmp_path: Path) -> None:
+    """Snapshots every 2 s; the platform is down for 6 s, then each missed boundary comes as
+    back-fill, in order, after the newest one, with the values and qualities of its instant."""
+    step = 2000
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api/realtime"
+    spec = spec_of(tmp_path, snapshot_http(url, "2s"))
+    store = AsyncStore(tmp_path / "data")
+    await store.open([(spec.name, False)])
+    uplink = HttpUplink(spec, context(store))
+    receiver = PlatformReceiver(spec, open_db(tmp_path / "platform.db"))
+    server = PlatformServer(receiver, url)
+    await server.start()
+    truth: list[tuple[int, str, object, str]] = []
+    tasks = [asyncio.ensure_future(feed(store, truth)), asyncio.ensure_future(uplink.run())]
+    try:
+        await until(lambda: received_snapshots(receiver.db, step), 10)
+        await server.stop()  # the platform is down for 6 s (3 boundaries) once the uplink sees it
+        await until(lambda: uplink.stats.state == "down", 5)
+        await asyncio.sleep(6)
+        server = PlatformServer(receiver, url)
+        await server.start()
+        back = now_ms()
+
+        def caught_up() -> bool:
+            ats = {snap.at for snap in received_snapshots(receiver.db, step)}
+            return ats >= set(range(min(ats), back // step * step + 1, step))
+
+        await until(caught_up, 20)
+        await asyncio.sleep(0.3)  # nothing more comes at once
+    finally:
+        await uplink.stop(1.0)
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks)
+        await server.stop()
+        await store.close()
+    snaps = received_snapshots(receiver.db, step)
+    ats = [snap.at for snap in snaps]
+    assert sorted(ats) == list(range(ats[0], max(ats) + 1, step))  # one per interval, none twice
+    backfill = [snap for snap in snaps if snap.backfill]
+    assert len(backfill) >= 3
+    first = snaps.index(backfill[0])
+    assert [snap.at for snap in backfill] == sorted(snap.at for snap in backfill)  # in order
+    assert not snaps[first - 1].backfill and snaps[first - 1].at > backfill[-1].at  # after the newest
+    for snap in snaps:  # each with the values of its instant
+        assert snap.records == value_at(truth, snap.at), snap
+    assert {q for snap in snaps for _ts, _v, q in snap.records.values()} == {"good", "bad"}

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import orjson
 from conftest import HAZGATE, Broker, Proc, free_port, wait_port
-from plant import DeviceSpec, Plant, Subscriber, parse_ts, simple_points, write_plant
-from platformkit import JIANGSU_TCP, MEM_HTTP, write_secrets
+from plant import DeviceSpec, Plant, PointSpec, Subscriber, parse_ts, simple_points, write_plant
+from platformkit import (
+    JIANGSU_TCP,
+    MEM_HTTP,
+    Snapshot,
+    received_snapshots,
+    snapshot_http,
+    value_at,
+    write_secrets,
+)
 
 POLL = "200ms"
 
@@ -185,3 +193,65 @@ def test_a_refused_message_is_set_aside_and_the_rest_flows(tmp_path: Path, procs
     exported = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert [(r["seq"], r["rejects"]) for r in exported] == [(3, 3)], exported
     assert "seq=3" in exported[0]["reason"] or exported[0]["reason"], exported[0]
+
+
+def snapshots(db: Path, step_ms: int) -> list[Snapshot]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as c:
+        return received_snapshots(c, step_ms)
+
+
+def test_a_snapshot_platform_down_30_s_gets_each_missed_10_s_snapshot_with_its_values(
+        tmp_path: Path, procs: list[Proc], broker: Broker) -> None:
+    """Snapshot mode (issue 15): interval 10 s, the platform down for 30 s. Afterwards it holds
+    one snapshot per boundary, none twice; the 3 (or 4) boundaries of the outage came after it;
+    those built while the uplink was down are flagged back-fill and come in order after the
+    newest; every snapshot holds the values and qualities the gateway read at its instant (as
+    its MQTT uplink published them)."""
+    step = 10_000
+    points = [PointSpec("A_LT", "hr:0", "float32", signal={"ramp": [0.0, 3600.0], "period": "3600s"},
+                        unit="m", kind="level"),
+              PointSpec("A_ON", "hr:2.0", "bool", signal={"steps": [["0s", False], ["3s", True]], "repeat": "7s"},
+                        kind="interlock_status")]
+    plant = write_plant(tmp_path, broker.url, [DeviceSpec("plc", points, poll_interval=POLL, timeout="150ms")],
+                        publish_interval="200ms")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api/realtime"
+    write_secrets(tmp_path)
+    plant.config.write_text(plant.config.read_text() + snapshot_http(url, "10s"))
+    plant.start_simulator(procs, "plc")
+    db = tmp_path / "mem.db"
+    platform = start_platform(procs, plant, "mem", url, db)
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        agent = plant.start_agent(procs)
+        sub.wait_until(lambda: snapshots(db, step), 20, "a first snapshot")
+        before = len(snapshots(db, step))
+        platform.stop()
+        down = time.time() * 1000
+        time.sleep(30)
+        start_platform(procs, plant, "mem", url, db)
+        back = time.time() * 1000
+
+        def caught_up() -> bool:
+            ats = {snap.at for snap in snapshots(db, step)}
+            return ats >= set(range(min(ats), int(back) // step * step + 1, step))
+
+        sub.wait_until(caught_up, 25, "a snapshot for every boundary of the outage")
+        agent.stop()
+        assert agent.p.returncode == 0, agent.output()[-3000:]
+    truth = [(round(parse_ts(r["ts"]) * 1000), r["tag"], r["value"], r["quality"]) for r in sub.readings()]
+    snaps = snapshots(db, step)
+    ats = [snap.at for snap in snaps]
+    assert sorted(ats) == list(range(min(ats), max(ats) + 1, step))  # one per interval, none twice
+    outage = [at for at in ats if down <= at + 1000 < back]  # due while the platform was away
+    assert len(outage) >= 3
+    assert all(ats.index(at) >= before for at in outage)  # all came after it
+    backfill = [snap for snap in snaps if snap.backfill]
+    assert backfill and {snap.at for snap in backfill} <= set(outage)
+    first = snaps.index(backfill[0])
+    assert [snap.at for snap in backfill] == sorted(snap.at for snap in backfill)
+    assert not snaps[first - 1].backfill and snaps[first - 1].at > backfill[-1].at
+    for snap in snaps:
+        assert snap.records == value_at(truth, snap.at), snap
+    assert {v for snap in snaps for _ts, v, _q in [snap.records["A_ON"]]} == {False, True}

@@ -68,6 +68,7 @@ EVENTS_KEYS = {"http": ("url",), "tcp": (), "mqtt": ("topic",)}
 LIMITS = {"batch": (1, 10000), "batch_size": (1, 10000), "max_rejects": (1, 1000),
           "port": (1, 65535), "max_reply": (64, 64 << 20)}
 ACK_KEYS = ("status", "field", "equals")
+SNAPSHOT_MIN_INTERVAL = 1.0  # seconds: the shortest snapshot cadence
 
 
 def parse_timezone(name: Any) -> tzinfo:
@@ -167,6 +168,9 @@ def _load_one(e: _Entry, item: dict, names: dict[str, int],
         send=values.get("send", "readings"), interval=values.get("interval", 10.0),
         batch=values.get("batch", 200), max_rejects=values.get("max_rejects", 10),
         timeout=values.get("timeout", 10.0))
+    if delivery.send == "snapshot" and delivery.interval < SNAPSHOT_MIN_INTERVAL:
+        e.err(("interval",), "interval", f"{delivery.interval:g}s is too short for send = \"snapshot\"; "
+              f"valid: {SNAPSHOT_MIN_INTERVAL:g}s or more")
     if protocol == "http":
         headers = _headers(e, item.get("headers"))
         if values.get("ca_file") is not None and str(values.get("url", "")).startswith("http:"):

@@ -13,6 +13,11 @@ Three guards, whatever the protocol:
   by row, leave out the rows that fail alone and report them (a `record_set_aside` event);
 - the description (`meta`) is queued again only when it differs from the one last acknowledged
   (a note in the store's state) and is not already waiting in the outbox.
+
+In snapshot mode (`DrainSettings.snapshot`) the live message is the snapshot of the newest
+boundary due (a multiple of the interval since the epoch, due a grace after it so that what was
+polled just before it is stored: agent.pipeline.store.snapshot_grace), and the backlog is one
+snapshot per boundary missed; the store builds both from the uplink's queue.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
-from agent.pipeline.store import Builder, DrainRequest
+from agent.pipeline.store import Builder, DrainRequest, snapshot_grace
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -47,6 +52,7 @@ class DrainSettings:
     batch: int  # readings per live message
     interval: float  # seconds between live messages (sooner while full batches wait)
     max_rejects: int = 10  # refusals of one message in a row before it is set aside
+    snapshot: bool = False  # send = "snapshot": each point's latest value per interval, aligned to the clock
     # the adapter's bounds on an acknowledgement (MQTT: 1 and 3 keepalives); inf: none of the
     # drain's own (a link that times out each reply itself)
     ack_warning: float = math.inf  # seconds one may take before it is worth a warning
@@ -395,7 +401,10 @@ class Drain:
             self._watermark = 0
 
     async def _round_from_memory(self, link: Link) -> bool:
-        """One batch of held live readings straight to the far end; True if one went out."""
+        """One batch of held live readings straight to the far end; True if one went out.
+        A snapshot uplink sends nothing from memory: its snapshots are built in the store."""
+        if self.settings.snapshot:
+            return False
         self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
         now = time.monotonic()
         if now < self._next_memory or len(self._in_flight) >= self.settings.window:
@@ -426,10 +435,11 @@ class Drain:
         if room <= 0 and not self._acks:
             return False
         now = time.monotonic()
-        live_due = now >= self._next_live  # once per publish interval, sooner while full batches wait
+        snapshot = self.settings.snapshot
+        live_due = snapshot or now >= self._next_live  # once per publish interval, sooner while full batches wait
         # an event published now waits on the connection behind every byte in flight: back-fill
         # only while little is (a full window of back-fill is ~4 MB, ~40 ms on loopback)
-        backlog_ok = bool(self._watermark) and sum(n for n, _s, _f in self._in_flight.values()) < BACKLOG_INFLIGHT_BYTES
+        backlog_ok = (snapshot or bool(self._watermark)) and sum(n for n, _s, _f in self._in_flight.values()) < BACKLOG_INFLIGHT_BYTES
         acks, self._acks = self._acks, []
         body, guard = self.body, self._guarded
         req = DrainRequest(
@@ -437,6 +447,12 @@ class Drain:
             guard("readings", body.readings(False)) if live_due else None, self.settings.batch,
             self._watermark, guard("readings", body.readings(True)) if backlog_ok else None,
             min(BACKLOG_BATCH, self.settings.batch), DRAIN_BUDGET, self.name, min(EVENTS_BATCH, self.settings.batch))
+        if snapshot:
+            step = round(self.settings.interval * 1000)
+            grace = snapshot_grace(step)
+            wall = now_ms()
+            req.snapshot_interval, req.snapshot_due = step, (wall - grace) // step * step
+            self._next_live = now + (req.snapshot_due + step + grace - wall) / 1000  # the next boundary due
         urgent, self._events_waiting = self._events_waiting, False
         try:
             res = await (self.store.call_urgent if urgent else self.store.call)("drain", req)
@@ -458,7 +474,7 @@ class Drain:
                 link.lost.set()
                 return False
             self._sent_upto = seq
-        if res.messages:
+        if res.messages or res.more:
             return True
         if res.error is not None:  # nothing new can be numbered while the store refuses writes
             raise res.error

@@ -91,7 +91,7 @@ class PlatformUplink:
     @staticmethod
     def _settings(delivery: Delivery) -> DrainSettings:
         return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
-                             max_rejects=delivery.max_rejects)
+                             max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
 
     async def run(self) -> None:
         await self.drain.run()

@@ -14,6 +14,14 @@ Readings are stored packed, up to CHUNK_ROWS to a row of the `chunks` table (one
 per poll or so instead of one per reading: the per-row cost of SQLite was most of the agent's
 CPU). Chunks keep insertion order (AUTOINCREMENT ids, never reused): draining never sorts by
 time.
+
+A snapshot uplink (`send = "snapshot"`) folds its queue instead, whole chunks in order, into its
+`snapshot_state` (per point its newest reading at or before the last boundary, and its newest
+in each later interval from chunks that straddle it) and numbers, per boundary, one snapshot
+built from that state, in the transaction that folds. After an outage a second state, the head (`side` 1),
+folds ahead from the same queue and numbers the newest boundary (live) while the tail (`side`
+0) builds the missed ones in order (back-fill), skipping the boundaries the head sent
+(`snapshot_live`); when the tail reaches the head the head becomes the one state again.
 """
 
 from __future__ import annotations
@@ -69,7 +77,18 @@ CREATE TABLE IF NOT EXISTS devices(
   name TEXT PRIMARY KEY, link TEXT NOT NULL, reason TEXT, last_good INTEGER, changed INTEGER);
 CREATE TABLE IF NOT EXISTS active(
   key TEXT PRIMARY KEY, kind TEXT NOT NULL, subject TEXT NOT NULL, start INTEGER NOT NULL, data BLOB);
+CREATE TABLE IF NOT EXISTS snapshots(
+  uplink TEXT PRIMARY KEY, at INTEGER NOT NULL, head_at INTEGER, head_chunk INTEGER, fold_to INTEGER);
+CREATE TABLE IF NOT EXISTS snapshot_state(
+  uplink TEXT NOT NULL, side INTEGER NOT NULL, pid INTEGER NOT NULL, ts INTEGER NOT NULL, value,
+  quality INTEGER NOT NULL, reason TEXT, PRIMARY KEY(uplink, side, pid, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshot_live(
+  uplink TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(uplink, first)) WITHOUT ROWID;
 """
+
+SNAPSHOT_TABLES = ("snapshots", "snapshot_state", "snapshot_live")
+SNAPSHOT_GRACE = 1000  # ms after a boundary before its snapshot is built (at most half the interval)
+TAIL, HEAD = 0, 1  # the sides of a snapshot uplink's state: in order (back-fill), ahead (live)
 
 OUTBOX = """
 CREATE TABLE outbox(
@@ -127,6 +146,8 @@ class DrainRequest:
     budget: int  # readings to number at most in this call (keeps the store thread's turns short)
     uplink: str = DEFAULT_UPLINK
     events_batch: int = 100  # events in one message at most
+    snapshot_interval: int = 0  # ms between snapshots (send = "snapshot"); 0: readings mode
+    snapshot_due: int = 0  # the newest boundary whose snapshot is due (epoch ms, a multiple of the interval)
 
 
 @dataclass(slots=True)
@@ -135,6 +156,7 @@ class DrainResult:
     error: sqlite3.Error | None = None  # the store refused writes: nothing new was numbered
     live_short: bool = False  # live readings are exhausted (the last batch was not full)
     backlog_done: bool = False
+    more: bool = False  # snapshot mode: the budget ran out while folding; call again at once
 
 
 class Store:
@@ -249,7 +271,7 @@ class Store:
                     self.db.execute("DELETE FROM pending_events WHERE uplink=?", (name,))
             names = {name for name, _ in configured}
             for name in set(known) - names:
-                for table in ("pending", "pending_events", "outbox", "uplinks"):
+                for table in ("pending", "pending_events", "outbox", "uplinks", *SNAPSHOT_TABLES):
                     self.db.execute(f"DELETE FROM {table} WHERE {'name' if table == 'uplinks' else 'uplink'}=?", (name,))
             self._collect()
         for name in names:
@@ -537,7 +559,7 @@ class Store:
                     (up, req.sent_upto, req.room)).fetchone()[0]
                 self._number(req, req.room - waiting, res)
         except sqlite3.Error as exc:
-            res.error = exc
+            res.error, res.more = exc, False  # rolled back: nothing was folded
         res.messages = self.unacked(req.sent_upto, req.room, up)
         if res.messages:
             self.mark_published(res.messages[-1][0], up)  # durably, before the wire
@@ -549,6 +571,11 @@ class Store:
         while (free > 0 and req.build_events is not None
                and self._take_events(up, req.build_events, req.events_batch) is not None):
             free -= 1
+        if req.snapshot_interval:
+            self._number_snapshots(req, free, res)
+            return
+        if self.db.execute("SELECT 1 FROM snapshots WHERE uplink=?", (up,)).fetchone():
+            self._drop_snapshots(up)  # sends readings now: a later snapshot mode starts afresh
         while free > 0 and budget > 0 and req.build_live is not None:
             taken = self._take_readings(up, req.build_live, req.live_batch, req.watermark, None)
             count = taken[1] if taken else 0
@@ -563,6 +590,158 @@ class Store:
                 res.backlog_done = True
                 break
             free, budget = free - 1, budget - taken[1]
+
+    # --- snapshot mode ---------------------------------------------------------------------
+    def _number_snapshots(self, req: DrainRequest, free: int, res: DrainResult) -> None:
+        """Snapshot mode: the newest due boundary first (live), then the missed ones in order
+        (back-fill), within `free` messages and the request's budget (readings folded plus
+        records built); `res.more` when folding stopped at the budget.
+
+        `snapshots` row: `at` the tail's last boundary; `head_at`, `head_chunk` the head's last
+        boundary and last chunk folded (NULL while the tail is live); `fold_to` the live
+        boundary being folded towards across calls (its state is pruned to it)."""
+        up, step = req.uplink, req.snapshot_interval
+        row = self.db.execute("SELECT at, head_at, head_chunk, fold_to FROM snapshots WHERE uplink=?",
+                              (up,)).fetchone()
+        if row is None:  # a new snapshot uplink starts at the due boundary: nothing before it was missed
+            row = (req.snapshot_due - step, None, None, None)
+            self.db.execute("INSERT INTO snapshots(uplink, at) VALUES (?, ?)", (up, row[0]))
+        at, head_at, head_chunk, fold_to = row
+        due = max(req.snapshot_due, fold_to or 0)  # a clock stepped back finishes what it began
+        budget = req.budget
+        if free > 0 and budget > 0 and req.build_live is not None and due > (at if head_at is None else head_at):
+            if head_at is None and _after(at, step) < due:  # boundaries were missed: the head goes ahead
+                head_at, head_chunk = at, self._tail_chunk(up)
+                self.db.execute("INSERT OR REPLACE INTO snapshot_state SELECT uplink, ?, pid, ts, value, quality, reason "
+                                "FROM snapshot_state WHERE uplink=? AND side=?", (HEAD, up, TAIL))
+            side = TAIL if head_at is None else HEAD
+            reached, used, last = self._fold(up, side, due, step, budget, 0 if side == TAIL else head_chunk)
+            budget -= used
+            if side == HEAD:
+                head_chunk = last
+            if not reached:
+                fold_to, res.more = due, True
+            else:
+                fold_to = None
+                pages, records = self._snapshot(up, side, due, req.build_live, req.live_batch)
+                free, budget = free - pages, budget - max(1, records)  # an empty one costs a turn too
+                if side == TAIL:
+                    at = due
+                else:
+                    if due != _after(head_at, step) or not self.db.execute(
+                            "UPDATE snapshot_live SET last=? WHERE uplink=? AND last=?", (due, up, head_at)).rowcount:
+                        self.db.execute("INSERT INTO snapshot_live VALUES (?, ?, ?)", (up, due, due))
+                    head_at = due
+        while head_at is not None:
+            nxt = _after(at, step)
+            if nxt > head_at and fold_to is None:  # the tail caught up with the head: one state again
+                self._merge_head(up, head_chunk)
+                at, head_at, head_chunk = head_at, None, None
+                break
+            if nxt > head_at or free <= 0 or budget <= 0 or req.build_backlog is None or res.more:
+                break
+            sent = self.db.execute("SELECT last FROM snapshot_live WHERE uplink=? AND first <= ? AND last >= ?",
+                                   (up, nxt, nxt)).fetchone()
+            target = nxt if sent is None else sent[0]
+            reached, used, _ = self._fold(up, TAIL, target, step, budget, 0)
+            budget -= used
+            if not reached:
+                res.more = True
+                break
+            if sent is None:
+                pages, records = self._snapshot(up, TAIL, nxt, req.build_backlog, req.live_batch)
+                free, budget = free - pages, budget - max(1, records)
+            else:  # the head sent these live: the tail only passes them
+                self._prune(up, TAIL, target)
+                self.db.execute("DELETE FROM snapshot_live WHERE uplink=? AND last=?", (up, target))
+            at = target
+        if (at, head_at, head_chunk, fold_to) != row:
+            self.db.execute("UPDATE snapshots SET at=?, head_at=?, head_chunk=?, fold_to=? WHERE uplink=?",
+                            (at, head_at, head_chunk, fold_to, up))
+
+    def _tail_chunk(self, uplink: str) -> int:
+        """The last chunk the uplink's tail has folded (every earlier one too)."""
+        first = self.db.execute("SELECT MIN(chunk) FROM pending WHERE uplink=?", (uplink,)).fetchone()[0]
+        return self.last_reading_id() if first is None else first - 1
+
+    def _fold(self, uplink: str, side: int, target: int, step: int, budget: int,
+              after: int) -> tuple[bool, int, int]:
+        """Fold the uplink's pending chunks after chunk `after`, whole and in order, into its
+        `side` state until a chunk holds nothing up to the grace after `target` (or none is
+        left: reached) or the budget is spent (at least one chunk is folded). So a reading
+        stored behind later ones by less than the grace still counts for its boundary. The
+        state keeps per point its newest reading at or before the target and its newest in
+        each later interval. The tail's chunks leave its queue. Returns (reached, readings
+        folded, last chunk folded)."""
+        newest: dict[tuple[int, int], tuple] = {}  # (pid, boundary it counts for) -> newest reading
+        horizon = target + snapshot_grace(step)
+        used, first, last, reached = 0, None, after, True
+        for cid, oldest, blob in self.db.execute(
+                "SELECT p.chunk, c.oldest, c.rows FROM pending p JOIN chunks c ON c.id = p.chunk "
+                "WHERE p.uplink = ? AND p.chunk > ? ORDER BY p.chunk", (uplink, after)):
+            if oldest > horizon:
+                break
+            if used >= budget:
+                reached = False
+                break
+            rows = unpack_chunk(blob)
+            for r in rows:
+                key = (r[1], target if r[0] <= target else -(-r[0] // step) * step)
+                if (best := newest.get(key)) is None or r[0] >= best[0]:
+                    newest[key] = r
+            used += len(rows)
+            first, last = first or cid, cid
+        if first is None:
+            return reached, 0, last
+        self.db.executemany("INSERT OR REPLACE INTO snapshot_state VALUES (?,?,?,?,?,?,?)",
+                            ((uplink, side, pid, ts, v, q, reason) for ts, pid, v, q, reason in newest.values()))
+        self._prune(uplink, side, target)
+        if side == TAIL:
+            self._unqueue(uplink, first, last)
+        return reached, used, last
+
+    def _prune(self, uplink: str, side: int, upto: int) -> None:
+        """Per point, drop the readings older than its newest one at or before `upto`."""
+        self.db.execute(
+            "DELETE FROM snapshot_state WHERE uplink=? AND side=? AND ts < (SELECT MAX(s.ts) FROM snapshot_state s "
+            "WHERE s.uplink = snapshot_state.uplink AND s.side = snapshot_state.side AND s.pid = snapshot_state.pid "
+            "AND s.ts <= ?)", (uplink, side, upto))
+
+    def _unqueue(self, uplink: str, first: int, last: int) -> None:
+        """The uplink is done with chunks first..last: they leave its queue (and the store when
+        no uplink needs them)."""
+        self.db.execute("DELETE FROM pending WHERE uplink=? AND chunk >= ? AND chunk <= ?", (uplink, first, last))
+        self.db.execute("DELETE FROM chunks WHERE id >= ? AND id <= ? AND NOT EXISTS "
+                        "(SELECT 1 FROM pending WHERE chunk = chunks.id)", (first, last))
+
+    def _snapshot(self, uplink: str, side: int, at: int, build: Builder, batch: int) -> tuple[int, int]:
+        """Number the snapshot at boundary `at` from the `side` state: each point's newest
+        reading at or before it (points without one are left out), in messages of `batch`
+        records at most. Returns (messages, records)."""
+        self._prune(uplink, side, at)
+        point = self._point
+        body = [(ts, *point(pid), value, QUALITY_NAME[q], reason) for pid, ts, value, q, reason in self.db.execute(
+            "SELECT pid, ts, value, quality, reason FROM snapshot_state WHERE uplink=? AND side=? AND ts <= ? "
+            "ORDER BY pid", (uplink, side, at))]
+        for i in range(0, len(body), batch):
+            page = body[i : i + batch]
+            seq = self._next_seq(uplink)
+            self._enqueue(uplink, seq, "snapshot", False, len(page), at, build(seq, page))
+        return -(-len(body) // batch), len(body)
+
+    def _merge_head(self, uplink: str, head_chunk: int) -> None:
+        """The tail has built every boundary the head has: the head's state is the uplink's
+        state, and the chunks it folded leave the queue."""
+        self.db.execute("DELETE FROM snapshot_state WHERE uplink=? AND side=?", (uplink, TAIL))
+        self.db.execute("UPDATE snapshot_state SET side=? WHERE uplink=?", (TAIL, uplink))
+        self.db.execute("DELETE FROM snapshot_live WHERE uplink=?", (uplink,))
+        first = self.db.execute("SELECT MIN(chunk) FROM pending WHERE uplink=?", (uplink,)).fetchone()[0]
+        if first is not None and first <= head_chunk:
+            self._unqueue(uplink, first, head_chunk)
+
+    def _drop_snapshots(self, uplink: str) -> None:
+        for table in SNAPSHOT_TABLES:
+            self.db.execute(f"DELETE FROM {table} WHERE uplink=?", (uplink,))
 
     def enqueue(self, kind: str, retain: bool, build: Builder, uplink: str = DEFAULT_UPLINK) -> int:
         """Put a ready-made message (meta) into the uplink's outbox with its next seq."""
@@ -682,7 +861,8 @@ class Store:
             "ON c.id = p.chunk WHERE p.uplink = ?", (uplink,)).fetchone()
         o_msgs, o_readings, o_oldest, aside = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind='readings' THEN count END), 0), "
-            "MIN(CASE WHEN kind='readings' THEN oldest END), COALESCE(SUM(aside), 0) FROM outbox WHERE uplink = ?",
+            "MIN(CASE WHEN kind IN ('readings', 'snapshot') THEN oldest END), COALESCE(SUM(aside), 0) "
+            "FROM outbox WHERE uplink = ?",
             (uplink,)).fetchone()
         events = self.db.execute("SELECT COUNT(*) FROM pending_events WHERE uplink = ?", (uplink,)).fetchone()[0]
         last_ack_seq, last_ack_at, evicted = self.db.execute(
@@ -716,6 +896,16 @@ class Store:
             "stored_readings": int(self.get_state("stored_readings", 0)),
             "uplinks": per,
         }
+
+
+def snapshot_grace(step: int) -> int:
+    """Ms after a boundary before its snapshot is built, for an interval of `step` ms."""
+    return min(SNAPSHOT_GRACE, step // 2)
+
+
+def _after(at: int, step: int) -> int:
+    """The first boundary (a multiple of `step`) after `at`."""
+    return (at // step + 1) * step
 
 
 class StoreUnavailable(sqlite3.OperationalError):
