@@ -346,6 +346,13 @@ class Service:
         for name, since in self._uplink_down_since.items():
             if now - since > UPLINK_DOWN_PROBLEM:
                 problems.append(f"uplink {name} down for {now - since:.0f}s")
+        for u in agent.uplinks:  # a far end that takes messages and never acknowledges them
+            s, age = u.stats, u.stats.oldest_unacked_age(now)
+            if s.ack_deadline and age > s.ack_deadline:
+                problems.append(f"uplink {u.name}: oldest message unacknowledged for {age:.0f}s "
+                                f"(deadline {s.ack_deadline:g}s)")
+            elif s.ack_warning and age > s.ack_warning:
+                warnings.append(f"uplink {u.name}: oldest message unacknowledged for {age:.0f}s")
         devs = agent.devices
         down = [d.device.name for d in devs if d.link == "down"]
         if devs and len(down) == len(devs):
@@ -456,6 +463,9 @@ class Service:
                  [(lb, s.rejected) for lb, s in ups])
         e.family("hazgate_uplink_reconnects_total", "counter", "Connections made again after a loss.",
                  [(lb, s.reconnects) for lb, s in ups])
+        e.family("hazgate_uplink_oldest_unacked_age_seconds", "gauge",
+                 "Seconds the oldest message in flight has waited for its acknowledgement (0: none).",
+                 [(lb, round(s.oldest_unacked_age(), 3)) for lb, s in ups])
         kinds = self.stats.active
         if self.stats.at is not None:
             e.family("hazgate_active_conditions", "gauge", "Active alarms, bypasses and other conditions, by kind.",
