@@ -64,7 +64,8 @@ class Agent:
         ctx = UplinkContext(
             gateway=cfg.gateway_id, enterprise=cfg.enterprise_code, version=__version__,
             started_ms=self.started_ms, store=self.store, clock=self.clock, points=self._points,
-            held=self.writer, on_state=self._uplink_state, events_stored=self.events_stored)
+            held=self.writer, on_state=self._uplink_state, events_stored=self.events_stored,
+            timezone=cfg.timezone, uplinks=self._uplinks_summary)
         self.uplinks = [make_uplink(spec, ctx) for spec in cfg.uplinks]
         self.checks = self._check_stage(cfg)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
@@ -88,8 +89,14 @@ class Agent:
     def store_error(self) -> str | None:
         return self.writer.store_error
 
+    def _uplinks_summary(self) -> dict[str, dict]:
+        return {u.name: u.stats.summary() for u in self.uplinks}
+
     def _uplink_state(self, name: str, state: str) -> None:
         self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms()})
+        for u in self.uplinks:  # the retained status of every MQTT uplink tells the others' state
+            if u.name != name:
+                u.status_changed()
 
     def _background_call(self, name: str, *args: object, urgent: bool = False,
                          then: Callable[[], None] | None = None) -> None:

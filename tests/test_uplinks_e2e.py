@@ -111,6 +111,10 @@ def test_three_uplinks_one_platform_down(tmp_path: Path, procs: list[Proc], brok
         down_from = time.time()
         time.sleep(20)
         down_to = time.time()
+        # the retained status tells every uplink's state (the platform sees the park is down)
+        online = [m.body for m in sub.of_kind("status") if m.body and m.body.get("state") == "online"]
+        assert online[-1]["uplinks"]["mem"]["state"] == "down", online[-1]
+        assert online[-1]["uplinks"]["jiangsu"]["state"] == "up" and online[-1]["uplinks"]["mqtt"]["state"] == "up"
         start_platform(procs, plant, "mem", http_url, http_db)
 
         def truth() -> set[tuple[str, float]]:  # every reading collected before the platform came back

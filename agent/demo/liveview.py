@@ -197,6 +197,16 @@ class LiveView(Events):
             t.append("no status yet", style="dim")
         if not self.connected_now:
             t.append(f"  view not connected {self.connect_error}".rstrip(), style="yellow")
+        uplinks = (s.status or {}).get("uplinks") if st == "online" else None
+        if isinstance(uplinks, dict) and uplinks:  # every uplink of the gateway, from its status
+            t.append("\nuplinks:")
+            for name, u in uplinks.items():
+                state = u.get("state", "?") if isinstance(u, dict) else "?"
+                t.append(f" {name} ")
+                t.append(state, style="green" if state == "up" else "bold red")
+                if isinstance(u, dict):
+                    t.append(f" ({u.get('acked', 0)} acked" + (f", {u['rejected']} refused" if u.get("rejected") else "")
+                             + (f", {u['last_error']}" if state != "up" and u.get("last_error") else "") + ")")
         c = s.counts
         t.append(f"\nseq {s.last_seq if s.last_seq is not None else '—'}  messages: readings {c['readings']},"
                  f" events {c['events']}, meta {c['meta']}  readings received {s.readings}  gaps ")

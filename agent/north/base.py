@@ -39,6 +39,7 @@ class UplinkContext:
     on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
     events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
     timezone: tzinfo | None = None  # `[gateway] timezone` for templated times (None: the system's)
+    uplinks: Callable[[], dict[str, dict]] = dict  # every uplink's state now, for a status message
 
 
 @dataclass
@@ -55,6 +56,12 @@ class UplinkStats:
     unacked_since: float | None = None  # monotonic time the oldest unacknowledged message was first sent
     ack_warning: float = 0.0  # seconds: an acknowledgement slower than this is worth a warning
     ack_deadline: float = 0.0  # seconds: past it the connection is dropped and messages sent again
+
+    def summary(self) -> dict:
+        """What a status message tells of the uplink."""
+        return {"state": self.state, "published": self.published, "acked": self.acked,
+                "rejected": self.rejected, "reconnects": self.reconnects,
+                "oldest_unacked_s": round(self.oldest_unacked_age(), 3), "last_error": self.last_error}
 
     def oldest_unacked_age(self, now: float | None = None) -> float:
         """Seconds since the oldest message sent and not yet acknowledged was first sent (0:

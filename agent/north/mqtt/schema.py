@@ -53,9 +53,11 @@ def meta_body(env: dict, points: list[dict] | orjson.Fragment) -> dict:
 
 
 def status_body(gateway: str, enterprise: str, state: str, version: str, started_ms: int,
-                clock: dict | None = None) -> dict:
+                clock: dict | None = None, uplinks: dict | None = None) -> dict:
     body = envelope(gateway, enterprise, None, now_ms())
     body.update(state=state, version=version, started_at=rfc3339(started_ms))
     if clock is not None:
         body["clock"] = clock
+    if uplinks:
+        body["uplinks"] = uplinks
     return body

@@ -76,7 +76,7 @@ class Uplink1Body:
     def status(self, state: str) -> bytes:
         ctx = self.ctx
         return encode(status_body(ctx.gateway, ctx.enterprise, state, ctx.version, ctx.started_ms,
-                                  ctx.clock.describe()))
+                                  ctx.clock.describe(), ctx.uplinks() if state == "online" else None))
 
 
 class _LinkEvents(Events):
