@@ -259,3 +259,39 @@ def test_a_snapshot_platform_down_30_s_gets_each_missed_10_s_snapshot_with_its_v
     for snap in snaps:
         assert snap.records == value_at(truth, snap.at), snap
     assert {v for snap in snaps for _ts, v, _q in [snap.records["A_ON"]]} == {False, True}
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_slow_platform_costs_the_others_nothing(tmp_path: Path, procs: list[Proc], broker: Broker) -> None:
+    """The HTTP platform answers each message after 2 s: MQTT and TCP keep their pace, the
+    agent's memory stays flat while the slow uplink's backlog grows (it stays in the store)."""
+    plant, http_port, tcp_port = plant_with_platforms(tmp_path, broker)
+    plant.start_simulator(procs, "plc")
+    http_db, tcp_db = tmp_path / "mem.db", tmp_path / "js.db"
+    start_platform(procs, plant, "mem", f"http://127.0.0.1:{http_port}/api/realtime", http_db, "--delay", "2")
+    start_platform(procs, plant, "jiangsu", f"tcp://127.0.0.1:{tcp_port}", tcp_db)
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        agent = plant.start_agent(procs)
+        sub.wait_until(lambda: len(records(tcp_db)) >= 10 and len(records(http_db)) >= 1, 30, "all three flowing")
+        time.sleep(3)
+        rss_start, t_start = rss_kb(agent.pid), time.time()
+        time.sleep(20)
+        rss_end, t_end = rss_kb(agent.pid), time.time()
+        lat = [m.at - parse_ts(r["ts"]) for m in sub.of_kind("readings") for r in m.body["readings"]
+               if t_start < parse_ts(r["ts"]) < t_end - 1]
+        agent.stop()
+    assert lat and max(lat) < 0.2 + 1.0, f"MQTT readings late beside a slow platform: {max(lat):.2f}s"
+    with sqlite3.connect(tcp_db) as c:
+        arrivals = [time.mktime(time.strptime(r[0][:19], "%Y-%m-%dT%H:%M:%S")) for r in c.execute(
+            "SELECT received_at FROM platform_messages ORDER BY rowid")]
+    during = [t for t in arrivals if t_start < t < t_end - 1]
+    assert during and max(b - a for a, b in zip(during, during[1:], strict=False)) <= 2.0
+    slow = len(messages(http_db))
+    assert slow <= (t_end - t_start) / 2 + 6, slow  # one message per 2 s reply at most: it was slow
+    assert rss_end <= rss_start * 1.10 + 2048, f"agent memory grew beside a slow platform: {rss_start} -> {rss_end} kB"
