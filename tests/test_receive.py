@@ -4,6 +4,7 @@ plus the real agent's messages passing through it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -322,6 +323,15 @@ def start_receiver(procs: list[Proc], tmp_path: Path, url: str, *extra: str, nam
     return p
 
 
+def stored_readings(db_path: Path) -> int:
+    """Readings the receiver has stored so far (0 while its database is not there yet)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def subscribed(p: Proc, times: int = 1) -> bool:
     return p.output().count("msg='subscribed'") >= times
 
@@ -449,6 +459,7 @@ def test_receiver_reconnects_after_broker_restart(broker, procs, tmp_path: Path)
     pub.send("readings", readings_msg(2))
     pub.close()
     wait_for(lambda: "msg='disconnected'" in rx.output(), 1, "no disconnect logged")
+    wait_for(lambda: stored_readings(tmp_path / "recv.db") == 6, 15, "the second message not stored")
     os.kill(rx.pid, signal.SIGTERM)
     assert finish(rx, 15) == 0, rx.output()
     assert "GW-1: messages=2 readings=6 duplicates=0 gaps=0" in rx.output()
