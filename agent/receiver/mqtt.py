@@ -38,6 +38,7 @@ from agent.model import QUALITIES
 from agent.north.mqtt.client import Events, MQTTMessage, MqttOptions, MqttSession
 from agent.north.mqtt.schema import SCHEMA, SEVERITIES
 from agent.north.mqtt.spec import without_credentials
+from agent.receiver.problems import Problems
 
 log = logging.getLogger("hazgate.receive")
 
@@ -45,8 +46,6 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 SEQ_KINDS = ("readings", "events", "meta")  # the message kinds that carry `seq`
 KINDS = (*SEQ_KINDS, "status")
 STATES = ("online", "offline")
-MAX_PROBLEMS = 10  # problems listed per rejected message
-MAX_PROBLEM_TEXT = 300  # characters of one problem (a 64 KiB value is not repeated in full)
 BATCH_MESSAGES = 2000  # messages stored per transaction at most
 BATCH_BYTES = 16 << 20
 TICK = 0.2  # seconds between checks of the stop conditions
@@ -96,20 +95,6 @@ def _int64(v: Any) -> bool:
 
 def _scalar(v: Any) -> bool:
     return v is None or type(v) in (float, bool, str) or _int64(v)
-
-
-class Problems(list):
-    """Problems of one message, bounded."""
-
-    def add(self, where: str, what: str) -> None:
-        if len(self) < MAX_PROBLEMS:
-            self.append(f"{where}: {what[:MAX_PROBLEM_TEXT]}")
-        elif len(self) == MAX_PROBLEMS:
-            self.append("... more problems not listed")
-
-    @property
-    def full(self) -> bool:
-        return len(self) > MAX_PROBLEMS
 
 
 def validate(kind: str, enterprise: str, gateway: str, body: Any) -> list[str]:

@@ -48,11 +48,11 @@ from agent.north.tcp.spec import TcpSpec
 from agent.north.template import split_placeholders
 from agent.north.templated import MessageTemplates, payload_paths
 from agent.receiver.mqtt import INT64_MAX, INT64_MIN, SeqSet
+from agent.receiver.problems import Problems
 
 log = logging.getLogger("hazgate.receive")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-MAX_PROBLEMS = 10
 MAX_BODY = 64 << 20
 TICK = 0.2
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -116,14 +116,6 @@ def _as_text(value: Any) -> str:
 
 
 # --- checking messages against the templates ------------------------------------------------
-
-class Problems(list):
-    def add(self, where: str, what: str) -> None:
-        if len(self) < MAX_PROBLEMS:
-            self.append(f"{where}: {what}")
-        elif len(self) == MAX_PROBLEMS:
-            self.append("... more problems not listed")
-
 
 def _text(v: Any) -> bool:
     return type(v) is str
