@@ -23,7 +23,7 @@ from agent.north.base import UplinkContext
 from agent.pipeline.checks.stage import CheckStage
 from agent.pipeline.metered import MeteredDriver
 from agent.pipeline.scheduler import DeviceTask
-from agent.pipeline.store import AsyncStore
+from agent.pipeline.store_thread import AsyncStore
 from agent.pipeline.writer import STORE_RETRY, Writer
 from drivers.base import DeviceSpec
 from drivers.registry import make_driver

@@ -33,7 +33,7 @@ import orjson
 import paho.mqtt.client as mqtt
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.pipeline.store import unpack_chunk
+from agent.pipeline.chunks import unpack_chunk
 
 GATEWAY = "RAW"
 BATCH = 500  # readings per message: the agent's default uplink.batch_size

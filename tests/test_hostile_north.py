@@ -29,7 +29,8 @@ from agent.north.drain import Drain
 from agent.north.mqtt.schema import topic
 from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.north.mqtt.uplink import KINDS, MqttConnector, MqttUplink, Uplink1Body
-from agent.pipeline.store import AsyncStore, Builder
+from agent.pipeline.store import Builder
+from agent.pipeline.store_thread import AsyncStore
 from agent.tools.status import status
 
 GW, ENT = "GW-120116-0042", "120116000042"

@@ -13,7 +13,7 @@ from agent.common.timefmt import now_ms
 from agent.model import QUALITY_NAME
 from agent.north.http.uplink import HttpUplink
 from agent.north.tcp.uplink import TcpUplink
-from agent.pipeline.store import AsyncStore
+from agent.pipeline.store_thread import AsyncStore
 from agent.receiver.platform import PlatformReceiver, PlatformServer, open_db
 from tests.conftest import free_port
 from tests.platformkit import (

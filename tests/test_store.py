@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.pipeline.store import CHUNK_ROWS, Store, pack_chunk, unpack_chunk
+from agent.pipeline.chunks import CHUNK_ROWS, pack_chunk, unpack_chunk
+from agent.pipeline.store import Store
 
 
 def build(seq: int, rows: list) -> bytes:

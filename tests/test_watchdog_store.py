@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from agent.north.base import UplinkStats
-from agent.pipeline.store import AsyncStore
+from agent.pipeline.store_thread import AsyncStore
 from agent.service.health import Progress
 
 STALE = 0.4  # the watchdog's limit in these tests (seconds)

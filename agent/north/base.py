@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from agent.common.clock import ClockWatch
 from agent.model import Point
-from agent.pipeline.store import AsyncStore, Builder
+from agent.pipeline.store import Builder
+from agent.pipeline.store_thread import AsyncStore
 
 
 class HeldReadings(Protocol):

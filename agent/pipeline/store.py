@@ -26,28 +26,22 @@ folds ahead from the same queue and numbers the newest boundary (live) while the
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.model import QUALITY_NAME
+from agent.pipeline.chunks import CHUNK_ROWS, pack_chunk, unpack_chunk
 
-T = TypeVar("T")
-CHUNK_ROWS = 500  # readings packed into one row of `chunks` (see pack_chunk)
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"  # the default uplink's mark; others: seq.published.<name>
 DEFAULT_UPLINK = "mqtt"  # the `[uplink]` table, and the uplink of a store written before [[uplinks]]
@@ -97,25 +91,6 @@ CREATE TABLE outbox(
   rejects INTEGER NOT NULL DEFAULT 0, aside INTEGER NOT NULL DEFAULT 0, reason TEXT,
   PRIMARY KEY(uplink, seq))
 """
-
-
-def pack_chunk(stamps: Sequence[int], pids: Sequence[int], values: Sequence[Any], qualities: Sequence[int],
-               reasons: Sequence[str | None]) -> bytes:
-    """Readings, given by column, as one JSON blob: the first timestamp and offsets from it,
-    point ids, values, then quality and reason, each a single value when the whole chunk
-    shares it (the usual case). About 24 bytes per float reading."""
-    t0 = stamps[0]
-    quality = qualities[0] if qualities.count(qualities[0]) == len(qualities) else qualities
-    reason = None if reasons.count(None) == len(reasons) else reasons
-    return orjson.dumps([t0, [t - t0 for t in stamps], pids, values, quality, reason])
-
-
-def unpack_chunk(blob: bytes) -> list[tuple[int, int, Any, int, str | None]]:
-    t0, offsets, pids, values, quality, reason = orjson.loads(blob)
-    n = len(pids)
-    return list(zip([t0 + d for d in offsets], pids, values,
-                    quality if isinstance(quality, list) else itertools.repeat(quality, n),
-                    reason if reason is not None else itertools.repeat(None, n), strict=True))
 
 
 @dataclass
@@ -906,93 +881,3 @@ def snapshot_grace(step: int) -> int:
 def _after(at: int, step: int) -> int:
     """The first boundary (a multiple of `step`) after `at`."""
     return (at // step + 1) * step
-
-
-class StoreUnavailable(sqlite3.OperationalError):
-    """The store is not open (yet): the data dir is missing, read-only or the file unusable."""
-
-
-class AsyncStore:
-    """Runs every store call on one dedicated thread, so a commit never stalls the event loop.
-
-    Calls run in the order they were made, except that urgent ones (events, and the uplink
-    step that publishes them) go before every ordinary call still waiting: an alarm never
-    queues behind a batch of readings.
-    """
-
-    def __init__(self, data_dir: Path):
-        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._thread = threading.Thread(target=self._work, name="store", daemon=True)
-        self._thread.start()
-        self._store: Store | None = None
-        self._data_dir = data_dir
-        self.ready = asyncio.Event()
-        self.opened_upto = 0  # the newest reading id when the store was opened: earlier runs' readings
-
-    @property
-    def thread_id(self) -> int | None:
-        """The kernel's id of the store thread (its progress is read from /proc)."""
-        return self._thread.native_id
-
-    def _work(self) -> None:
-        while True:
-            _, _, job = self._jobs.get()
-            if job is None:
-                return
-            fut, fn, args = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # handed to the caller
-                fut.set_exception(exc)
-
-    async def open(self, uplinks: list[tuple[str, bool]] | None = None) -> None:
-        """Open the store with the configured uplinks, (name, carries events), before anyone
-        may use it; raises sqlite3.Error or OSError when it cannot be opened."""
-        store = await self._run_raw(False, Store, self._data_dir)
-        try:
-            if uplinks is not None:
-                await self._run_raw(False, store.set_uplinks, uplinks)
-            self.opened_upto = await self._run_raw(False, store.last_reading_id)
-        except BaseException:
-            await self._run_raw(False, store.close)
-            raise
-        self._store = store
-        self.ready.set()
-
-    async def close_quietly(self) -> None:
-        """Forget a half-opened store without giving up the worker thread."""
-        if self._store is not None:
-            store, self._store = self._store, None
-            self.ready.clear()
-            with contextlib.suppress(sqlite3.Error):
-                await self._run_raw(False, store.close)
-
-    async def _run_raw(self, urgent: bool, fn: Callable[..., T], *args: Any) -> T:
-        if not self._thread.is_alive():
-            raise StoreUnavailable(f"store in {self._data_dir} is closed")
-        fut: Future = Future()
-        self._jobs.put((0 if urgent else 1, next(self._order), (fut, fn, args)))
-        return await asyncio.wrap_future(fut)
-
-    async def call(self, name: str, *args: Any) -> Any:
-        return await self._call(False, name, args)
-
-    async def call_urgent(self, name: str, *args: Any) -> Any:
-        """A call that goes before the ordinary ones still waiting."""
-        return await self._call(True, name, args)
-
-    async def _call(self, urgent: bool, name: str, args: tuple) -> Any:
-        if self._store is None:
-            raise StoreUnavailable(f"store in {self._data_dir} is not open")
-        return await self._run_raw(urgent, getattr(self._store, name), *args)
-
-    async def close(self) -> None:
-        if self._store is not None:
-            store, self._store = self._store, None
-            self.ready.clear()
-            await self._run_raw(False, store.close)
-        self._jobs.put((2, next(self._order), None))  # after everything still waiting
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.common.timefmt import rfc3339
 from agent.model import QUALITY_CODE, QUALITY_NAME, Point, Reading
-from agent.pipeline.store import AsyncStore
+from agent.pipeline.store_thread import AsyncStore
 
 log = logging.getLogger("hazgate.agent")
 
