@@ -31,6 +31,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
 from agent.common.timefmt import now_ms, rfc3339
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
 from agent.pipeline.store import Builder, DrainRequest, snapshot_grace
@@ -274,18 +276,20 @@ class Drain:
             self.ctx.events_stored()
 
     async def _connect(self) -> Link:
-        """Connect with exponential back-off; returns an open link."""
-        delay = BACKOFF_MIN
-        while True:
-            self.stats.beat = time.monotonic()
-            try:
-                return await self.connector.connect(self._on_ack, self._on_reject)
-            except ConnectFailed as exc:
-                reason = str(exc)
+        """Connect with this uplink's own exponential back-off (tenacity); an open link."""
+        def failed(attempt: RetryCallState) -> None:
+            reason = str(attempt.outcome.exception()) if attempt.outcome else ""
             self._set_state("down", reason)
-            log.debug("connect failed", extra={"fields": {"uplink": self.name, "reason": reason, "retry_in": delay}})
-            await asyncio.sleep(delay)
-            delay = min(BACKOFF_MAX, delay * 2)
+            log.debug("connect failed", extra={"fields": {
+                "uplink": self.name, "reason": reason, "retry_in": attempt.upcoming_sleep}})
+
+        retrying = AsyncRetrying(retry=retry_if_exception_type(ConnectFailed), before_sleep=failed,
+                                 wait=wait_exponential(multiplier=BACKOFF_MIN, min=BACKOFF_MIN, max=BACKOFF_MAX))
+        async for attempt in retrying:
+            with attempt:
+                self.stats.beat = time.monotonic()
+                return await self.connector.connect(self._on_ack, self._on_reject)
+        raise ConnectFailed("never: ConnectFailed is retried forever")  # for the type checker
 
     def _send(self, link: Link, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
         now = time.monotonic()
