@@ -44,7 +44,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     device = _device(args, "read")
     if device is None:
         return EXIT_USAGE
-    return asyncio.run(read_device(device))
+    return asyncio.run(read_device(device, args.raw))
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="read every point of one device once (commissioning)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("device")
+    p.add_argument("--raw", action="store_true", help="also the register words in hex and, for "
+                   "multi-register points, the value in each byte order")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("browse", help="list an OPC UA server's address space; --csv writes a starter point table")
