@@ -47,6 +47,23 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(read_device(device, args.raw))
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from agent.tools.scan import scan_device, with_unit
+    from drivers.modbus.scan import parse_range
+
+    device = _device(args, "scan")
+    if device is None:
+        return EXIT_USAGE
+    try:
+        rng = parse_range(args.range)
+        if args.unit is not None:
+            device = with_unit(device, args.unit)
+    except ValueError as exc:
+        print(f"hazgate scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(scan_device(device, rng))
+
+
 def cmd_browse(args: argparse.Namespace) -> int:
     from agent.tools.browse import browse_device
 
@@ -148,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="also the register words in hex and, for "
                    "multi-register points, the value in each byte order")
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("scan", help="read-only scan of a Modbus register range: which addresses answer")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.add_argument("range", help="TABLE:FIRST-LAST, such as hr:0-199 (hr, ir, co, di; zero-based)")
+    p.add_argument("--unit", type=int, default=None, help="unit id to scan (default: the device's)")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("browse", help="list an OPC UA server's address space; --csv writes a starter point table")
     p.add_argument("-c", "--config", required=True)
