@@ -47,6 +47,34 @@ def cmd_read(args: argparse.Namespace) -> int:
     return asyncio.run(read_device(device, args.raw))
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from agent.tools.watch import Watch, console
+    from drivers.base import DeviceError
+
+    device = _device(args, "watch")
+    if device is None:
+        return EXIT_USAGE
+    if args.tag:
+        unknown = sorted(set(args.tag) - {p.tag for p in device.points})
+        if unknown:
+            print(f"hazgate watch: no tag {', '.join(unknown)} on device {device.name!r}; tags: "
+                  f"{', '.join(p.tag for p in device.points)}", file=sys.stderr)
+            return EXIT_USAGE
+        device = dataclasses.replace(device, points=[p for p in device.points if p.tag in args.tag])
+    out = console()
+    watch = Watch(device, out)
+    try:
+        asyncio.run(watch.run())
+    except DeviceError as exc:
+        print(f"hazgate watch: device {device.name!r} unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        out.print(watch.summary())
+    return EXIT_OK
+
+
 def cmd_scan(args: argparse.Namespace) -> int:
     from agent.tools.scan import scan_device, with_unit
     from drivers.modbus.scan import parse_range
@@ -165,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="also the register words in hex and, for "
                    "multi-register points, the value in each byte order")
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("watch", help="poll one device at its interval with a live table of values and "
+                       "raw words (commissioning); Ctrl-C prints a summary")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.add_argument("--tag", action="append", default=[], help="watch only this tag (repeatable)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("scan", help="read-only scan of a Modbus register range: which addresses answer")
     p.add_argument("-c", "--config", required=True)
