@@ -57,7 +57,7 @@ def out_of_range(point: Point, raw: float | int | bool | None) -> str | None:
     eng = engineering(point, raw)
     if eng is None:
         return "not a finite number"
-    for name, value, lo, hi in (("eng", eng, point.eng_min, point.eng_max), ("raw", raw, point.raw_min, point.raw_max)):
+    for name, value, lo, hi in (("raw", raw, point.raw_min, point.raw_max), ("eng", eng, point.eng_min, point.eng_max)):
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             return f"{value:.6g} is outside {name}_min..{name}_max {_span(lo, hi)}"
     return None
