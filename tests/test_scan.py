@@ -116,3 +116,31 @@ def test_scan_of_a_unit_nobody_serves_and_bad_usage(gateway: Path) -> None:
         result = scan(gateway, *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert says in result.stderr, (args, result.stderr)
+
+
+def test_scan_over_rtu_answering_and_silent_units(procs: list[Proc], tmp_path: Path) -> None:
+    """The same scan on a serial line (socat pty pair): unit 7 serves hr:0-22 minus hr:3; unit 5
+    is silent, which reads as no answer rather than as refused."""
+    from test_rtu import start_sim, wait_bus, write_bus
+    from uaplant import socat_pair
+
+    bus = socat_pair(procs, tmp_path)
+    scenario, config = write_bus(tmp_path, [("u7", 7, "none"), ("u5", 5, "silent")],
+                                 gateway_port=str(bus.gateway), sim_port=str(bus.device))
+    scenario.write_text(scenario.read_text().replace("unit = 7\n", 'unit = 7\nrefuse = ["hr:3"]\n'))
+    start_sim(procs, scenario)
+    wait_bus(bus.gateway, 7)
+
+    def rtu_scan(device: str, rng: str) -> list[str]:
+        result = subprocess.run([*HAZGATE, "scan", "-c", str(config), device, rng], cwd=ROOT,
+                                capture_output=True, text=True, encoding="utf-8", timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()
+
+    lines = rtu_scan("u7", "hr:0-40")
+    assert "answered: hr:0-2, hr:4-22" in lines, lines
+    assert [ln for ln in lines if ln.startswith("not answered: ")] == [
+        "not answered: hr:3: exception 2 (illegal data address)",
+        "not answered: hr:23-40: exception 2 (illegal data address)"]
+    lines = rtu_scan("u5", "hr:0-9")
+    assert "answered: none" in lines and "not answered: hr:0-9: no answer (timeout)" in lines, lines

@@ -55,9 +55,12 @@ def parse_range(text: str) -> ScanRange:
 
 
 def scan_request(driver: Any) -> Request | None:
-    """The read request of a Modbus driver (None for a driver of another protocol)."""
+    """The read request of a Modbus driver, as made outside a poll (None for a driver of
+    another protocol)."""
     reader = getattr(driver, "reader", None)
-    return reader.request if isinstance(reader, BlockReader) else None
+    if not isinstance(reader, BlockReader):
+        return None
+    return getattr(driver, "request_outside_poll", reader.request)
 
 
 async def scan(request: Request, rng: ScanRange, block: int) -> ScanResult:
