@@ -44,7 +44,52 @@ def cmd_read(args: argparse.Namespace) -> int:
     device = _device(args, "read")
     if device is None:
         return EXIT_USAGE
-    return asyncio.run(read_device(device))
+    return asyncio.run(read_device(device, args.raw))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from agent.tools.watch import Watch, console
+    from drivers.base import DeviceError
+
+    device = _device(args, "watch")
+    if device is None:
+        return EXIT_USAGE
+    if args.tag:
+        unknown = sorted(set(args.tag) - {p.tag for p in device.points})
+        if unknown:
+            print(f"hazgate watch: no tag {', '.join(unknown)} on device {device.name!r}; tags: "
+                  f"{', '.join(p.tag for p in device.points)}", file=sys.stderr)
+            return EXIT_USAGE
+        device = dataclasses.replace(device, points=[p for p in device.points if p.tag in args.tag])
+    out = console()
+    watch = Watch(device, out)
+    try:
+        asyncio.run(watch.run())
+    except DeviceError as exc:
+        print(f"hazgate watch: device {device.name!r} unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        out.print(watch.summary())
+    return EXIT_OK
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from agent.tools.scan import scan_device, with_unit
+    from drivers.modbus.scan import parse_range
+
+    device = _device(args, "scan")
+    if device is None:
+        return EXIT_USAGE
+    try:
+        rng = parse_range(args.range)
+        if args.unit is not None:
+            device = with_unit(device, args.unit)
+    except ValueError as exc:
+        print(f"hazgate scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(scan_device(device, rng))
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
@@ -145,7 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="read every point of one device once (commissioning)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("device")
+    p.add_argument("--raw", action="store_true", help="also the register words in hex and, for "
+                   "multi-register points, the value in each byte order")
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("watch", help="poll one device at its interval with a live table of values and "
+                       "raw words (commissioning); Ctrl-C prints a summary")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.add_argument("--tag", action="append", default=[], help="watch only this tag (repeatable)")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("scan", help="read-only scan of a Modbus register range: which addresses answer")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("device")
+    p.add_argument("range", help="TABLE:FIRST-LAST, such as hr:0-199 (hr, ir, co, di; zero-based)")
+    p.add_argument("--unit", type=int, default=None, help="unit id to scan (default: the device's)")
+    p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("browse", help="list an OPC UA server's address space; --csv writes a starter point table")
     p.add_argument("-c", "--config", required=True)

@@ -50,6 +50,7 @@ class BlockReader:
         o = device.options
         self.blocks: list[Block] = plan_blocks(device.points, o.max_gap, o.max_registers, o.max_bits)
         self.requests = 0  # requests sent, for diagnostics and benchmarks
+        self.words: dict[tuple[str, int], int] = {}  # (table, address) -> word, as the last read_all got it
 
     async def read_all(self) -> tuple[list[Sample], str | None]:
         """Return samples for every point and, if the link broke, why."""
@@ -57,6 +58,7 @@ class BlockReader:
         refined: list[Block] = []
         pending = list(self.blocks)
         link_lost: str | None = None
+        self.words = {}
         while pending:
             block = pending.pop(0)
             if link_lost:
@@ -106,6 +108,7 @@ class BlockReader:
         regs = resp.registers
         if len(regs) < block.count:
             return [Sample(p, None, BAD, "decode error: short response") for p in block.points]
+        self.words.update(((block.table, block.start + i), w) for i, w in enumerate(regs))
         if block.decoder is None:
             block.decoder = BlockDecoder(block.start, block.points)
         values = block.decoder.values(struct.pack(f">{len(regs)}H", *regs))

@@ -291,6 +291,11 @@ class ModbusRtuDriver:
         self._answered = self._ever_answered = True
         return resp
 
+    async def request_outside_poll(self, table: str, start: int, count: int):  # noqa: ANN201 - a pymodbus PDU
+        """One read request of this unit outside any poll (`hazgate scan`): a request that gets no
+        answer does not cost the unit its later requests, as it does within a poll."""
+        return await self._bus().request(self.device.options.unit, table, start, count, self.device.timeout)
+
     async def read(self) -> list[Sample]:
         now = time.monotonic()
         if now < self._skip_until:
