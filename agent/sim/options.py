@@ -6,6 +6,8 @@ name = "gas-bus-1-u3"
 protocol = "modbus-rtu"
 link = "/tmp/hazgate-gas-bus-1"     # a virtual serial port created by the simulator for the gateway
 # port = "/dev/ttyUSB1"             # or: serve on an existing serial device (one end of a socat pair)
+# port = "tcp://127.0.0.1:4001"     # or: be a serial device server (Moxa NPort...): RTU frames over TCP
+                                    # (udp://127.0.0.1:4001: over UDP); the units of one port share it
 baudrate = 9600                     # parity = "N", stopbits = 1, bytesize = 8
 unit = 3
 fault = "none"                      # none | silent (never answers) | garble (answers with a bad CRC)
@@ -35,6 +37,7 @@ from typing import Any
 
 from agent.common.durations import parse_duration
 from agent.common.problems import Problems
+from drivers.modbus.options import device_server
 
 SIM_PROTOCOLS = ("modbus-tcp", "modbus-rtu", "opcua")
 RTU_FAULTS = ("none", "silent", "garble")
@@ -66,6 +69,14 @@ def plc_options(proto: str, raw: dict, base: Path, tags: set[str], problems: Pro
         for key, value in (("port", port), ("link", link)):
             if value is not None and (not isinstance(value, str) or not value):
                 err(key, f"{value!r} is not a path such as \"/dev/ttyUSB1\" or \"/tmp/hazgate-bus\"")
+        o["server"] = None
+        if isinstance(port, str):
+            try:
+                o["server"] = device_server(port)
+            except ValueError as exc:
+                err("port", str(exc))
+            if o["server"] and not (o["server"].host.startswith("127.") or o["server"].host in ("localhost", "::1")):
+                err("port", f"{port!r}: the simulator serves on loopback only; valid: tcp://127.0.0.1:PORT")
         o["serial_port"], o["link"] = port, link
         for key, (default, (lo, hi)) in SERIAL.items():
             value = raw.get(key, default)

@@ -4,6 +4,8 @@ A port is either an existing serial device (`port`, e.g. one end of a socat pair
 adapter wired to the gateway's) or a virtual one (`link`): the simulator then makes a pair of
 pseudo-terminals, relays bytes between them itself, serves on one and links the other at
 `link` for the gateway. Nothing outlives the simulator: no helper process, the link goes with it.
+Or the port is a serial device server's (`port = "tcp://127.0.0.1:4001"`, or `udp://`): the units
+answer RTU frames over TCP (UDP), as behind a Moxa NPort in TCP Server mode.
 
 Faults per unit, to commission and test a gateway against a bad bus: `silent` (the unit never
 answers) and `garble` (it answers with a broken CRC).
@@ -19,7 +21,8 @@ import tty
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from pymodbus.server import ModbusSerialServer
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer, ModbusUdpServer
 
 from agent.sim.modbus import PlcModel, build_device
 from agent.sim.scenario import SimPlc
@@ -99,7 +102,7 @@ async def start_rtu(plcs: list[SimPlc], started: float, stoppers: list[Callable[
     """Serve every serial port of the scenario; each started port's stop goes into `stoppers`."""
     by_port: dict[str, list[SimPlc]] = {}
     for plc in plcs:
-        by_port.setdefault(plc.options["link"] or plc.options["serial_port"], []).append(plc)
+        by_port.setdefault(plc.options["link"] or str(plc.options["server"] or plc.options["serial_port"]), []).append(plc)
     for where, group in by_port.items():
         settings = {k: group[0].options[k] for k in SERIAL_KEYS}
         for plc in group[1:]:
@@ -107,26 +110,32 @@ async def start_rtu(plcs: list[SimPlc], started: float, stoppers: list[Callable[
             if theirs != settings:
                 raise OSError(f"{plc.name} and {group[0].name} share {where} but not their serial settings "
                               f"({theirs} vs {settings}); valid: the same baudrate, parity, stopbits, bytesize")
-        vport = None
-        if group[0].options["link"]:
-            vport = VirtualPort(where)
-            sim_end = vport.open()
-            stoppers.append(_async(vport.close))
-        else:
-            sim_end = where
-            if problem := port_problem(where, settings):
-                raise OSError(problem)
         silent = {p.unit for p in group if p.options["fault"] == "silent"}
         garble = {p.unit for p in group if p.options["fault"] == "garble"}
-        server = ModbusSerialServer(  # a unit not in the scenario never answers (ignore_missing_devices)
-            [build_device(PlcModel(p, started)) for p in group], port=sim_end, ignore_missing_devices=True,
-            trace_packet=_faults(silent, garble) if silent or garble else None, reconnect_delay=0, **settings,
-        )
-        await server.serve_forever(background=True)
-        stoppers.append(server.shutdown)
+        # a unit not in the scenario never answers (ignore_missing_devices)
+        common = {"ignore_missing_devices": True, "trace_packet": _faults(silent, garble) if silent or garble else None}
+        devices = [build_device(PlcModel(p, started)) for p in group]
+        shown, server = where, group[0].options["server"]
+        if server is not None:
+            kind = ModbusTcpServer if server.scheme == "tcp" else ModbusUdpServer
+            modbus = kind(devices, framer=FramerType.RTU, address=(server.host, server.port), **common)
+            shown = f"{server} (a serial device server)"
+        else:
+            if group[0].options["link"]:
+                vport = VirtualPort(where)
+                sim_end = vport.open()
+                stoppers.append(_async(vport.close))
+                shown = f"{where} (virtual, via {sim_end})"
+            else:
+                sim_end = where
+                if problem := port_problem(where, settings):
+                    raise OSError(problem)
+            modbus = ModbusSerialServer(devices, port=sim_end, reconnect_delay=0, **common, **settings)
+        await modbus.serve_forever(background=True)
+        stoppers.append(modbus.shutdown)
         units = ", ".join(f"{p.name} (unit {p.unit}{'' if p.options['fault'] == 'none' else ', ' + p.options['fault']})"
                           for p in group)
-        log.info("serving Modbus RTU on %s%s: %s", where, f" (virtual, via {sim_end})" if vport else "", units)
+        log.info("serving Modbus RTU on %s: %s", shown, units)
 
 
 def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:

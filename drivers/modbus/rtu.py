@@ -6,6 +6,14 @@ here: one `SerialBus` per serial port owns the port and serializes every request
 on it (a fair FIFO lock), keeps a quiet pause between requests (`request_pause`), and applies the
 asking unit's own timeout to each request.
 
+A serial device server (RS-485 to Ethernet: Moxa NPort, USR and the like) puts the same bus behind
+a TCP or UDP port (`port = "tcp://HOST:PORT"`): RTU frames travel unchanged inside the stream or
+the datagrams, so everything above holds; only the transport differs (one connection per bus,
+reopened with the same back-off when the device server drops it or cannot be reached). pymodbus
+3.16.1 closes a TCP or UDP connection after four requests in a row without an answer, which
+happens only when no unit on the bus answers (an answering neighbour resets that count): the
+next request then connects again.
+
 A unit that does not answer, or answers with garbage (bad CRC, noise), costs only itself: after
 FAILS_BEFORE_BACKOFF polls without an answer it is backed off (1 s doubling to 30 s, then one
 probe request), and while it is failing a poll stops at its first unanswered request instead of
@@ -34,14 +42,14 @@ import os
 import time
 
 import serial
-from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, AsyncModbusUdpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
 from agent.model import BAD, Sample
 from drivers.base import DeviceError, DeviceSpec
 from drivers.modbus.answer import WrongAnswer
-from drivers.modbus.options import ModbusRtuOptions
+from drivers.modbus.options import DeviceServer, ModbusRtuOptions, device_server
 from drivers.modbus.read import BlockReader, checked_client, read_table
 
 log = logging.getLogger("hazgate.rtu")
@@ -76,7 +84,10 @@ def serial_settings(options: ModbusRtuOptions) -> dict:
 
 
 def port_problem(port: str, s: dict) -> str | None:
-    """Why the serial port cannot be opened, in words a technician can act on; None if it can."""
+    """Why the serial port cannot be opened, in words a technician can act on; None if it can (a
+    device server's port is tried by connecting to it)."""
+    if device_server(port) is not None:
+        return None
     try:
         probe = serial.Serial(port, baudrate=s["baudrate"], bytesize=s["bytesize"], parity=s["parity"],
                               stopbits=s["stopbits"], timeout=0, exclusive=True)
@@ -94,11 +105,23 @@ def port_problem(port: str, s: dict) -> str | None:
     return None
 
 
+def server_problem(server: DeviceServer) -> str:
+    """What to check when a serial device server does not take the connection."""
+    if server.scheme == "udp":
+        return f"serial device server {server} cannot be reached: no route to it or its address does not resolve"
+    return (f"serial device server {server} does not accept a connection; check its address, that the "
+            f"port is the serial line's (Moxa NPort: 4001 for port 1) in TCP Server mode, and that no other "
+            f"program holds its only connection")
+
+
 class SerialBus:
-    """The one worker of a serial port: opens it, and runs one request at a time on it."""
+    """The one worker of a serial port (local or behind a device server): opens it, and runs one
+    request at a time on it."""
 
     def __init__(self, port: str, settings: dict, key: tuple):
         self.port, self.settings, self.key = port, settings, key
+        self.server = device_server(port)
+        self.name = str(self.server) if self.server else port  # in messages and logs
         self.pause = settings["request_pause"]
         self._turns = asyncio.Condition()  # one request on the line at a time
         self._busy = False
@@ -114,6 +137,15 @@ class SerialBus:
         self._heard_at = 0.0  # when bytes last arrived
         self._quiet_until: dict[int, float] = {}  # unit -> not asked before then (its late answer)
         self.requests = 0
+
+    def _client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient | AsyncModbusUdpClient:
+        s, common = self.settings, {"framer": FramerType.RTU, "timeout": 1.0, "retries": 0,
+                                    "reconnect_delay": 0, "name": f"rtu:{self.name}", "trace_packet": self._trace}
+        if self.server is None:
+            return AsyncModbusSerialClient(self.port, baudrate=s["baudrate"], bytesize=s["bytesize"],
+                                           parity=s["parity"], stopbits=s["stopbits"], **common)
+        kind = AsyncModbusTcpClient if self.server.scheme == "tcp" else AsyncModbusUdpClient
+        return kind(self.server.host, port=self.server.port, **common)
 
     @property
     def is_open(self) -> bool:
@@ -162,26 +194,22 @@ class SerialBus:
         s = self.settings
         problem = port_problem(self.port, s)
         if problem is None:
-            client = checked_client(AsyncModbusSerialClient(
-                self.port, framer=FramerType.RTU, baudrate=s["baudrate"], bytesize=s["bytesize"],
-                parity=s["parity"], stopbits=s["stopbits"], timeout=1.0, retries=0, reconnect_delay=0,
-                name=f"rtu:{self.port}", trace_packet=self._trace,
-            ))
+            client = checked_client(self._client())
             if await client.connect():
                 self.client = client
                 self._backoff, self.last_error, self._logged = 0.0, "", None
                 self._idle_since = time.monotonic()
-                log.info("serial port open", extra={"fields": {"port": self.port, **{
+                log.info("serial port open", extra={"fields": {"port": self.name, **{
                     k: s[k] for k in ("baudrate", "parity", "bytesize", "stopbits")}}})
                 return True
             client.close()
-            problem = f"serial port {self.port} could not be opened"
+            problem = server_problem(self.server) if self.server else f"serial port {self.port} could not be opened"
         self.last_error = problem
         self._backoff = min(PORT_BACKOFF_MAX, max(PORT_BACKOFF_MIN, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
         if problem != self._logged:
             self._logged = problem
-            log.warning("serial port unavailable", extra={"fields": {"port": self.port, "reason": problem}})
+            log.warning("serial port unavailable", extra={"fields": {"port": self.name, "reason": problem}})
         return False
 
     def _close(self) -> None:
@@ -216,7 +244,7 @@ class SerialBus:
                                         "CRC, line noise or another unit's answer)") from None
                 raise
             except (ConnectionException, OSError) as exc:
-                self.last_error = f"serial port {self.port} failed: {exc}"
+                self.last_error = f"{'serial device server' if self.server else 'serial port'} {self.name} failed: {exc}"
                 self._close()
                 raise PortUnavailable(self.last_error) from None
             finally:
@@ -234,11 +262,11 @@ _BUSES: dict[tuple, SerialBus] = {}
 
 def bus_for(device: DeviceSpec) -> SerialBus:
     """The worker of the device's port, shared by every device configured on that port."""
-    port = device.options.port
-    key = (id(asyncio.get_running_loop()), os.path.realpath(port))
+    o = device.options
+    key = (id(asyncio.get_running_loop()), o.bus if o.server else os.path.realpath(o.port))
     bus = _BUSES.get(key)
     if bus is None:
-        bus = _BUSES[key] = SerialBus(port, serial_settings(device.options), key)
+        bus = _BUSES[key] = SerialBus(o.port, serial_settings(o), key)
     return bus
 
 
@@ -262,7 +290,7 @@ class ModbusRtuDriver:
 
     def describe(self) -> str:
         s = self.settings
-        return (f"Modbus RTU {self.device.options.port} unit {self.device.options.unit} "
+        return (f"Modbus RTU {self.device.options.bus} unit {self.device.options.unit} "
                 f"({s['baudrate']} {s['bytesize']}{s['parity']}{s['stopbits']}), timeout {self.device.timeout:g}s")
 
     def _bus(self) -> SerialBus:
@@ -324,7 +352,7 @@ class ModbusRtuDriver:
             self.backoffs += 1
             if self._fails == FAILS_BEFORE_BACKOFF:
                 log.warning("unit backed off", extra={"fields": {
-                    "device": self.device.name, "port": str(self.device.options.port), "unit": self.device.options.unit,
+                    "device": self.device.name, "port": self.device.options.bus, "unit": self.device.options.unit,
                     "reason": self._last_reason}})
         return samples
 
