@@ -117,28 +117,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.sim.listen import ServeError
     from agent.sim.serve import serve
 
     try:
         asyncio.run(serve(args.scenario))
     except KeyboardInterrupt:
         pass
+    except ServeError as exc:
+        print(f"hazgate simulate: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except OSError as exc:
         print(f"hazgate simulate: cannot serve: {exc}", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK
 
 
+def _load_or_applied(path: str):  # noqa: ANN202 - GatewayConfig | AppliedConfig
+    """The config file, or, when it is broken, the config the running agent applied (its problems
+    are printed first); raises the ConfigError when there is nothing to fall back to."""
+    from pathlib import Path
+
+    from agent.tools.store_view import applied_config
+
+    try:
+        return _load(path)
+    except ConfigError as exc:
+        applied = applied_config(Path(path))
+        if isinstance(applied, str):
+            print(f"hazgate: {applied}", file=sys.stderr)
+            raise
+        for line in exc.problems.lines():
+            print(line, file=sys.stderr)
+        return applied
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.tools.status import status
 
-    return status(_load(args.config))
+    return status(_load_or_applied(args.config))
 
 
 def cmd_buffer(args: argparse.Namespace) -> int:
     from agent.tools.buffer import buffer
 
-    return buffer(_load(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
+    return buffer(_load_or_applied(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:

@@ -10,13 +10,19 @@
 #   --destdir DIR      install into DIR as if it were / (also DESTDIR=DIR): no user, no chown,
 #                      no systemctl; for images, packaging and tests
 #   --wheelhouse DIR   install from wheels made with `pip wheel -c constraints.txt -w DIR .`
-#                      (offline boxes), instead of building from this tree with PyPI access
+#                      (offline boxes), instead of building from this tree with PyPI access;
+#                      run `python3 -c 'import agent; agent.write_build_file()'` in the tree
+#                      first, so that the wheel names its commit
 #   --pip-args "ARGS"  extra arguments for pip (an index mirror, a proxy)
 #   --no-start         do not start or restart the service
 #   --force            rebuild the release even if this exact one is installed
 #   --purge            with uninstall: also /etc/hazgate, /var/lib/hazgate and the user
 #
-# Layout: /opt/hazgate/releases/<version>-<hash>/ (a virtual environment each),
+# An upgrade or a rollback first checks the installed config with the release it switches to; a
+# release that refuses it is not switched to, and the running one stays (the problems are shown).
+#
+# Layout: /opt/hazgate/releases/<version>-<hash>/ (a virtual environment each; <version> is the
+# tree's release, e.g. 0.1.0-g350b96b (agent.release_version), or the wheel's: its agent/_build.py, else its name),
 # /opt/hazgate/current and /opt/hazgate/previous (symlinks), /etc/hazgate (config, never
 # overwritten), /var/lib/hazgate (the store: survives upgrade, rollback and uninstall),
 # /usr/local/lib/systemd/system/hazgate.service, /usr/local/bin/hazgate (runs as the user).
@@ -58,7 +64,7 @@ while [ $# -gt 0 ]; do
     --no-start) start=0 ;;
     --force) force=1 ;;
     --purge) purge=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see $0 --help)" ;;
   esac
   shift
@@ -102,17 +108,30 @@ make_user() {
   fi
 }
 
+source_version() {  # the tree's release: tag (or pyproject's version) plus commit (agent/__init__.py)
+  [ -f "$SRC/pyproject.toml" ] || die "no pyproject.toml in $SRC: run the install.sh of a source tree"
+  "$PYTHON" -c 'import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])
+from agent import release_version; print(release_version(Path(sys.argv[1])))' "$SRC" | tr -c 'A-Za-z0-9.+_\n-' '_'
+}
+
 release_id() {  # <version>-<first 10 hex of a hash of what gets installed>
+  # version: the wheel's (package metadata) or the source tree's (git describe, see source_version)
   local version hash
   if [ -n "$wheelhouse" ]; then
     local wheel
     wheel=$(ls "$wheelhouse"/hazgate-*.whl 2>/dev/null | sort | tail -n 1)
     [ -n "$wheel" ] || die "no hazgate-*.whl in $wheelhouse"
-    version=$(basename "$wheel" | cut -d- -f2)
+    version=$("$PYTHON" - "$wheel" <<'EOF' | tr -c 'A-Za-z0-9.+_\n-' '_'
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:  # the release the wheel was built from, else its version
+    text = z.read("agent/_build.py").decode() if "agent/_build.py" in z.namelist() else ""
+found = re.search(r"^VERSION = '([^']+)'", text, re.M)
+print(found.group(1) if found else sys.argv[1].rsplit("/", 1)[-1].split("-")[1])
+EOF
+)
     hash=$(cd "$wheelhouse" && find . -type f -name '*.whl' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-10)
   else
-    [ -f "$SRC/pyproject.toml" ] || die "no pyproject.toml in $SRC: run the install.sh of a source tree"
-    version=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$SRC/pyproject.toml")
+    version=$(source_version)
     hash=$(cd "$SRC" && find pyproject.toml constraints.txt agent drivers deploy docs config -type f \
              -not -name '*.pyc' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-10)
   fi
@@ -136,6 +155,8 @@ build_release() {  # build_release ID: a virtual environment at $PREFIX/releases
     local build
     build=$(mktemp -d)
     cp -r "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/agent" "$SRC/drivers" "$build/"
+    "$PYTHON" -c 'import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])
+from agent import write_build_file; write_build_file(Path(sys.argv[1]), Path(sys.argv[2]) / "agent")' "$SRC" "$build" >/dev/null
     "$dir/bin/pip" install --quiet --disable-pip-version-check -c "$SRC/constraints.txt" $pip_args "$build"
     rm -rf "$build"
   fi
@@ -151,6 +172,18 @@ build_release() {  # build_release ID: a virtual environment at $PREFIX/releases
   find "$dir" -name __pycache__ -prune -o -type d -exec chmod 0755 {} +
   chmod -R go-w "$dir"
   date -u +%Y-%m-%dT%H:%M:%SZ > "$dir/.complete"
+}
+
+config_accepted() {  # config_accepted RELEASE: does that release accept the installed config?
+  local py="$D$PREFIX/releases/$1/bin/python" out
+  [ -f "$D$CONF/gateway.toml" ] || return 0  # first install: the example config comes after the switch
+  if staged || ! id "$USER_NAME" >/dev/null 2>&1; then
+    out=$("$py" -I -m agent.cli validate -c "$D$CONF/gateway.toml" 2>&1) && return 0
+  else  # as the service's user: what the service will see
+    out=$(runuser -u "$USER_NAME" -- "$py" -I -m agent.cli validate -c "$CONF/gateway.toml" 2>&1) && return 0
+  fi
+  printf '%s\n' "$out" | sed 's/^/  /' >&2
+  return 1
 }
 
 switch_to() {  # make release $1 current; the one before becomes previous
@@ -291,6 +324,11 @@ do_install() {
   local rel
   rel=$(release_id)
   build_release "$rel"
+  local cur=""
+  [ -L "$D$PREFIX/current" ] && cur=$(basename "$(readlink "$D$PREFIX/current")")
+  if [ -n "$cur" ] && [ "$cur" != "$rel" ] && ! config_accepted "$rel"; then
+    die "release $rel refuses $CONF/gateway.toml (problems above): not switched; $cur stays installed and running. Fix the config for the new release (hazgate validate with $PREFIX/releases/$rel/bin/hazgate), then run install.sh again"
+  fi
   switch_to "$rel"
   prune_releases
   install_config
@@ -310,6 +348,7 @@ do_rollback() {
   prev=$(basename "$(readlink "$D$PREFIX/previous")")
   cur=$(basename "$(readlink "$D$PREFIX/current")")
   [ -f "$D$PREFIX/releases/$prev/.complete" ] || die "previous release $prev is missing or incomplete"
+  config_accepted "$prev" || die "release $prev refuses $CONF/gateway.toml (problems above): not rolled back; $cur stays current and running"
   ln -sfn "releases/$cur" "$D$PREFIX/previous.new" && mv -T "$D$PREFIX/previous.new" "$D$PREFIX/previous"
   ln -sfn "releases/$prev" "$D$PREFIX/current.new" && mv -T "$D$PREFIX/current.new" "$D$PREFIX/current"
   say "rolled back: current $prev (previous $cur)"

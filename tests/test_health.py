@@ -18,6 +18,7 @@ import pytest
 from conftest import free_port
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
 
+from agent import __version__
 from agent.common.listen import parse_listen
 from agent.common.problems import ConfigError
 from agent.config.loader import load_config
@@ -146,7 +147,7 @@ def test_metrics_scraped_and_parsed_as_prometheus_text(broker, procs, tmp_path: 
             if acked or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
-        assert value(ref, "hazgate_build_info", version="0.1.0", gateway=plant.gateway_id) == 1
+        assert value(ref, "hazgate_build_info", version=__version__, gateway=plant.gateway_id) == 1
         assert value(ref, "hazgate_ready") == 1 and value(ref, "hazgate_healthy") == 1
         for dev in ("plc-a", "plc-b"):
             assert value(ref, "hazgate_device_up", device=dev) == 1

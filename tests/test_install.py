@@ -19,8 +19,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import orjson
 import pytest
 from conftest import ROOT
+
+from agent import release_version, write_build_file
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -44,12 +47,17 @@ def snapshot(dst: Path) -> Path:
     return dst
 
 
-def make_wheel(src: Path, out: Path, version: str) -> Path:
-    """A pure-Python wheel of src/agent and src/drivers, as setuptools would build it."""
+def make_wheel(src: Path, out: Path, version: str, with_test_deps: bool = False) -> Path:
+    """A pure-Python wheel of src/agent and src/drivers, as setuptools would build it.
+    with_test_deps: the release also finds this test run's dependencies (a .pth file naming its
+    site-packages), as installing them would need the package index; the release can then load
+    a config (`hazgate validate`)."""
     out.mkdir(parents=True, exist_ok=True)
     dist = f"hazgate-{version}.dist-info"
     files = {f.relative_to(src).as_posix(): f.read_bytes()
              for pkg in ("agent", "drivers") for f in sorted((src / pkg).rglob("*.py"))}
+    if with_test_deps:
+        files["hazgate_test_deps.pth"] = f"{Path(orjson.__file__).parent.parent}\n".encode()
     files[f"{dist}/METADATA"] = f"Metadata-Version: 2.1\nName: hazgate\nVersion: {version}\n".encode()
     files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     files[f"{dist}/entry_points.txt"] = b"[console_scripts]\nhazgate = agent.cli:main\n"
@@ -66,10 +74,14 @@ def make_wheel(src: Path, out: Path, version: str) -> Path:
     return path
 
 
+def run_install(src: Path, dest: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(src / "deploy" / "install.sh"), *args, "--destdir", str(dest)],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHON": _python(), "PIP_NO_INDEX": "1"})
+
+
 def install(src: Path, dest: Path, *args: str) -> str:
-    r = subprocess.run(["bash", str(src / "deploy" / "install.sh"), *args, "--destdir", str(dest)],
-                       capture_output=True, text=True, timeout=180,
-                       env={**os.environ, "PYTHON": _python(), "PIP_NO_INDEX": "1"})
+    r = run_install(src, dest, *args)
     assert r.returncode == 0, f"install.sh {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout + r.stderr
 
@@ -86,7 +98,7 @@ def test_install_upgrade_rollback_uninstall_into_a_temporary_root(tmp_path: Path
     src = snapshot(tmp_path / "src")
     dest = tmp_path / "root"
     wh1 = tmp_path / "wh1"
-    make_wheel(src, wh1, "0.1.0")
+    make_wheel(src, wh1, "0.1.0", with_test_deps=True)
     out = install(src, dest, "install", "--wheelhouse", str(wh1), "--pip-args", "--no-deps")
     print(out)
 
@@ -106,7 +118,7 @@ def test_install_upgrade_rollback_uninstall_into_a_temporary_root(tmp_path: Path
     head = exe.read_text().splitlines()[:2]
     assert head[0].startswith(f"#!/opt/hazgate/{rel}/bin/python") or (
         head[0] == "#!/bin/sh" and f"/opt/hazgate/{rel}/bin/python" in head[1]), head
-    version = subprocess.run([str(release / "bin" / "python"), "-m", "agent.cli", "--version"],
+    version = subprocess.run([str(release / "bin" / "python"), "-I", "-m", "agent.cli", "--version"],
                              capture_output=True, text=True, timeout=30)
     assert version.stdout.strip() == "hazgate 0.1.0", version
     assert (release / "share/doc/hazgate/operations.md").is_file()
@@ -156,7 +168,7 @@ def test_install_upgrade_rollback_uninstall_into_a_temporary_root(tmp_path: Path
 
     # upgrade: a new release becomes current, the old one previous; config and store untouched
     wh2 = tmp_path / "wh2"
-    make_wheel(src, wh2, "0.1.1")
+    make_wheel(src, wh2, "0.1.1", with_test_deps=True)
     install(src, dest, "install", "--wheelhouse", str(wh2), "--pip-args", "--no-deps")
     assert current(dest).startswith("releases/0.1.1-") and current(dest, "previous") == rel
     assert gw.read_text() == edited and store.read_bytes() == b"buffered readings"
@@ -173,6 +185,62 @@ def test_install_upgrade_rollback_uninstall_into_a_temporary_root(tmp_path: Path
     assert gw.read_text() == edited and store.read_bytes() == b"buffered readings"
     install(src, dest, "uninstall", "--purge")
     assert not conf.exists() and not (dest / "var/lib/hazgate").exists()
+
+
+def test_a_release_that_refuses_the_config_is_not_switched_to(tmp_path: Path) -> None:
+    """Before: the upgrade switched to the new release whatever it made of the config, and the
+    service failed at its next restart; a rollback restarted without checking either."""
+    old_src = snapshot(tmp_path / "src")
+    dest = tmp_path / "root"
+    make_wheel(old_src, tmp_path / "wh1", "0.1.0", with_test_deps=True)
+    install(old_src, dest, "install", "--wheelhouse", str(tmp_path / "wh1"), "--pip-args", "--no-deps")
+    old = current(dest)
+    # the new release requires a [gateway] key the installed config lacks
+    new_src = snapshot(tmp_path / "src2")
+    loader = new_src / "agent/config/loader.py"
+    loader.write_text(loader.read_text().replace('"timezone": ("str", False),',
+                                                 '"timezone": ("str", False), "region": ("level", True),', 1))
+    make_wheel(new_src, tmp_path / "wh2", "0.1.1", with_test_deps=True)
+    r = run_install(new_src, dest, "install", "--wheelhouse", str(tmp_path / "wh2"), "--pip-args", "--no-deps")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"(?m)^  \S+/etc/hazgate/gateway\.toml:\d+: gateway\.region: required key is missing$",
+                     r.stderr), r.stderr  # the problem, as validate says it
+    assert ("release 0.1.1-" in r.stderr and "refuses /etc/hazgate/gateway.toml (problems above): not switched; "
+            f"{old.removeprefix('releases/')} stays installed and running" in r.stderr), r.stderr
+    assert "restarted" not in r.stdout + r.stderr
+    assert current(dest) == old and not (dest / "opt/hazgate/previous").exists()
+    assert (dest / "opt/hazgate" / old / ".complete").is_file()
+    check = subprocess.run([str(dest / "opt/hazgate" / old / "bin/python"), "-m", "agent.cli", "validate", "-c",
+                            str(dest / "etc/hazgate/gateway.toml")], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr  # the old release still runs on it
+
+    # with the key the new release is switched to; the old one refuses the key: no rollback
+    gw = dest / "etc/hazgate/gateway.toml"
+    gw.write_text(gw.read_text().replace("[gateway]\n", '[gateway]\nregion = "3202"\n', 1))
+    install(new_src, dest, "install", "--wheelhouse", str(tmp_path / "wh2"), "--pip-args", "--no-deps")
+    new = current(dest)
+    assert new.startswith("releases/0.1.1-") and current(dest, "previous") == old
+    r = run_install(new_src, dest, "rollback")
+    assert r.returncode == 1 and "region" in r.stderr, r.stdout + r.stderr
+    assert f"release {old.removeprefix('releases/')} refuses /etc/hazgate/gateway.toml (problems above): not rolled " \
+           f"back; {new.removeprefix('releases/')} stays current and running" in r.stderr, r.stderr
+    assert current(dest) == new and current(dest, "previous") == old
+
+
+def test_the_release_folder_and_version_carry_the_commit(tmp_path: Path) -> None:
+    """A wheel built after `agent.write_build_file()` names its release by the tree's version
+    (tag or pyproject's version plus commit), in the release folder and in `--version`."""
+    src = snapshot(tmp_path / "src")
+    version = write_build_file(ROOT, src / "agent")
+    assert version == release_version(ROOT)
+    make_wheel(src, tmp_path / "wh", "0.1.0")
+    dest = tmp_path / "root"
+    install(src, dest, "install", "--wheelhouse", str(tmp_path / "wh"), "--pip-args", "--no-deps")
+    rel = current(dest)
+    assert re.fullmatch(rf"releases/{re.escape(version)}-[0-9a-f]{{10}}", rel), (rel, version)
+    shown = subprocess.run([str(dest / "opt/hazgate" / rel / "bin/python"), "-I", "-m", "agent.cli", "--version"],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.stdout.strip() == f"hazgate {version}", shown
 
 
 def _installed_unit_for_verify(tmp_path: Path) -> Path:

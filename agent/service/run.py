@@ -30,7 +30,7 @@ from agent.app import Agent
 from agent.common.listen import is_loopback
 from agent.common.memory import limit_malloc_arenas
 from agent.common.problems import ConfigError
-from agent.common.running import mark_running, mark_stopped
+from agent.common.running import AppliedConfig, mark_running, mark_stopped, save_applied
 from agent.common.secrets import CertInfo, check_certificates
 from agent.config.gateway import GatewayConfig
 from agent.config.loader import load_config
@@ -135,6 +135,7 @@ class Service:
         except OSError as exc:
             log.warning("cannot write the pid file; hazgate status goes by the heartbeat alone",
                         extra={"fields": {"data_dir": str(self.cfg.data_dir), "error": str(exc)}})
+        self._save_applied(self.cfg)
         await self.agent.start()
         self.certs = check_certificates(self.cfg.client_certificates())
         await self._start_health(self.cfg)
@@ -294,6 +295,7 @@ class Service:
                           extra={"fields": {"config": str(path)}})
             return False
         old, self.cfg = self.cfg, new
+        self._save_applied(new)
         if self.progress is not None:
             self.progress.forget()
         self.config_loaded = time.time()
@@ -308,6 +310,15 @@ class Service:
             "started": ",".join(plan.start) or "-", "stopped": ",".join(plan.stop) or "-",
             "points": sum(len(d.points) for d in new.devices), "checks_rebuilt": plan.checks_changed}})
         return True
+
+    @staticmethod
+    def _save_applied(cfg: GatewayConfig) -> None:
+        """Keep the applied config's view in the data dir for `status` and `buffer`."""
+        try:
+            save_applied(AppliedConfig.of(cfg))
+        except OSError as exc:
+            log.warning("cannot keep a copy of the applied config; status and buffer need a valid config "
+                        "file meanwhile", extra={"fields": {"data_dir": str(cfg.data_dir), "error": str(exc)}})
 
     # --- health endpoint ---------------------------------------------------------------------
     async def _start_health(self, cfg: GatewayConfig) -> None:

@@ -11,6 +11,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.model import Point
+from agent.sim.listen import listen_error
 from agent.sim.scenario import SimPlc
 from drivers.modbus.codec import encode
 
@@ -100,7 +101,10 @@ async def start_tcp(plcs: list[SimPlc], started: float, stoppers: list) -> None:
         by_endpoint[(plc.host, plc.port)].append(build_device(PlcModel(plc, started)))
     for (host, port), devices in by_endpoint.items():
         server = ModbusTcpServer(devices, address=(host, port))
-        await server.serve_forever(background=True)
-        stoppers.append(server.shutdown)
         names = ", ".join(p.name for p in plcs if (p.host, p.port) == (host, port))
+        try:
+            await server.serve_forever(background=True)
+        except (RuntimeError, OSError) as exc:  # pymodbus: RuntimeError("Could not start listen ...")
+            raise listen_error(host, port, f"Modbus TCP ({names})", exc) from exc
+        stoppers.append(server.shutdown)
         log.info("serving Modbus TCP on %s:%d: %s", host, port, names)

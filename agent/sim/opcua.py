@@ -21,6 +21,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from cryptography.hazmat.primitives import serialization
 
 from agent.model import Point
+from agent.sim.listen import listen_error
 from agent.sim.scenario import SimPlc
 from drivers.opcua.options import (
     certificate_uris,
@@ -102,7 +103,10 @@ class UaPlc:
             server.set_certificate_validator(self._check_client)
         await self._address_space(server)
         self.server = server
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise listen_error(self.plc.host, self.plc.port, f"OPC UA ({self.plc.name})", exc) from exc
         await self._update(force=True)
         self.task = asyncio.create_task(self._loop(), name=f"opcua-sim:{self.plc.name}")
         log.info("serving OPC UA on %s: %s (%d points, security %s%s)", self.endpoint, self.plc.name,

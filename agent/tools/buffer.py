@@ -5,25 +5,31 @@ from __future__ import annotations
 import csv
 import sqlite3
 import sys
+from pathlib import Path
 
 import orjson
 
+from agent.common.running import AppliedConfig
 from agent.common.timefmt import rfc3339
 from agent.config.gateway import GatewayConfig
 from agent.pipeline.store import Store
-from agent.tools.store_view import age_text, open_store
+from agent.tools.store_view import age_text, applied_note, open_store
 
 
-def buffer(cfg: GatewayConfig, action: str, fmt: str, output: str | None, uplink: str | None = None,
-           rejected: bool = False) -> int:
-    names = [spec.name for spec in cfg.uplinks]
+def buffer(config: GatewayConfig | AppliedConfig, action: str, fmt: str, output: str | None,
+           uplink: str | None = None, rejected: bool = False) -> int:
+    """Given the applied config's view (the file on disk is broken), it says so first, on stderr."""
+    cfg = config if isinstance(config, AppliedConfig) else AppliedConfig.of(config)
+    if isinstance(config, AppliedConfig):
+        print(applied_note(config), file=sys.stderr)
+    names = [name for name, _ in cfg.uplinks]
     if uplink is not None and uplink not in names:
         print(f"hazgate buffer: --uplink {uplink!r}: no such uplink in {cfg.path}; valid: {', '.join(names)}",
               file=sys.stderr)
         return 2
     if action == "retry":
-        return _retry(cfg, uplink or names[0])
-    store = open_store(cfg)
+        return _retry(cfg.data_dir, uplink or names[0])
+    store = open_store(cfg.data_dir)
     if store is None:
         return 1
     try:
@@ -64,12 +70,12 @@ def _print_stats(stats: dict) -> None:
         show(figures, "  ")
 
 
-def _retry(cfg: GatewayConfig, uplink: str) -> int:
+def _retry(data_dir: Path, uplink: str) -> int:
     """Set-aside messages back in line; a running agent sends them on the uplink's next connection."""
     try:
-        store = Store(cfg.data_dir)
+        store = Store(data_dir)
     except (sqlite3.Error, OSError) as exc:
-        print(f"hazgate buffer retry: cannot open the store in {cfg.data_dir}: {exc}", file=sys.stderr)
+        print(f"hazgate buffer retry: cannot open the store in {data_dir}: {exc}", file=sys.stderr)
         return 1
     try:
         count = store.retry(uplink)

@@ -1,7 +1,8 @@
 """`hazgate status`: device links, buffer, uplink and active conditions, from the store,
 whether or not the agent runs. Running means a heartbeat in the store from the last 15 s, or,
 when the store cannot take one (a full disk), the agent's pid file (agent/common/running.py)
-naming a live process."""
+naming a live process, and never after a clean stop (PID 0 in the pid file). Given the applied
+config's view (the file on disk is broken), it says so first."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from agent.common.running import running_pid
+from agent.common.running import AppliedConfig, running_pid, stopped_cleanly
 from agent.config.gateway import GatewayConfig
-from agent.tools.store_view import age_text, open_store
+from agent.tools.store_view import age_text, applied_note, open_store
 
 HEARTBEAT_STALE_MS = 15_000
 FULL_BYTES = 1 << 20  # less free space than this for the agent's user: the disk is full
 
 
-def status(cfg: GatewayConfig) -> int:
-    store = open_store(cfg)
+def status(config: GatewayConfig | AppliedConfig) -> int:
+    cfg = config if isinstance(config, AppliedConfig) else AppliedConfig.of(config)
+    store = open_store(cfg.data_dir)
     if store is None:
         return 1
     try:
@@ -34,21 +36,24 @@ def status(cfg: GatewayConfig) -> int:
     finally:
         store.close()
     beat = state.get("heartbeat")
-    fresh = beat is not None and time.time() * 1000 - beat < HEARTBEAT_STALE_MS
-    pid = None if fresh else running_pid(cfg.data_dir)
+    stopped = stopped_cleanly(cfg.data_dir)
+    fresh = not stopped and beat is not None and time.time() * 1000 - beat < HEARTBEAT_STALE_MS
+    pid = None if fresh or stopped else running_pid(cfg.data_dir)
     running = fresh or pid is not None
     agent = "running" if fresh else "not running" if pid is None else f"running ({_no_heartbeat(cfg.data_dir)}; pid {pid})"
     as_of = "" if fresh else " (at its last heartbeat)" if running else " (when the agent last ran)"
+    if isinstance(config, AppliedConfig):
+        print(applied_note(config))
     print(f"gateway {cfg.gateway_id} ({cfg.path})")
     print(f"agent:   {agent}; started {age_text(state.get('started_at'))}; last heartbeat {age_text(beat)}")
     synced = state.get("clock_synchronized")
     clock = "unknown" if synced is None else ("synchronized" if synced else
                                                 "NOT synchronized: readings are marked uncertain")
-    print(f"clock:   {clock} (source {state.get('clock_source', cfg.clock.sync_source)})")
-    for spec in cfg.uplinks:
-        name, u = spec.name, st["uplinks"].get(spec.name)
+    print(f"clock:   {clock} (source {state.get('clock_source', cfg.clock_source)})")
+    for name, where in cfg.uplinks:
+        u = st["uplinks"].get(name)
         link = state.get(f"uplink:{name}:state", "unknown") if running else "down (agent not running)"
-        print(f"uplink:  {name} {link} ({spec.describe}); since {age_text(state.get(f'uplink:{name}:changed'))}")
+        print(f"uplink:  {name} {link} ({where}); since {age_text(state.get(f'uplink:{name}:changed'))}")
         if u is None:
             print("         not in the store yet (starts with the agent)")
             continue
@@ -58,14 +63,14 @@ def status(cfg: GatewayConfig) -> int:
               f"{u['evicted_readings']} evicted")
     print(f"buffer:  {st['readings_buffered']} readings buffered, {st['messages_unacked']} messages unacknowledged, "
           f"{st['events_buffered']} events waiting; oldest unsent {age_text(st['oldest_unsent_ms'])}")
-    print(f"         store {st['used_bytes'] / 1e6:.1f} MB used of {cfg.store.max_bytes / 1e6:.0f} MB; "
+    print(f"         store {st['used_bytes'] / 1e6:.1f} MB used of {cfg.max_bytes / 1e6:.0f} MB; "
           f"{st['stored_readings']} readings stored and {st['evicted_readings']} evicted in total")
     known = {name: (link, reason, last_good) for name, link, reason, last_good in devices}
     print("devices:")
     for dev in cfg.devices:
-        link, reason, last_good = known.get(dev.name, ("unknown", None, None))
+        link, reason, last_good = known.get(dev, ("unknown", None, None))
         extra = f" ({reason})" if reason else ""
-        print(f"  {dev.name:<20} {link}{as_of}{extra}; last good read {age_text(last_good)}")
+        print(f"  {dev:<20} {link}{as_of}{extra}; last good read {age_text(last_good)}")
     _print_active(active, as_of)
     return 0
 
