@@ -94,9 +94,8 @@ class Agent:
 
     def _uplink_state(self, name: str, state: str) -> None:
         self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms()})
-        for u in self.uplinks:  # the retained status of every MQTT uplink tells the others' state
-            if u.name != name:
-                u.status_changed()
+        for u in self.uplinks:  # the retained status of every MQTT uplink tells every uplink's state
+            u.status_changed()
 
     def _background_call(self, name: str, *args: object, urgent: bool = False,
                          then: Callable[[], None] | None = None) -> None:
