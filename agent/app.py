@@ -57,6 +57,7 @@ class TaskRestarts:
 class Agent:
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
+        self._all_points = cfg.all_points()  # one list per config: uplinks index it once
         self.store = AsyncStore(cfg.data_dir)
         self.started_ms = now_ms()
         self.clock = ClockWatch(cfg.clock, self._clock_stepped, self._clock_sync_changed)
@@ -75,7 +76,9 @@ class Agent:
         self.opened = asyncio.Event()  # the store is open and the points registered (READY=1)
 
     def _points(self) -> list:
-        return self.cfg.all_points()
+        """The point set now: the same list until a reload changes it (uplink bodies rebuild
+        their index of it only then)."""
+        return self._all_points
 
     def _check_stage(self, cfg: GatewayConfig) -> CheckStage:
         return CheckStage(cfg.rules, cfg.all_points(), self.store, self.events_stored)
@@ -276,6 +279,7 @@ class Agent:
         for name in (*plan.stop, *plan.restart):
             await self._stop_device(name)
         self.cfg = new
+        self._all_points = new.all_points()
         self.clock.reconfigure(new.clock)
         specs = {spec.name: spec for spec in new.uplinks}
         for u in self.uplinks:
