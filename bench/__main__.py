@@ -1,15 +1,18 @@
-"""`make bench`: every figure of issue 9 beside its raw baseline measured in the same run.
+"""`make bench`: every figure of issues 9 and 15 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about five minutes on a 2-core machine; --full uses the issue's
-durations (2 min steady load, 10 min outage) and takes about twenty.
+Quick mode (default) takes about nine minutes on a 2-core machine (the uplinks phase about
+four of them); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+with one platform down) and takes about forty.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
 int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
 for live data during back-fill, and 20 event points stepping across an hh limit every second.
 One Mosquitto and one counting subscriber (in this process) serve all but the outage phase.
+The uplinks phase (bench/uplinks.py) adds an HTTP and a TCP reference platform (`hazgate
+receive --listen`) beside the broker.
 The simulator, the broker and the subscriber share the two cores with the process measured:
 CPU figures come from /proc/<pid>/stat of that process alone, rates are what the machine
 delivered with everything running.
@@ -28,7 +31,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, live, outage, stages
+from bench import backfill, live, outage, stages, uplinks
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
 from bench.profile import by_stage, summary
@@ -46,11 +49,15 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks")
+# uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
+# the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
-         "outage_warm": 8, "outage": 60}
+         "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
+         "up_before": 8, "up_down": 60}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
-        "outage_warm": 10, "outage": 600}
+        "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
+        "up_drain_timeout": 900, "up_before": 30, "up_down": 600}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -209,6 +216,10 @@ def main() -> int:
                     fmt_mb(o.bytes_per_reading * o.points_per_s * 3600)),
             ]
             print(text(rows[first:]), flush=True)
+
+        if "uplinks" in only:
+            up_rows, results["uplinks"] = uplinks.run(ctx, units, units[:2], bf_live, P)  # prints its parts
+            rows += up_rows
 
         if "stages" in only:
             print("stages: per-reading cost of each agent stage, in this process", flush=True)
