@@ -211,7 +211,7 @@ class MqttUplink:
             self.body.points_changed()
 
     def status_changed(self) -> None:
-        """Publish the retained `online` status again (its clock state changed)."""
+        """Publish the retained `online` status again: the clock or an uplink changed state."""
         link = self.drain.link
         if isinstance(link, MqttLink):
             link.restate_status()
