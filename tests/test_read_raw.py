@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HAZGATE, ROOT, Proc, free_port, wait_port
+from commissionkit import one_plc_gateway, serve
+from conftest import HAZGATE, ROOT, Proc, free_port
 
 HEADER = "tag,address,type,byte_order,scale,eng_min,eng_max,unit\n"
 # what the PLC holds: 12.5 as a CDAB float, 50.0 in tenths, -3.75 and 250.0 as CDAB floats
@@ -45,25 +46,7 @@ TT1 = {{ const = 50.0 }}
 PT1 = {{ const = -3.75 }}
 FT1 = {{ const = 250.0 }}
 """, encoding="utf-8")
-    gateway = folder / "gateway.toml"
-    gateway.write_text(f"""[gateway]
-id = "GW-TEST-0001"
-enterprise_code = "120116000123"
-data_dir = "var"
-
-[uplink]
-broker = "mqtt://127.0.0.1:1883"
-
-[[devices]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-poll_interval = "1s"
-timeout = "1s"
-points = "gw.csv"
-""", encoding="utf-8")
+    gateway = one_plc_gateway(folder, port)
     return scenario, gateway
 
 
@@ -71,12 +54,7 @@ points = "gw.csv"
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
     port = free_port()
     scenario, gateway = _configs(tmp_path, port)
-    sim = Proc([*HAZGATE, "simulate", "-s", str(scenario)], tmp_path / "simulate.log")
-    procs.append(sim)
-    try:
-        wait_port(port, timeout=20)
-    except TimeoutError:
-        pytest.fail(f"simulator did not listen on 127.0.0.1:{port}:\n{sim.output()}")
+    serve(procs, tmp_path, scenario, port)
     return gateway
 
 

@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import HAZGATE, ROOT, Proc, free_port, wait_port
+from commissionkit import one_plc_gateway, serve
+from conftest import HAZGATE, ROOT, Proc, free_port
 
 PLC_TABLE = ("tag,address,type,byte_order\n"
              "LT1,hr:0,float32,CDAB\n"
@@ -44,25 +45,7 @@ TT1 = {{ const = -2 }}
 PT1 = {{ const = 4660 }}
 IR1 = {{ const = 9 }}
 """, encoding="utf-8")
-    gateway = folder / "gateway.toml"
-    gateway.write_text(f"""[gateway]
-id = "GW-TEST-0001"
-enterprise_code = "120116000123"
-data_dir = "var"
-
-[uplink]
-broker = "mqtt://127.0.0.1:1883"
-
-[[devices]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-poll_interval = "1s"
-timeout = "1s"
-points = "gw.csv"
-""", encoding="utf-8")
+    gateway = one_plc_gateway(folder, port)
     return scenario, gateway
 
 
@@ -70,12 +53,7 @@ points = "gw.csv"
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
     port = free_port()
     scenario, gateway = _configs(tmp_path, port)
-    sim = Proc([*HAZGATE, "simulate", "-s", str(scenario)], tmp_path / "simulate.log")
-    procs.append(sim)
-    try:
-        wait_port(port, timeout=20)
-    except TimeoutError:
-        pytest.fail(f"simulator did not listen on 127.0.0.1:{port}:\n{sim.output()}")
+    serve(procs, tmp_path, scenario, port)
     return gateway
 
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAZGATE, ROOT, Proc, free_port, wait_port
+from commissionkit import one_plc_gateway, serve
+from conftest import HAZGATE, ROOT, Proc, free_port
 
 INTERVAL = 0.25
 WATCHED_FOR = 3.0
@@ -49,25 +50,7 @@ LT1 = {{ ramp = [1.0, 9.0], period = "2s" }}
 TT1 = {{ const = 50.0 }}
 PT1 = {{ const = 7 }}
 """, encoding="utf-8")
-    gateway = folder / "gateway.toml"
-    gateway.write_text(f"""[gateway]
-id = "GW-TEST-0001"
-enterprise_code = "120116000123"
-data_dir = "var"
-
-[uplink]
-broker = "mqtt://127.0.0.1:1883"
-
-[[devices]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-poll_interval = "{int(INTERVAL * 1000)}ms"
-timeout = "1s"
-points = "gw.csv"
-""", encoding="utf-8")
+    gateway = one_plc_gateway(folder, port, f"{int(INTERVAL * 1000)}ms")
     return scenario, gateway
 
 
@@ -75,12 +58,7 @@ points = "gw.csv"
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
     port = free_port()
     scenario, gateway = _configs(tmp_path, port)
-    sim = Proc([*HAZGATE, "simulate", "-s", str(scenario)], tmp_path / "simulate.log")
-    procs.append(sim)
-    try:
-        wait_port(port, timeout=20)
-    except TimeoutError:
-        pytest.fail(f"simulator did not listen on 127.0.0.1:{port}:\n{sim.output()}")
+    serve(procs, tmp_path, scenario, port)
     return gateway
 
 
