@@ -127,3 +127,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first, longest first: the parallel workers then finish together instead of
+    waiting on one that started late. `@pytest.mark.long(SECONDS)` gives its rough duration."""
+    def duration(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return -mark.args[0] if mark else 0.0
+    items.sort(key=duration)

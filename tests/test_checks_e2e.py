@@ -31,6 +31,7 @@ from conftest import HAZGATE, ROOT, Broker, Proc
 from plant import DeviceSpec, Plant, PointSpec, Subscriber, parse_ts, write_plant
 
 INTERVAL = 0.2  # poll interval of every device here
+TIMEOUT = 0.3  # and its timeout
 BUDGET = 0.3  # publish time allowed on top of the poll interval: store, build, broker, subscriber
 LEAD = 4.0  # seconds from writing the scenario to its t0: processes start and settle meanwhile
 READ_SLACK = 0.05  # a poll's collection time is taken before its request goes out
@@ -531,10 +532,15 @@ def test_events_reach_hazgate_receive_valid_and_complete(run: Run) -> None:
 
 
 def test_events_are_published_ahead_of_readings(run: Run) -> None:
-    """An events message is never queued behind readings collected after its cause."""
+    """An events message is never queued behind readings collected after its cause was known.
+
+    A value's event is known when its poll ends, within one interval of its collection time; a
+    dead PLC's is known only when the poll that started at the event's time fails, up to the
+    device timeout later, and the other PLC's readings of that window may rightly go first."""
     for e in run.events:
+        known = parse_ts(e["ts"]) + INTERVAL + (TIMEOUT if e.about == "IL-U" else 0)
         later = [m for m in run.sub.of_kind("readings") if m.seq < e.seq and m.seq is not None
-                 and any(parse_ts(r["ts"]) > parse_ts(e["ts"]) + INTERVAL for r in m.body["readings"])]
+                 and any(parse_ts(r["ts"]) > known for r in m.body["readings"])]
         assert not later, f"{e['id']} published after readings collected later"
 
 

@@ -273,6 +273,7 @@ PROPERTY_MODES = sorted(TCP_MODES - {"shifted"})
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.long(26)
 async def test_property_hostile_tcp_peer_never_yields_a_wrong_good_value(plc, tcp_driver) -> None:
     rng = random.Random(19)
     plc.delay = 0.075  # late answers land while the next request waits (timeout 0.05 s)

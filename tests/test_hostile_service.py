@@ -255,6 +255,7 @@ def status_line(config: Path) -> str:
     return next((x for x in out.stdout.splitlines() if x.startswith("agent:")), out.stderr)
 
 
+@pytest.mark.long(26)
 def test_status_tells_a_running_agent_on_a_full_disk_from_a_stopped_one(procs, tmp_path: Path) -> None:
     """The agent cannot write its heartbeat while the disk is full; before this change `status`
     then said `not running` of an agent that was polling and holding readings in memory."""

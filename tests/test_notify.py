@@ -143,6 +143,7 @@ def freeze(mnt: Path, on: bool) -> None:
         pytest.skip(f"fsfreeze does not work here: {r.stderr.strip()}")
 
 
+@pytest.mark.long(24)
 def test_watchdog_pings_follow_progress_and_stop_while_the_disk_hangs(broker, procs, tmp_path: Path,
                                                                        loop_fs: Path) -> None:
     wd_usec = 4_000_000  # stale after 2 s, checked every second

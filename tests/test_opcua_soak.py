@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from uaplant import NS, UaPlant, UaPoint
 
 from agent.pipeline.scheduler import DeviceTask
@@ -37,6 +38,7 @@ def resources() -> dict[str, int]:
     return {"tasks": len(asyncio.all_tasks()), "sockets": sockets, "fds": len(fds), "rss_kib": rss}
 
 
+@pytest.mark.long(60)
 async def test_repeated_server_restarts_leak_nothing(procs, tmp_path: Path) -> None:
     points = [UaPoint(f"P{i:02d}", f"nsu={NS};s=P{i:02d}", "float64", {"ramp": [0.0, 100.0], "period": "7s"})
               for i in range(20)] + [UaPoint("ON", f"nsu={NS};s=ON", "bool", {"const": True})]

@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from plant import DeviceSpec, PointSpec, Subscriber, parse_ts, simple_points, write_plant
 
 OUTAGE = 30.0  # seconds the broker stays dead
@@ -26,6 +27,7 @@ def ts_gaps(readings: list[dict], interval: float, skip: tuple[tuple[float, floa
     return holes
 
 
+@pytest.mark.long(40)
 def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, broker, procs) -> None:
     dev = DeviceSpec("plc", simple_points("A"), poll_interval="200ms")
     plant = write_plant(tmp_path, broker.url, [dev])

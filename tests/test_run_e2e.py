@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from plant import (
     RFC3339_MS,
@@ -161,6 +162,7 @@ def test_plc_stopped_goes_bad_and_recovers_while_the_other_keeps_cadence(broker,
         print(f"PLC B: {len(ts)} polls, gaps {min(gaps):.3f}-{max(gaps):.3f}s")
 
 
+@pytest.mark.long(60)
 def test_cadence_does_not_drift_over_a_minute(broker, procs, tmp_path: Path) -> None:
     interval, run_for = 0.1, 60.0
     dev = DeviceSpec("plc-fast", simple_points("F"), poll_interval="100ms", timeout="200ms")

@@ -171,6 +171,7 @@ def test_read_only_data_dir_at_start_polls_on_and_recovers(tmp_path: Path, broke
         agent.stop()
 
 
+@pytest.mark.long(57)
 def test_long_outage_against_the_size_limit_keeps_memory_flat(tmp_path: Path, broker, procs) -> None:
     dev = DeviceSpec("big", many_points(500), poll_interval="100ms", timeout="90ms")
     broker.stop()

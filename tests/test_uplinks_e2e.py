@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from conftest import HAZGATE, Broker, Proc, free_port, wait_port
 from plant import DeviceSpec, Plant, PointSpec, Subscriber, parse_ts, simple_points, write_plant
 from platformkit import (
@@ -108,6 +109,7 @@ def same_id_same_message(msgs: list[tuple[str, int, int]]) -> None:
         assert by_seq.setdefault(seq, data_id) == data_id, f"seq {seq} reused for another message"
 
 
+@pytest.mark.long(37)
 def test_three_uplinks_one_platform_down(tmp_path: Path, procs: list[Proc], broker: Broker) -> None:
     plant, http_port, tcp_port = plant_with_platforms(tmp_path, broker)
     http_url = f"http://127.0.0.1:{http_port}/api/realtime"
@@ -219,6 +221,7 @@ def snapshots(db: Path, step_ms: int) -> list[Snapshot]:
         return received_snapshots(c, step_ms)
 
 
+@pytest.mark.long(48)
 def test_a_snapshot_platform_down_30_s_gets_each_missed_10_s_snapshot_with_its_values(
         tmp_path: Path, procs: list[Proc], broker: Broker) -> None:
     """Snapshot mode (issue 15): interval 10 s, the platform down for 30 s. Afterwards it holds
@@ -281,6 +284,7 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+@pytest.mark.long(27)
 def test_a_slow_platform_costs_the_others_nothing(tmp_path: Path, procs: list[Proc], broker: Broker) -> None:
     """The HTTP platform answers each message after 2 s: MQTT and TCP keep their pace, the
     agent's memory stays flat while the slow uplink's backlog grows (it stays in the store)."""

@@ -15,9 +15,10 @@ from agent.config.gateway import GatewayConfig
 from agent.config.points import load_point_table
 from agent.config.rules import load_checks
 from agent.config.toml import TomlReader, load_toml
-from agent.config.uplinks import MQTT_KEYS, load_uplinks, parse_timezone
+from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
-from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec, without_credentials
+from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
+from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -29,7 +30,7 @@ GATEWAY_KEYS = {
     "id": ("level", True), "enterprise_code": ("level", True), "data_dir": ("path", True),
     "timezone": ("str", False),
 }
-UPLINK_KEYS = MQTT_KEYS  # `[uplink]`: the uplink named mqtt
+UPLINK_KEYS = BROKER_KEYS  # `[uplink]`: the uplink named mqtt
 COMMON_DEVICE_KEYS = {
     "name": ("str", True), "protocol": ("enum:" + "|".join(PROTOCOLS), True),
     "poll_interval": ("duration:10ms..1d", True), "points": ("path", True),
@@ -115,13 +116,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(problems)
     uplinks = listed
     if "uplink" in data:
-        uplinks = [MqttUplinkSpec(name="mqtt", mqtt=MqttSpec(
-            broker=up["broker"], topic_prefix=up.get("topic_prefix", "hazchem"),
-            ca_file=up.get("ca_file"), cert_file=up.get("cert_file"), key_file=up.get("key_file"),
-            username=up.get("username"), password_file=up.get("password_file"),
-            publish_interval=up.get("publish_interval", 1.0), batch_size=up.get("batch_size", 500),
-            keepalive=up.get("keepalive", 30.0),
-        )), *listed]
+        uplinks = [MqttUplinkSpec(name="mqtt", mqtt=broker_spec(up)), *listed]
     return GatewayConfig(
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"], timezone=timezone,
         data_dir=gw["data_dir"], uplinks=uplinks, devices=devices, rules_file=checks.get("rules"), rules=rules,

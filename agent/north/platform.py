@@ -18,13 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from agent.north.base import ConnectFailed, Connector, UplinkContext
+from agent.north.codec import DERIVATIONS
 from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
-from agent.north.templated import TemplatedBody
+from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
 
 log = logging.getLogger("hazgate.uplink")
 
 WINDOW = 1  # one message in flight: a platform handles messages in the order they come
 SENDS = ("readings", "snapshot")
+# the [[uplinks]] keys every platform uplink takes (kinds as agent/config/toml.py converts them)
+PLATFORM_KEYS = {
+    **TEMPLATED_KEYS, "send": ("enum:" + "|".join(SENDS), False), "interval": ("duration", False),
+    "batch": ("int", False), "key_file": ("path", False), "iv_file": ("path", False),
+    "iv": ("enum:key", False), "key_derivation": ("enum:" + "|".join(DERIVATIONS), False),
+    "ack": ("table", False), "max_rejects": ("int", False), "timeout": ("duration", False),
+    "ca_file": ("path", False),
+}
+PLATFORM_LIMITS = {"batch": (1, 10000), "max_rejects": (1, 1000)}
 
 
 @dataclass(frozen=True)

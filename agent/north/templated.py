@@ -49,6 +49,7 @@ EVENT_VARIABLES = frozenset({
     "gateway", "enterprise", "event",
 })
 TIME_FORMATS = ("rfc3339", "epoch_ms")
+TEMPLATED_KEYS = {"codec": ("list", False), "time_format": ("str", False)}  # [[uplinks]] keys of a templated body
 # strftime directives that mean the same on every platform Python runs on
 _DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
 _DIRECTIVE = re.compile(r"%(.)", re.DOTALL)
