@@ -68,6 +68,7 @@ class Agent:
             held=self.writer, on_state=self._uplink_state, events_stored=self.events_stored,
             timezone=cfg.timezone, uplinks=self._uplinks_summary)
         self.uplinks = [make_uplink(spec, ctx) for spec in cfg.uplinks]
+        self.declared: set[str] = set()  # tags and interlocks under a declared stop: the checks keep it
         self.checks = self._check_stage(cfg)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
         self.tasks: list[asyncio.Task] = []  # every core task, each under _supervise (the service watches them)
@@ -81,7 +82,7 @@ class Agent:
         return self._all_points
 
     def _check_stage(self, cfg: GatewayConfig) -> CheckStage:
-        return CheckStage(cfg.rules, cfg.all_points(), self.store, self.events_stored)
+        return CheckStage(cfg.rules, cfg.all_points(), self.store, self.events_stored, cfg.data_dir, self.declared)
 
     def events_stored(self) -> None:
         """Events are in the store: every uplink publishes them now."""
@@ -253,7 +254,7 @@ class Agent:
             delay = min(RESTART_MAX, delay * 2)
 
     def _start_device(self, dev: DeviceSpec) -> None:
-        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock)
+        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock, self.declared)
         self.devices.append(task)
         self._spawn(f"device:{dev.name}", task.run)
 

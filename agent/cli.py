@@ -164,6 +164,13 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return buffer(_load_or_applied(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
 
 
+def cmd_declare(args: argparse.Namespace) -> int:
+    from agent.tools.declare import declare
+
+    return declare(_load(args.config), args.action, args.subject, args.reason, args.by, args.until, args.note,
+                   args.all)
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     if args.listen is None:
         if args.broker is None:
@@ -253,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_buffer)
+
+    p = sub.add_parser("declare", help="declare a point or interlock stopped on purpose (calibration, a "
+                       "bypass permit), restore it, or list the declarations")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("action", choices=["stop", "restore", "list"])
+    p.add_argument("subject", nargs="?", default=None, help="stop, restore: a point tag or an interlock id")
+    p.add_argument("--reason", default=None, help="stop: why (e.g. the work permit number); required")
+    p.add_argument("--by", default=None, help="stop, restore: who declares it; required")
+    p.add_argument("--until", default=None, help="stop: when it should be restored: a time with its UTC "
+                   "offset or a duration (8h); past it without a restore, the gateway escalates")
+    p.add_argument("--note", default=None, help="restore: a note (e.g. calibration passed)")
+    p.add_argument("--all", action="store_true", help="list: every declaration, not only the stops in force")
+    p.set_defaults(func=cmd_declare)
 
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)

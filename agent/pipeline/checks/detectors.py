@@ -61,7 +61,7 @@ class DetectorChecks:
 
     def _condition(self, det: Detector, cause: str, on: bool, ts: int, fields: dict, start: int | None = None) -> None:
         active = det.active
-        if on == (cause in active):
+        if on == (cause in active) or (on and det.w.tag in self.declared):  # a declared stop raises none
             return
         w = det.w
         key = f"detector:{w.tag}:{cause}"
