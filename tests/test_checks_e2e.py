@@ -87,6 +87,8 @@ class Ev:
     @property
     def about(self) -> str:
         b = self.body
+        if b["kind"] == "declaration":
+            return b["subject"]
         return b["tag"] if b["kind"] in ("process_alarm", "gas_alarm", "detector_fault") else b["interlock"]
 
     @property

@@ -26,8 +26,9 @@ from agent.north.adapters import PROTOCOLS
 from agent.north.codec import CIPHERS, Codec, build_codec
 from agent.north.platform import Delivery
 from agent.north.protocol import UplinkProtocol
-from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, compile_template
+from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, Template, compile_template
 from agent.north.templated import (
+    DECLARATION_VARIABLES,
     EVENT_VARIABLES,
     BodySpec,
     MessageTemplates,
@@ -37,7 +38,7 @@ from agent.north.templated import (
 
 UplinkSpec = Any  # the spec type of its protocol (agent/north/*/spec.py)
 NAME = re.compile(r"[A-Za-z0-9-]+")
-TABLES = ("envelope", "record", "events")
+TABLES = ("envelope", "record", "events", "declarations")
 ACK_KEYS = ("status", "field", "equals")
 SNAPSHOT_MIN_INTERVAL = 1.0  # seconds: the shortest snapshot cadence
 
@@ -267,9 +268,31 @@ def _body(e: _Entry) -> BodySpec | None:
         events = _templates(e, events_raw, "events.", EVENT_VARIABLES)
         if events is None:
             return None
-    if codec is None or readings is None:
+    declarations = _declarations(e, item.get("declarations"), events is not None)
+    if codec is None or readings is None or (declarations is None and "declarations" in item):
         return None
-    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format)
+    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format,
+                    declarations=declarations, declarations_table=item.get("declarations", {}).get("record")
+                    if declarations is not None else None)
+
+
+def _declarations(e: _Entry, raw: Any, has_events: bool) -> Template | None:
+    """`[uplinks.declarations]`: the record a declaration event takes in the events message."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"record"}:
+        e.err(("declarations",), "declarations", "must hold just [uplinks.declarations.record]; valid: "
+              "a table of the platform's declaration fields, e.g. IS_USE = \"{state}\"")
+        return None
+    if not has_events:
+        e.err(("declarations", "record"), "declarations", "declarations go in the events messages, and this uplink "
+              "has no [uplinks.events]; valid: declare [uplinks.events] too")
+        return None
+    template, problems = compile_template(raw["record"], DECLARATION_VARIABLES, "declarations.record")
+    for problem in problems:
+        key, _, msg = problem.partition(": ")
+        e.err(_key_loc(key), key, msg)
+    return template
 
 
 def _ack(e: _Entry, raw: Any) -> AckRule | None:

@@ -48,6 +48,11 @@ EVENT_VARIABLES = frozenset({
     "value", "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment",
     "gateway", "enterprise", "event",
 })
+# `[uplinks.declarations.record]`: a declaration event (`hazgate declare`) in the events message
+DECLARATION_VARIABLES = frozenset({
+    "id", "subject", "kind", "state", "reason", "by", "since", "until", "note", "ts", "ts_ms", "name",
+    "target_code", "hazard_source", "equipment", "gateway", "enterprise", "event",
+})
 TIME_FORMATS = ("rfc3339", "epoch_ms")
 TEMPLATED_KEYS = {"codec": ("list", False), "time_format": ("str", False)}  # [[uplinks]] keys of a templated body
 # strftime directives that mean the same on every platform Python runs on
@@ -108,6 +113,8 @@ class BodySpec:
     readings: MessageTemplates
     events: MessageTemplates | None = None  # None: this uplink carries no events
     time_format: str = "rfc3339"
+    declarations: Template | None = None  # the record of a declaration event; None: as any event
+    declarations_table: dict | None = None  # the TOML table it came from (the reference receiver checks it)
 
 
 def payload_paths(node: Any, path: tuple = ()) -> list[tuple[tuple, bool]]:
@@ -219,10 +226,27 @@ class TemplatedBody:
         records = []
         for event in rows:
             point = index.get(event.get("tag") or "", {})
-            values = {f: event.get(f, point.get(f)) for f in _EVENT_FIELDS}
             ts_ms = _event_ms(event.get("ts"))
+            if spec.declarations is not None and event.get("kind") == "declaration":
+                records.append(spec.declarations.render(self._declaration(event, point, time, ts_ms)))
+                continue
+            values = {f: event.get(f, point.get(f)) for f in _EVENT_FIELDS}
             values.update(ts_ms=ts_ms, ts=None if ts_ms is None else time(ts_ms), event=event,
                           gateway=self.ctx.gateway, enterprise=self.ctx.enterprise)
             records.append(templates.record.render(values))
         return self._envelope(spec, templates, time, seq, records)
+
+    def _declaration(self, event: dict, point: dict, time: TimeFormatter, ts_ms: int | None) -> dict:
+        """A declaration event's record variables; its times in the uplink's time format."""
+        values = {f: event.get(f) for f in ("id", "subject", "state", "reason", "by", "note")}
+        for key in ("since", "until"):
+            ms = _event_ms(event.get(key))
+            values[key] = None if ms is None else time(ms)
+        values.update({f: point.get(f) for f in ("name", "target_code", "hazard_source", "equipment")})
+        if "interlock" in event:
+            values["name"] = event.get("name")
+        values.update(kind="interlock" if "interlock" in event else "point", ts_ms=ts_ms,
+                      ts=None if ts_ms is None else time(ts_ms), event=event, gateway=self.ctx.gateway,
+                      enterprise=self.ctx.enterprise)
+        return values
 

@@ -197,6 +197,14 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "limit": (_scalar, "a number, string, true/false or null"),
         "event": (lambda v: type(v) is dict, "an object"),
     }
+    declaration = {
+        **common, "id": event["id"], "ts": event["ts"], "ts_ms": event["ts_ms"], "event": event["event"],
+        "subject": (lambda v: _text(v) and v != "", "a non-empty string"),
+        "kind": (lambda v: v in ("point", "interlock"), "point or interlock"),
+        "state": (lambda v: v in ("stopped", "restored", "expired"), "stopped, restored or expired"),
+        "by": text, "reason": text, "note": text, "since": time_check, "until": event["ts"],
+        **dict.fromkeys(("name", "target_code", "hazard_source", "equipment"), opt),
+    }
     envelope = {
         **common,
         "payload": ((lambda v: type(v) is list) if plain_json else _text,
@@ -206,7 +214,7 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "count": (lambda v: _int(v) and v >= 0, "a whole number"),
         "sent_at": time_check,
     }
-    return {"record": record, "event": event, "envelope": envelope}
+    return {"record": record, "event": event, "declaration": declaration, "envelope": envelope}
 
 
 def check(template: Any, value: Any, rules: dict[str, tuple[Any, str]], where: str,
@@ -368,7 +376,8 @@ class PlatformReceiver:
             self.kinds.append(_kind("events", body.events))
         rules = variable_rules(body.time_format, len(body.codec.steps) == 1)
         self.rules = {"readings": rules["record"], "events": rules["event"],
-                      "envelope": rules["envelope"]}
+                      "declarations": rules["declaration"], "envelope": rules["envelope"]}
+        self.declarations = body.declarations_table  # a declaration's record in an events message
         self.set_controls(controls)
         db.executescript(DB_SCHEMA)
         self.gateways = self._load()
@@ -479,8 +488,18 @@ class PlatformReceiver:
             return [], False
         rules = self.rules[kind.name]
         for i, record in enumerate(payload):
-            check(kind.templates.record_table, record, rules, f"records[{i}]", p)
+            if kind.name == "events" and self.declarations is not None and self._is_declaration(record):
+                check(self.declarations, record, self.rules["declarations"], f"records[{i}]", p)
+            else:
+                check(kind.templates.record_table, record, rules, f"records[{i}]", p)
         return payload, False
+
+    def _is_declaration(self, record: Any) -> bool:
+        """A record that fits the declaration template better than the event one."""
+        as_declaration, as_event = Problems(), Problems()
+        check(self.declarations, record, self.rules["declarations"], "", as_declaration)
+        check(self.kinds[1].templates.record_table, record, self.rules["events"], "", as_event)
+        return len(as_declaration) < len(as_event)
 
     def _bad(self, gw: PlatformGateway, data_id: Any, seq: Any, received: str, body: bytes,
              problems: list[str], undecodable: bool) -> Reply:

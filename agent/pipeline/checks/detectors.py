@@ -35,7 +35,8 @@ class DetectorChecks:
     def _detector(self, det: Detector, good: bool, v: Any, ts: int, now: float) -> None:
         active = det.active
         if not good:
-            self._condition(det, "no_data", True, ts, {"reason": det.w.reason or "bad quality"})
+            if det.w.reason != "declared_stop":  # read under a stop that has just ended: not a fault
+                self._condition(det, "no_data", True, ts, {"reason": det.w.reason or "bad quality"})
             return
         if active:
             self._condition(det, "no_data", False, ts, {})

@@ -44,6 +44,10 @@ class CheckStage:
         self._ledger_next = 0.0
         self._ledger_failed = False
         self._announcing: list[int] = []  # declaration ids whose events wait to be stored
+        if data_dir is not None:  # the stops in force apply from the first poll, before the checks start
+            with contextlib.suppress(sqlite3.Error, OSError):  # told by the first look
+                self._ledger = Ledger(data_dir)
+                self.declared.update(self._ledger.active())
 
     def feed(self, every: list[Reading]) -> None:
         c = self.checker
