@@ -96,7 +96,7 @@ def test_its_keys_limits_and_checks_are_its_own(echo: None) -> None:
     assert problems == [
         "gateway.toml:10: uplinks.colour: unknown key; valid keys here: ack, batch, ca_file, codec, declarations, "
         "envelope, events, host, interval, iv, iv_file, key_derivation, key_file, max_rejects, name, "
-        "port, protocol, record, send, time_format, timeout",
+        "port, protocol, record, registry, send, time_format, timeout",
         "gateway.toml:7: uplinks.batch: 0 is out of range; valid: 1-10000",
         "gateway.toml:6: uplinks.port: 7 is the echo service's own port; valid: another port",
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
@@ -41,6 +41,8 @@ class UplinkContext:
     events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
     timezone: tzinfo | None = None  # `[gateway] timezone` for templated times (None: the system's)
     uplinks: Callable[[], dict[str, dict]] = dict  # every uplink's state now, for a status message
+    declared: Collection[str] = frozenset()  # tags and interlocks under a declared stop now (kept current)
+    devices: Callable[[], dict[str, str]] = dict  # tag -> its device's name, for registrations
 
 
 @dataclass

@@ -114,8 +114,10 @@ class PlatformUplink:
             self.drain.events_stored()
 
     async def points_changed(self) -> None:
-        """Records look point metadata up afresh; nothing is restated (no description message)."""
+        """Records look point metadata up afresh; the registration, if any, goes again if it changed."""
         self.body.points_changed()
+        if self.body.meta is not None:
+            await self.drain.restate()
 
     def status_changed(self) -> None:
         """Platforms have no status message: nothing to do."""

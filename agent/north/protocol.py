@@ -47,6 +47,12 @@ class UplinkEntry(Protocol):
         """`send`, `interval`, `batch`, `max_rejects`, `timeout`."""
 
 
+def own_key(item: dict, table: str, key: str) -> Any:
+    """A key a message kind's table (`[uplinks.events]`, `[uplinks.registry]`) gives, or None."""
+    sub = item.get(table)
+    return sub.get(key) if isinstance(sub, dict) else None
+
+
 @dataclass(frozen=True)
 class UplinkProtocol:
     keys: Keys  # beside `name` and `protocol`; "table" and "list" kinds are read by `build`
@@ -54,6 +60,7 @@ class UplinkProtocol:
     uplink: Callable[[Any, UplinkContext], Uplink]  # (its spec, context) -> the uplink
     spec_type: type
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)
-    events_keys: Keys = field(default_factory=dict)  # `[uplinks.events]` keys beside envelope and record
+    # keys `[uplinks.events]` and `[uplinks.registry]` take beside envelope and record (a url, a topic)
+    events_keys: Keys = field(default_factory=dict)
     no_cipher: str = ""  # why its codec takes no cipher (mqtt: key_file is the TLS key); "": it takes one
     http_status: bool = False  # its replies carry an HTTP status for `ack.status`

@@ -40,6 +40,7 @@ import orjson
 from agent.common.timefmt import now_ms
 from agent.north.base import UplinkContext
 from agent.north.codec import Codec
+from agent.north.registry import registry_records
 from agent.north.template import Template, split_placeholders
 from agent.pipeline.store import Builder
 
@@ -115,6 +116,7 @@ class BodySpec:
     time_format: str = "rfc3339"
     declarations: Template | None = None  # the record of a declaration event; None: as any event
     declarations_table: dict | None = None  # the TOML table it came from (the reference receiver checks it)
+    registry: MessageTemplates | None = None  # point registration, the uplink's description message
 
 
 def payload_paths(node: Any, path: tuple = ()) -> list[tuple[tuple, bool]]:
@@ -149,11 +151,10 @@ class TemplatedBody:
     """`Body` (agent/north/base.py) of an uplink with `[uplinks.envelope]` and `[uplinks.record]`.
 
     `events` is a Builder only when the uplink declares `[uplinks.events]`, else None: the
-    uplink carries no events. `meta` is None (no description message). Builders are bound to
-    the settings they were made with: one already handed to the store builds with those even
-    if `reconfigure` comes in between."""
-
-    meta: Builder | None = None
+    uplink carries no events. `meta`, its description message, is the point registration when
+    it declares `[uplinks.registry]`, else None. Builders are bound to the settings they were
+    made with: one already handed to the store builds with those even if `reconfigure` comes
+    in between."""
 
     def __init__(self, ctx: UplinkContext, spec: BodySpec, timezone: tzinfo | None = None):
         self.ctx = ctx
@@ -168,9 +169,21 @@ class TemplatedBody:
         time = time_formatter(spec.time_format, timezone)
         self._live: Builder = lambda seq, rows: self._readings(spec, time, seq, rows, False)
         self._backfill: Builder = lambda seq, rows: self._readings(spec, time, seq, rows, True)
-        events = spec.events
+        events, registry = spec.events, spec.registry
         self.events: Builder | None = None if events is None else (
             lambda seq, rows: self._events(spec, events, time, seq, rows))
+        self.meta: Builder | None = None if registry is None else (
+            lambda seq, _rows: self._envelope(spec, registry, time, seq, self._registry(registry)))
+
+    def meta_digest(self) -> bytes:
+        """The registration records as they would go now."""
+        assert self.spec.registry is not None
+        return orjson.dumps(self._registry(self.spec.registry))
+
+    def _registry(self, registry: MessageTemplates) -> list[dict]:
+        ctx = self.ctx
+        return registry_records(registry.record, ctx.points(), ctx.devices(), ctx.gateway, ctx.enterprise,
+                                ctx.declared)
 
     def points_changed(self) -> None:
         """The point set changed: look metadata up afresh."""

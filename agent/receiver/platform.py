@@ -205,6 +205,12 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "by": text, "reason": text, "note": text, "since": time_check, "until": event["ts"],
         **dict.fromkeys(("name", "target_code", "hazard_source", "equipment"), opt),
     }
+    number = (lambda v: v is None or _number(v), "a number or null")
+    registry = {
+        **common, "tag": record["tag"], "kind": text, "in_service": (lambda v: type(v) is bool, "true or false"),
+        **dict.fromkeys(("name", "unit", "target_code", "hazard_source", "equipment", "device"), opt),
+        **dict.fromkeys(("ll", "l", "h", "hh", "range_low", "range_high"), number),
+    }
     envelope = {
         **common,
         "payload": ((lambda v: type(v) is list) if plain_json else _text,
@@ -214,7 +220,8 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "count": (lambda v: _int(v) and v >= 0, "a whole number"),
         "sent_at": time_check,
     }
-    return {"record": record, "event": event, "declaration": declaration, "envelope": envelope}
+    return {"record": record, "event": event, "declaration": declaration, "registry": registry,
+            "envelope": envelope}
 
 
 def check(template: Any, value: Any, rules: dict[str, tuple[Any, str]], where: str,
@@ -374,9 +381,12 @@ class PlatformReceiver:
         self.kinds = [_kind("readings", body.readings)]
         if body.events is not None:
             self.kinds.append(_kind("events", body.events))
+        if body.registry is not None:
+            self.kinds.append(_kind("registry", body.registry))
         rules = variable_rules(body.time_format, len(body.codec.steps) == 1)
         self.rules = {"readings": rules["record"], "events": rules["event"],
-                      "declarations": rules["declaration"], "envelope": rules["envelope"]}
+                      "declarations": rules["declaration"], "registry": rules["registry"],
+                      "envelope": rules["envelope"]}
         self.declarations = body.declarations_table  # a declaration's record in an events message
         self.set_controls(controls)
         db.executescript(DB_SCHEMA)
@@ -527,7 +537,7 @@ class PlatformReceiver:
         gw.messages += 1
         if kind.name == "events":
             gw.events += len(records)
-        else:
+        elif kind.name == "readings":
             gw.records += len(records)
         rows = [(gw.name, data_id, seq, kind.name, i, self._get(r, kind.tag), self._get(r, kind.ts),
                  self._get(r, kind.value), orjson.dumps(r).decode()) for i, r in enumerate(records)]
@@ -621,8 +631,8 @@ class PlatformServer:
         if self.scheme == "http":
             spec = self.receiver.spec
             paths = {self.path}
-            if isinstance(spec, HttpSpec) and spec.events_url:
-                paths.add(urlparse(spec.events_url).path or "/")
+            if isinstance(spec, HttpSpec):
+                paths.update(urlparse(url).path or "/" for url in (spec.events_url, spec.registry_url) if url)
             app = web.Application(client_max_size=MAX_BODY)
             for path in paths:
                 app.router.add_post(path, self._http)

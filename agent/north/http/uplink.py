@@ -30,7 +30,7 @@ from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, op
 log = logging.getLogger("hazgate.uplink")
 
 MAX_REPLY = 1 << 20  # bytes of a reply read at most
-CONNECTION_KEYS = ("url", "ca_file", "headers", "events_url", "delivery", "ack")
+CONNECTION_KEYS = ("url", "ca_file", "headers", "events_url", "registry_url", "delivery", "ack")
 
 
 def describe(url: str) -> str:
@@ -87,7 +87,8 @@ class HttpLink:
                 self.on_reject(seq, verdict.reason)
 
     async def _post(self, kind: str, payload: bytes) -> Verdict:
-        url = self.spec.events_url if kind == "events" and self.spec.events_url else self.spec.url
+        own = {"events": self.spec.events_url, "meta": self.spec.registry_url}.get(kind)
+        url = own or self.spec.url
         try:
             async with self.session.post(url, data=payload, allow_redirects=False,
                                          headers={"Content-Type": "application/json"}) as resp:

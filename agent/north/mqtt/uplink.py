@@ -186,7 +186,8 @@ class MqttUplink:
         ctx, listed = self.ctx, self.listed
         topics = {k: topic(spec.topic_prefix, ctx.enterprise, ctx.gateway, k) for k in KINDS}
         if listed.topic is not None:  # templated: the platform's topics
-            topics.update(readings=listed.topic, events=listed.events_topic or listed.topic)
+            topics.update(readings=listed.topic, events=listed.events_topic or listed.topic,
+                          meta=listed.registry_topic or listed.topic)
         return MqttConnector(spec, ctx, self.status_body, topics)
 
     @staticmethod
@@ -204,11 +205,11 @@ class MqttUplink:
         self.drain.events_stored()
 
     async def points_changed(self) -> None:
-        """The retained meta describes the new point set: restate it now."""
-        if self.body is self.status_body:
-            await self.drain.restate()
-        else:
+        """The retained meta (or the registration) describes the new point set: restate it now."""
+        if self.body is not self.status_body:
             self.body.points_changed()
+        if self.body.meta is not None:  # hazgate.uplink/1's meta, or a point registration
+            await self.drain.restate()
 
     def status_changed(self) -> None:
         """Publish the retained `online` status again: the clock or an uplink changed state."""

@@ -32,13 +32,15 @@ class CheckStage:
     and `declared` (the set handed in, which the normalizers read) is kept to the stops in force."""
 
     def __init__(self, rules: Rules, points: list[Point], store: Any, on_events: Callable[[], None],
-                 data_dir: Path | None = None, declared: set[str] | None = None):
+                 data_dir: Path | None = None, declared: set[str] | None = None,
+                 on_declared: Callable[[], None] | None = None):
         self.rules, self.points, self.store, self.on_events = rules, points, store, on_events
         self.checker: Checker | None = None  # built once the saved active state is loaded
         self._ready = asyncio.Event()
         self.errors = 0
         self.data_dir = data_dir
         self.declared = declared if declared is not None else set()
+        self.on_declared = on_declared  # told when the stops in force change
         self._ledger: Ledger | None = None
         self._ledger_stamp = 0
         self._ledger_next = 0.0
@@ -94,8 +96,11 @@ class CheckStage:
         self._ledger_stamp = stamp
         active = in_force(rows)
         self._announcing += c.declare(rows, active)
-        self.declared.clear()
-        self.declared.update(active)
+        if self.declared != active.keys():
+            self.declared.clear()
+            self.declared.update(active)
+            if self.on_declared is not None:
+                self.on_declared()
         if c.pending:
             self._ready.set()
 
