@@ -171,6 +171,12 @@ def cmd_declare(args: argparse.Namespace) -> int:
                    args.all)
 
 
+def cmd_registry(args: argparse.Namespace) -> int:
+    from agent.tools.registry import registry
+
+    return registry(_load(args.config), args.uplink, args.format, args.output)
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     if args.listen is None:
         if args.broker is None:
@@ -273,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default=None, help="restore: a note (e.g. calibration passed)")
     p.add_argument("--all", action="store_true", help="list: every declaration, not only the stops in force")
     p.set_defaults(func=cmd_declare)
+
+    p = sub.add_parser("registry", help="the point-registration records an uplink sends ([uplinks.registry]), "
+                       "as JSON or as CSV for a platform's spreadsheet")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--uplink", required=True, help="the uplink whose [uplinks.registry] shapes the records")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="csv: UTF-8 with BOM (Excel)")
+    p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_registry)
 
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)

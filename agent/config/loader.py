@@ -19,6 +19,7 @@ from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
+from agent.north.registry import missing
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -30,6 +31,7 @@ GATEWAY_KEYS = {
     "id": ("level", True), "enterprise_code": ("level", True), "data_dir": ("path", True),
     "timezone": ("str", False),
 }
+REGISTRY_COLUMNS = {"range_low": "eng_min", "range_high": "eng_max"}  # registry variable -> point-table column
 UPLINK_KEYS = BROKER_KEYS  # `[uplink]`: the uplink named mqtt
 COMMON_DEVICE_KEYS = {
     "name": ("str", True), "protocol": ("enum:" + "|".join(PROTOCOLS), True),
@@ -114,6 +116,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
     if problems:
         raise ConfigError(problems)
+    _registry_gaps(r, data.get("uplinks"), listed, [p for d in devices for p in d.points])
     uplinks = listed
     if "uplink" in data:
         uplinks = [MqttUplinkSpec(name="mqtt", mqtt=broker_spec(up)), *listed]
@@ -247,3 +250,19 @@ def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec
             tags[p.tag] = p
     proto.check_table(points, r.problems)
     return points
+
+
+def _registry_gaps(r: TomlReader, raw: Any, listed: list, points: list) -> None:
+    """A warning for each variable a `[uplinks.registry.record]` uses that some points lack."""
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        spec = next((u for u in listed if isinstance(item, dict) and u.name == item.get("name")), None)
+        registry = getattr(getattr(spec, "body", None), "registry", None)
+        if registry is None:
+            continue
+        for variable, tags in missing(registry.record, points).items():
+            column = REGISTRY_COLUMNS.get(variable, variable)
+            r.problems.warn(r.path, r.index.line("uplinks", i, "registry", "record"), "uplinks.registry.record",
+                            f"{len(tags)} of {len(points)} points have no {column}, which the record's "
+                            f"{{{variable}}} needs (e.g. {', '.join(tags[:3])}); they are registered with it "
+                            f"empty; valid: fill the {column} column of their point tables")
+

@@ -18,9 +18,10 @@ REGISTRY_VARIABLES = frozenset({
     "tag", "name", "unit", "kind", "target_code", "hazard_source", "equipment", "ll", "l", "h", "hh",
     "range_low", "range_high", "device", "gateway", "enterprise", "in_service",
 })
-# variables a point may lack (an empty cell in its table): `hazgate validate` warns of them
-OPTIONAL = ("name", "unit", "target_code", "hazard_source", "equipment", "ll", "l", "h", "hh",
-            "range_low", "range_high")
+# what identifies a point to a platform, which `hazgate validate` warns of when a record needs it
+# and a point lacks it (an empty limit is meaningful, not a gap); a switch has no unit or range
+IDENTITY = ("name", "target_code", "hazard_source", "equipment")
+MEASURE = ("unit", "range_low", "range_high")
 
 
 def point_values(p: Point) -> dict[str, Any]:
@@ -45,11 +46,10 @@ def registry_records(record: Template, points: list[Point], devices: Mapping[str
 
 def missing(record: Template, points: list[Point]) -> dict[str, list[str]]:
     """variable the record uses -> the tags of the points that lack it."""
-    used = [v for v in OPTIONAL if v in record.variables]
     out: dict[str, list[str]] = {}
     for p in points:
         values = point_values(p)
-        for v in used:
-            if values[v] is None:
+        for v in (*IDENTITY, *(MEASURE if p.type != "bool" else ())):
+            if v in record.variables and values[v] is None:
                 out.setdefault(v, []).append(p.tag)
     return out

@@ -28,7 +28,7 @@ import sqlite3
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -381,8 +381,8 @@ class PlatformReceiver:
         self.kinds = [_kind("readings", body.readings)]
         if body.events is not None:
             self.kinds.append(_kind("events", body.events))
-        if body.registry is not None:
-            self.kinds.append(_kind("registry", body.registry))
+        if body.registry is not None:  # its records name the gateway, its readings may not: not an identity
+            self.kinds.append(replace(_kind("registry", body.registry), record_gateway=None))
         rules = variable_rules(body.time_format, len(body.codec.steps) == 1)
         self.rules = {"readings": rules["record"], "events": rules["event"],
                       "declarations": rules["declaration"], "registry": rules["registry"],
