@@ -113,6 +113,10 @@ def test_declared_stop_silences_the_detector_reaches_every_uplink_and_survives_a
                        len(sub.of_kind("readings")) > 0, 15, "readings after the restart")
         time.sleep(1.5)
         assert [d["state"] for d in of(sub, "GD", "declaration")] == ["stopped"]
+        status = subprocess.run([*HAZGATE, "status", "-c", str(plant.config)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60).stdout
+        assert "declared: 2 stops in force" in status, status
+        assert "GD                   by Wang since" in status and ": calibration; until " in status, status
         assert of(sub, "GD", "detector_fault") == [], "a declared detector raised a fault"
         assert sub.readings("GD")[-1]["reason"] == "declared_stop"
         # restored: the fault it has shows at once
