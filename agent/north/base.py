@@ -5,6 +5,8 @@ brings to the protocol-neutral drain loop (agent/north/drain.py): a `Connector` 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ class UplinkContext:
     clock: ClockWatch
     points: Callable[[], list[Point]]  # the point set now (a reload changes it)
     held: HeldReadings
-    on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
+    on_state: Callable[[str, str, str], None]  # (uplink name, "up" | "down", why it is down)
     events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
     timezone: tzinfo | None = None  # `[gateway] timezone` for templated times (None: the system's)
     uplinks: Callable[[], dict[str, dict]] = dict  # every uplink's state now, for a status message
@@ -112,6 +114,17 @@ class Connector(Protocol):
 
 class ConnectFailed(Exception):
     """The far end could not be reached or refused us; the message says why."""
+
+
+def why(exc: BaseException) -> str:
+    """A connection error in words, without its traceback."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason}: check ca_file"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 class Body(Protocol):

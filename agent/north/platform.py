@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from agent.north.base import ConnectFailed, Connector, UplinkContext
+from agent.north.base import ConnectFailed, Connector, UplinkContext, why
 from agent.north.codec import DERIVATIONS
 from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
@@ -153,17 +152,6 @@ def client_tls(ca_file: Path | None) -> ssl.SSLContext:
     """Verification of the platform's certificate and host name against `ca_file` (a park's
     own CA, a self-signed certificate) or the system CAs; never switched off."""
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
-def why(exc: BaseException) -> str:
-    """A connection error in words, without its traceback."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message or exc.reason}: check ca_file"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
 
 
 async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,

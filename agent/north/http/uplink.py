@@ -22,10 +22,10 @@ import aiohttp
 
 from agent.common.secrets import read_secret
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream
 
 log = logging.getLogger("hazgate.uplink")
 

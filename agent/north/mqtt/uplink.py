@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
+from agent.common.secrets import read_secret
 from agent.common.timefmt import now_ms
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import Drain, DrainSettings
 from agent.north.mqtt.client import CONNECT_ERRORS, Events, MqttOptions, MqttSession
 from agent.north.mqtt.schema import (
@@ -137,6 +139,15 @@ class MqttLink:
         self.session.abandon()
 
 
+def password(path: Path) -> str:
+    """The broker password from its file (never logged); ConnectFailed saying why it cannot be read."""
+    try:
+        return read_secret(path).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConnectFailed(f"password_file {path}: cannot read it: {why(exc)}; restore it "
+                            f"(readable only by the agent: chmod 600)") from None
+
+
 class MqttConnector:
     def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body, topics: dict[str, str]):
         self.spec, self.ctx, self.body, self.topics = spec, ctx, body, topics
@@ -147,18 +158,25 @@ class MqttConnector:
         self.connect_allowance = spec.keepalive + CONNECTING_EXTRA
 
     def _options(self) -> MqttOptions:
+        """The session's options, the password read now; ConnectFailed when it cannot be."""
         s = self.spec
         return MqttOptions(
             host=s.host, port=s.port, client_id=self.ctx.gateway, tls=s.tls, ca_file=s.ca_file,
             cert_file=s.cert_file, key_file=s.key_file, username=s.username,
-            password=s.password_file.read_text().strip() if s.username and s.password_file else None,
+            password=password(s.password_file) if s.username and s.password_file else None,
             keepalive=int(s.keepalive), will=(self.topics["status"], self.body.status("offline"), True),
             max_inflight=WINDOW)
 
     async def connect(self, on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]) -> MqttLink:
+        """A connected link; ConnectFailed (retried with back-off) when the broker cannot be
+        reached or refuses us, and when a file read at connect (the password, a TLS file) is
+        gone or unreadable: restoring it is enough, the uplink keeps trying."""
         # MQTT has no refusal of one message: PUBACK or nothing
         loop = asyncio.get_running_loop()
-        link = MqttLink(self._options(), self.topics, self.body, on_ack, loop)
+        try:
+            link = MqttLink(self._options(), self.topics, self.body, on_ack, loop)
+        except CONNECT_ERRORS as exc:  # paho's TLS set-up reads the CA, certificate and key files
+            raise ConnectFailed(f"TLS files (ca_file, cert_file, key_file): {why(exc)}") from None
         try:
             await loop.run_in_executor(None, link.session.connect)
             await asyncio.wait_for(link.connected.wait(), CONNECT_TIMEOUT)
