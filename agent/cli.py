@@ -304,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "HTTP status (TCP: close without a reply)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
+    p.add_argument("--username", default=None, help="with --broker: the user name the broker expects")
+    p.add_argument("--password-file", default=None, help="with --broker: a file holding only the password "
+                   "(readable only by its owner: chmod 600)")
+    p.add_argument("--ca-file", default=None, help="with an mqtts:// --broker: the CA that signed the broker's "
+                   "certificate (default: the system's CAs)")
+    p.add_argument("--cert-file", default=None, help="with an mqtts:// --broker: the client certificate (PEM)")
+    p.add_argument("--key-file", default=None, help="with --cert-file: its private key (PEM, owner-only)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")

@@ -144,7 +144,7 @@ def password(path: Path) -> str:
     try:
         return read_secret(path).strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConnectFailed(f"password_file {path}: cannot read it: {why(exc)}; restore it "
+        raise ConnectFailed(f"cannot read the password file {path}: {why(exc)}; restore it "
                             f"(readable only by the agent: chmod 600)") from None
 
 
