@@ -202,6 +202,18 @@ def cmd_receive(args: argparse.Namespace) -> int:
                             args.duration, args.idle_exit, args.report, args.fail_on_gaps)
 
 
+def cmd_uplink_check(args: argparse.Namespace) -> int:
+    from agent.tools.uplink_check import check_uplinks
+
+    cfg = _load(args.config)
+    names = [u.name for u in cfg.uplinks]
+    if args.uplink is not None and args.uplink not in names:
+        print(f"hazgate uplink check: no uplink named {args.uplink!r} in {args.config}; uplinks: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(check_uplinks(cfg, args.uplink))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo.demo import demo
 
@@ -316,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
     p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file")
     p.set_defaults(func=cmd_receive, log_level_default="info")
+
+    p = sub.add_parser("uplink", help="uplink commissioning: check connects to the platforms")
+    uplink_sub = p.add_subparsers(dest="action", required=True)
+    p = uplink_sub.add_parser("check", help="connect to each uplink with the gateway's credentials and "
+                              "say per step (address, connection, TLS, login) what works; sends no data")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--uplink", default=None, help="check only this uplink (default: every one)")
+    p.set_defaults(func=cmd_uplink_check)
 
     p = sub.add_parser("demo", help="simulated plant + local broker + agent + receiver with a live view")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -113,7 +113,21 @@ class Connector(Protocol):
 
 
 class ConnectFailed(Exception):
-    """The far end could not be reached or refused us; the message says why."""
+    """The far end could not be reached or refused us; the message says why and `step` where:
+    `file` (a password, key or certificate file read at connect), `tcp`, `trust` (the far
+    end's certificate is not trusted), `tls` (another TLS failure), `closed` (the far end
+    closed the connection before accepting it) or `login` (it refused the credentials)."""
+
+    def __init__(self, reason: str, step: str = "tcp"):
+        super().__init__(reason)
+        self.step = step
+
+
+def failed_step(exc: BaseException) -> str:
+    """The step of a connection a connect error belongs to (see ConnectFailed)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "trust"
+    return "tls" if isinstance(exc, ssl.SSLError) else "tcp"
 
 
 def why(exc: BaseException) -> str:
@@ -141,6 +155,19 @@ class Body(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What `hazgate uplink check` needs of an uplink: a connector that connects as the uplink
+    does and leaves no trace at the far end (nothing it would store, no last will, a client
+    id of its own), where it goes, and what an accepted connection proves."""
+
+    connector: Connector
+    host: str
+    port: int
+    tls: bool
+    login: str  # the credentials an accepted connection proves ("": none, they go with each message)
+
+
 class Uplink(Protocol):
     """One configured uplink, as the assembly and the service see it."""
 
@@ -161,3 +188,5 @@ class Uplink(Protocol):
     def progress_allowance(self) -> float: ...
 
     def reconfigure(self, spec: Any) -> None: ...
+
+    def probe(self) -> Probe: ...

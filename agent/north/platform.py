@@ -16,7 +16,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from agent.north.base import ConnectFailed, Connector, UplinkContext, why
+from agent.north.base import ConnectFailed, Connector, Probe, UplinkContext, failed_step, why
 from agent.north.codec import DERIVATIONS
 from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
@@ -136,6 +136,12 @@ class PlatformUplink:
             return self.spec.delivery.interval + self.spec.delivery.timeout
         return self.drain.connector.connect_allowance + self.pacing.delay
 
+    def probe(self) -> Probe:
+        """A connection as the uplink makes one (TCP, TLS), with a pacing of its own; the
+        platform checks credentials (headers, cipher keys) only with a message."""
+        spec = self.spec
+        return Probe(self._connector(spec, Pacing(self.name)), spec.host, spec.port, spec.tls, "")
+
 
 
 async def guarded(work: Awaitable[None], uplink: str, lost: asyncio.Event) -> None:
@@ -162,4 +168,4 @@ async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
             asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None),
             within)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise ConnectFailed(f"{host}:{port}: {why(exc)}") from None
+        raise ConnectFailed(f"{host}:{port}: {why(exc)}", failed_step(exc)) from None

@@ -135,7 +135,7 @@ class HttpConnector:
             try:
                 headers[h.name] = read_secret(h.secret)
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}") from None
+                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}", "file") from None
         return headers
 
     async def connect(self, on_ack: Callable[[int], None],
