@@ -13,10 +13,10 @@ from agent.common.problems import ConfigError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _load(path: str):
+def _load(path: str, table_pending: str | None = None):  # noqa: ANN202 - GatewayConfig
     from agent.config.loader import load_config
 
-    return load_config(path)
+    return load_config(path, table_pending)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -28,9 +28,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceSpec | None
-    """The device named on the command line, or None after saying which devices exist."""
-    cfg = _load(args.config)
+def _device(args: argparse.Namespace, command: str, table_pending: bool = False):  # noqa: ANN202 - DeviceSpec | None
+    """The device named on the command line, or None after saying which devices exist;
+    `table_pending`: its point table need not exist yet (browse writes one)."""
+    cfg = _load(args.config, args.device if table_pending else None)
     try:
         return cfg.device(args.device)
     except KeyError as exc:
@@ -95,7 +96,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_browse(args: argparse.Namespace) -> int:
     from agent.tools.browse import browse_device
 
-    device = _device(args, "browse")
+    device = _device(args, "browse", table_pending=True)
     if device is None:
         return EXIT_USAGE
     if args.depth < 1 or args.max_nodes < 1:
