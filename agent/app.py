@@ -105,8 +105,9 @@ class Agent:
     def _uplinks_summary(self) -> dict[str, dict]:
         return {u.name: u.stats.summary() for u in self.uplinks}
 
-    def _uplink_state(self, name: str, state: str) -> None:
-        self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms()})
+    def _uplink_state(self, name: str, state: str, reason: str) -> None:
+        self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms(),
+                                            f"uplink:{name}:reason": reason})
         for u in self.uplinks:  # the retained status of every MQTT uplink tells every uplink's state
             u.status_changed()
 

@@ -13,10 +13,10 @@ from agent.common.problems import ConfigError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _load(path: str):
+def _load(path: str, table_pending: str | None = None):  # noqa: ANN202 - GatewayConfig
     from agent.config.loader import load_config
 
-    return load_config(path)
+    return load_config(path, table_pending)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -28,9 +28,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceSpec | None
-    """The device named on the command line, or None after saying which devices exist."""
-    cfg = _load(args.config)
+def _device(args: argparse.Namespace, command: str, table_pending: bool = False):  # noqa: ANN202 - DeviceSpec | None
+    """The device named on the command line, or None after saying which devices exist;
+    `table_pending`: its point table need not exist yet (browse writes one)."""
+    cfg = _load(args.config, args.device if table_pending else None)
     try:
         return cfg.device(args.device)
     except KeyError as exc:
@@ -95,7 +96,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_browse(args: argparse.Namespace) -> int:
     from agent.tools.browse import browse_device
 
-    device = _device(args, "browse")
+    device = _device(args, "browse", table_pending=True)
     if device is None:
         return EXIT_USAGE
     if args.depth < 1 or args.max_nodes < 1:
@@ -202,6 +203,18 @@ def cmd_receive(args: argparse.Namespace) -> int:
                             args.duration, args.idle_exit, args.report, args.fail_on_gaps)
 
 
+def cmd_uplink_check(args: argparse.Namespace) -> int:
+    from agent.tools.uplink_check import check_uplinks
+
+    cfg = _load(args.config)
+    names = [u.name for u in cfg.uplinks]
+    if args.uplink is not None and args.uplink not in names:
+        print(f"hazgate uplink check: no uplink named {args.uplink!r} in {args.config}; uplinks: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(check_uplinks(cfg, args.uplink))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo.demo import demo
 
@@ -304,11 +317,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "HTTP status (TCP: close without a reply)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
+    p.add_argument("--username", default=None, help="with --broker: the user name the broker expects")
+    p.add_argument("--password-file", default=None, help="with --broker: a file holding only the password "
+                   "(readable only by its owner: chmod 600)")
+    p.add_argument("--ca-file", default=None, help="with an mqtts:// --broker: the CA that signed the broker's "
+                   "certificate (default: the system's CAs)")
+    p.add_argument("--cert-file", default=None, help="with an mqtts:// --broker: the client certificate (PEM)")
+    p.add_argument("--key-file", default=None, help="with --cert-file: its private key (PEM, owner-only)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
     p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file")
     p.set_defaults(func=cmd_receive, log_level_default="info")
+
+    p = sub.add_parser("uplink", help="uplink commissioning: check connects to the platforms")
+    uplink_sub = p.add_subparsers(dest="action", required=True)
+    p = uplink_sub.add_parser("check", help="connect to each uplink with the gateway's credentials and "
+                              "say per step (address, connection, TLS, login) what works; sends no data")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--uplink", default=None, help="check only this uplink (default: every one)")
+    p.set_defaults(func=cmd_uplink_check)
 
     p = sub.add_parser("demo", help="simulated plant + local broker + agent + receiver with a live view")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

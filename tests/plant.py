@@ -153,9 +153,9 @@ class Plant:
         wait_port(port, timeout)
         return proc
 
-    def start_agent(self, procs: list[Proc], *extra: str) -> Proc:
+    def start_agent(self, procs: list[Proc], *extra: str, env: dict | None = None) -> Proc:
         n = sum(1 for p in procs if "run" in p.args)
-        proc = Proc([*HAZGATE, *extra, "run", "-c", str(self.config)], self.root / f"agent-{n}.log")
+        proc = Proc([*HAZGATE, *extra, "run", "-c", str(self.config)], self.root / f"agent-{n}.log", env)
         procs.append(proc)
         return proc
 

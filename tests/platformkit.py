@@ -182,7 +182,7 @@ class Held:
 class States:
     seen: list[tuple[str, str]] = field(default_factory=list)
 
-    def __call__(self, name: str, state: str) -> None:
+    def __call__(self, name: str, state: str, _reason: str) -> None:
         self.seen.append((name, state))
 
 

@@ -54,8 +54,11 @@ def default_timeout(poll_interval: float) -> float:
     return min(TIMEOUT, TIMEOUT_POLLS * poll_interval)
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Load and validate a gateway config; raise ConfigError listing every problem."""
+def load_config(path: str | Path, table_pending: str | None = None) -> GatewayConfig:
+    """Load and validate a gateway config; raise ConfigError listing every problem.
+
+    `table_pending`: a device whose point table may not exist yet, or have no row (`hazgate
+    browse` is there to write it); it comes with no points."""
     path = Path(path)
     problems = Problems()
     shown = str(path)
@@ -112,7 +115,7 @@ def load_config(path: str | Path) -> GatewayConfig:
             listen = parse_listen(health["listen"])
         except ValueError as exc:
             r.err(("health", "listen"), "health.listen", str(exc))
-    devices = _load_devices(r, data.get("devices", []))
+    devices = _load_devices(r, data.get("devices", []), table_pending)
     rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
     if problems:
         raise ConfigError(problems)
@@ -152,7 +155,7 @@ def _not_a_file(path: Path) -> str | None:
     return f"file {path} does not exist"
 
 
-def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
+def _load_devices(r: TomlReader, raw: Any, table_pending: str | None = None) -> list[DeviceSpec]:
     if not isinstance(raw, list) or not raw:
         r.err(("devices",), "devices", "no [[devices]] defined; valid: at least one [[devices]] table")
         return []
@@ -193,7 +196,7 @@ def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
             endpoints.setdefault(where, r.index.line(*loc))
             if dev.bus is not None:
                 _check_bus(r, loc, dev, buses)
-        dev.points = _load_points(r, loc, dev, proto, tags)
+        dev.points = _load_points(r, loc, dev, proto, tags, pending=name == table_pending)
         devices.append(dev)
     return devices
 
@@ -225,8 +228,12 @@ def _check_bus(r: TomlReader, loc: tuple, dev: DeviceSpec, buses: dict[str, tupl
                   f"(line {line}) on the same port {dev.bus}; valid: the same value in every device on one port")
 
 
-def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec, tags: dict[str, Point]) -> list[Point]:
+def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec, tags: dict[str, Point],
+                 pending: bool = False) -> list[Point]:
+    """The device's point table; `pending`: one that does not exist yet or has no row is no problem."""
     path = dev.points_file
+    if pending and not path.exists():
+        return []
     try:
         shown = str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -240,7 +247,7 @@ def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec
     except OSError as exc:
         r.err((*loc, "points"), "devices.points", f"cannot read point table {path}: {exc}")
         return []
-    if not points and len(r.problems) == before:
+    if not points and len(r.problems) == before and not pending:
         r.problems.add(shown, 1, "points", "point table has no points; valid: one row per point after the header")
     for p in points:
         if p.tag in tags:

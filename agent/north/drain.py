@@ -195,7 +195,9 @@ class Drain:
 
     # --- connection ---------------------------------------------------------------------
     def _set_state(self, state: str, reason: str = "") -> None:
-        if state == self.stats.state:
+        """A change of state, or, while down, of the reason why (status shows the latest)."""
+        was = self.stats.state
+        if state == was and (state == "up" or reason == self.stats.last_error):
             return
         self.stats.state = state
         fields = {"uplink": self.name, "to": self.connector.describe}
@@ -203,8 +205,9 @@ class Drain:
             log.info("uplink up", extra={"fields": fields})
         else:
             self.stats.last_error = reason
-            log.warning("uplink down", extra={"fields": {**fields, "reason": reason}})
-        self.ctx.on_state(self.name, state)
+            log.warning("uplink down" if state != was else "uplink still down, for another reason",
+                        extra={"fields": {**fields, "reason": reason}})
+        self.ctx.on_state(self.name, state, reason if state != "up" else "")
 
     def _on_ack(self, seq: int) -> None:
         if self._in_flight.pop(seq, None) is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from agent.north.base import ConnectFailed, Connector, UplinkContext
+from agent.north.base import ConnectFailed, Connector, Probe, UplinkContext, failed_step, why
 from agent.north.codec import DERIVATIONS
 from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
@@ -137,6 +136,12 @@ class PlatformUplink:
             return self.spec.delivery.interval + self.spec.delivery.timeout
         return self.drain.connector.connect_allowance + self.pacing.delay
 
+    def probe(self) -> Probe:
+        """A connection as the uplink makes one (TCP, TLS), with a pacing of its own; the
+        platform checks credentials (headers, cipher keys) only with a message."""
+        spec = self.spec
+        return Probe(self._connector(spec, Pacing(self.name)), spec.host, spec.port, spec.tls, "")
+
 
 
 async def guarded(work: Awaitable[None], uplink: str, lost: asyncio.Event) -> None:
@@ -155,17 +160,6 @@ def client_tls(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-def why(exc: BaseException) -> str:
-    """A connection error in words, without its traceback."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message or exc.reason}: check ca_file"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
-
-
 async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
                       within: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection (with its TLS handshake), or ConnectFailed saying why."""
@@ -174,4 +168,4 @@ async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
             asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None),
             within)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise ConnectFailed(f"{host}:{port}: {why(exc)}") from None
+        raise ConnectFailed(f"{host}:{port}: {why(exc)}", failed_step(exc)) from None

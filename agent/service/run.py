@@ -354,9 +354,10 @@ class Service:
             problems.append(f"store refuses writes: {agent.store_error}")
         if agent.writer.held_dropped:
             problems.append(f"{agent.writer.held_dropped} readings dropped from memory since start")
+        reasons = {u.name: u.stats.last_error for u in agent.uplinks}
         for name, since in self._uplink_down_since.items():
             if now - since > UPLINK_DOWN_PROBLEM:
-                problems.append(f"uplink {name} down for {now - since:.0f}s")
+                problems.append(f"uplink {name} down for {now - since:.0f}s: {reasons.get(name) or 'connecting'}")
         for u in agent.uplinks:  # a far end that takes messages and never acknowledges them
             s, age = u.stats, u.stats.oldest_unacked_age(now)
             if s.ack_deadline and age > s.ack_deadline:

@@ -55,6 +55,8 @@ def status(config: GatewayConfig | AppliedConfig) -> int:
     for name, where in cfg.uplinks:
         u = st["uplinks"].get(name)
         link = state.get(f"uplink:{name}:state", "unknown") if running else "down (agent not running)"
+        if running and link == "down" and (reason := state.get(f"uplink:{name}:reason")):
+            link = f"down: {reason}"
         print(f"uplink:  {name} {link} ({where}); since {age_text(state.get(f'uplink:{name}:changed'))}")
         if u is None:
             print("         not in the store yet (starts with the agent)")

@@ -22,10 +22,10 @@ import aiohttp
 
 from agent.common.secrets import read_secret
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -135,7 +135,7 @@ class HttpConnector:
             try:
                 headers[h.name] = read_secret(h.secret)
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}") from None
+                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}", "file") from None
         return headers
 
     async def connect(self, on_ack: Callable[[int], None],

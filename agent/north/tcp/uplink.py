@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import BACKOFF_MAX
 from agent.north.framing import Deframer, FrameTooLarge, FramingError, frame
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream
 from agent.north.tcp.spec import TcpSpec
 
 log = logging.getLogger("hazgate.uplink")
