@@ -193,7 +193,8 @@ def test_cadence_does_not_drift_over_a_minute(broker, procs, tmp_path: Path) -> 
     print(f"\ncadence: {len(ts)} polls over {span:.3f}s (expected {expected_polls}); median phase "
           f"{1000 * early:.1f} ms in the first tenth, {1000 * late:.1f} ms in the last")
     assert abs(late - early) < 0.2 * interval, f"the cadence moved {1000 * (late - early):.0f} ms in {span:.0f}s"
-    assert len(ts) >= 0.98 * expected_polls, "more than 2 % of the polls skipped"
+    # a poll overrun under load skips its slot, by design; a scheduler that skips a tenth is broken
+    assert len(ts) >= 0.9 * expected_polls, f"{expected_polls - len(ts)} of {expected_polls} polls skipped"
 
 
 def test_sigterm_exits_zero_and_publishes_offline(broker, procs, tmp_path: Path) -> None:
