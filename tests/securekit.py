@@ -31,33 +31,41 @@ class Pki:
     stranger_key: Path
 
 
-def _issue(folder: Path, name: str, issuer: tuple | None, ip: str | None = None) -> tuple:
-    """(certificate, key) written as `name.pem` and `name.key` (0600); self-signed CA when
-    `issuer` is None, else signed by issuer = (certificate, key)."""
+def certificate(path: Path, *, name: str | None = None, issuer: tuple | None = None, ip: str | None = None,
+                days: float = 30, since_days: float = 1, der: bool = False, key_file: bool = True) -> tuple:
+    """(certificate, key): the certificate written to `path` (PEM, or DER), its key beside it as
+    `.key` (0600) unless `key_file` is false. Self-signed (a CA) when `issuer` is None, else
+    signed by issuer = (certificate, key); valid from `since_days` ago for `days` from now."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or path.stem)])
     now = datetime.datetime.now(datetime.UTC)
     ca = issuer is None
     issuer_cert, issuer_key = (None, key) if ca else issuer
     b = (x509.CertificateBuilder().subject_name(subject)
          .issuer_name(subject if ca else issuer_cert.subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-         .not_valid_after(now + datetime.timedelta(days=30))
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=since_days))
+         .not_valid_after(now + datetime.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if ip is not None:
         b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
     cert = b.sign(issuer_key, hashes.SHA256())
-    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = folder / f"{name}.key"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM))
+    if key_file:
+        key_path = path.with_suffix(".key")
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        key_path.chmod(0o600)
     return cert, key
+
+
+def _issue(folder: Path, name: str, issuer: tuple | None, ip: str | None = None) -> tuple:
+    """`name.pem` and `name.key` in `folder`."""
+    return certificate(folder / f"{name}.pem", name=name, issuer=issuer, ip=ip)
 
 
 def make_pki(folder: Path) -> Pki:
