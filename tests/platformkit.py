@@ -5,6 +5,7 @@ Every key here is an example made up for the tests, never an issued one.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import tomllib
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ import orjson
 
 from agent.common.clock import ClockConfig, ClockWatch
 from agent.common.problems import Problems
+from agent.common.timefmt import now_ms
 from agent.config.toml import TomlReader
 from agent.config.uplinks import UplinkSpec, load_uplinks
-from agent.model import Point
+from agent.model import QUALITY_NAME, Point
 from agent.north.base import UplinkContext
+from agent.pipeline.store_thread import AsyncStore
 
 GATEWAY, ENTERPRISE = "GW-320200-0001", "32020000012"
 SECRETS = {
@@ -122,6 +125,26 @@ def value_at(readings: list[tuple[int, str, Any, str]], at: int) -> dict[str, tu
         if ts <= at:
             out[tag] = (ts, value, quality)
     return out
+
+
+async def until(check, within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def feed(store: AsyncStore, truth: list[tuple[int, str, object, str]]) -> None:
+    """A plant polled every 100 ms: the level is its time in seconds; the switch toggles every
+    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`."""
+    pids = await store.call("pids", [("TK101_LT", "m", "float32"), ("TK101_HLA", "", "bool")])
+    while True:
+        ts = now_ms()
+        rows = [(ts, "TK101_LT", ts / 1000, 0, None),
+                (ts, "TK101_HLA", ts // 700 % 2 == 0, 2 if ts // 2000 % 3 == 0 else 0, None)]
+        await store.call("add_readings", rows, pids)
+        truth += [(t, tag, v, QUALITY_NAME[q]) for t, tag, v, q, _r in rows]
+        await asyncio.sleep(0.1)
 
 
 def write_secrets(folder: Path, files: dict[str, str] = SECRETS) -> None:

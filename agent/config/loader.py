@@ -17,6 +17,7 @@ from agent.config.rules import load_checks
 from agent.config.toml import TomlReader, load_toml
 from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
+from agent.north.adapters import point_warnings
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
 from agent.pipeline.store import StoreBounds
@@ -111,7 +112,11 @@ def load_config(path: str | Path) -> GatewayConfig:
         except ValueError as exc:
             r.err(("health", "listen"), "health.listen", str(exc))
     devices = _load_devices(r, data.get("devices", []))
-    rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
+    points = [p for d in devices for p in d.points]
+    for spec in listed:
+        for point, column, why in point_warnings(spec, points):
+            problems.warn(point.file, point.line, column, why)
+    rules = load_checks(checks.get("rules"), points, problems)
     if problems:
         raise ConfigError(problems)
     uplinks = listed

@@ -35,7 +35,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
-from agent.pipeline.store import Builder, DrainRequest, snapshot_grace
+from agent.pipeline.store import Builder, DrainRequest, SnapshotPage, snapshot_grace
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -160,10 +160,11 @@ class Drain:
                 return build(seq, rows)
             except Exception as exc:  # noqa: BLE001 - whatever a record makes a builder raise
                 failed = exc
+            like = rows.part if isinstance(rows, SnapshotPage) else list  # a snapshot keeps its boundary
             kept, aside, reason = [], [], ""
             for row in rows:
                 try:
-                    build(seq, [row])
+                    build(seq, like([row]))
                 except Exception as exc:  # noqa: BLE001
                     aside.append(row)
                     reason = reason or f"{type(exc).__name__}: {exc}"
@@ -172,7 +173,7 @@ class Drain:
             if not aside:  # every record builds alone: not a record's fault
                 raise failed
             self._set_aside.append(SetAside(kind, seq, aside, reason))
-            return build(seq, kept)
+            return build(seq, like(kept))
 
         return guarded
 

@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,19 @@ class StoreBounds:
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
 Builder = Callable[[int, list[tuple]], bytes]
+
+
+class SnapshotPage(list):
+    """The records of one snapshot message and the boundary they stand at (`at`, epoch ms): a
+    body that writes the snapshot's own time (HJ 212's DataTime) reads it there."""
+
+    def __init__(self, rows: Iterable[tuple], at: int):
+        super().__init__(rows)
+        self.at = at
+
+    def part(self, rows: Iterable[tuple]) -> SnapshotPage:
+        """Some of its records, at the same boundary."""
+        return SnapshotPage(rows, self.at)
 EVENTS_PER_MESSAGE = 100
 
 
@@ -699,7 +712,7 @@ class Store:
             "SELECT pid, ts, value, quality, reason FROM snapshot_state WHERE uplink=? AND side=? AND ts <= ? "
             "ORDER BY pid", (uplink, side, at))]
         for i in range(0, len(body), batch):
-            page = body[i : i + batch]
+            page = SnapshotPage(body[i : i + batch], at)
             seq = self._next_seq(uplink)
             self._enqueue(uplink, seq, "snapshot", False, len(page), at, build(seq, page))
         return -(-len(body) // batch), len(body)
