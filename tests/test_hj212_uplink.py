@@ -160,6 +160,26 @@ async def test_withheld_acks_and_an_outage_lose_nothing_and_keep_data_time(tmp_p
     plant.check_values()
 
 
+@pytest.mark.long(15)
+async def test_hour_data_covers_readings_back_filled_after_an_outage(tmp_path: Path) -> None:
+    """Readings polled while the platform was down reach the kept aggregates as the uplink
+    back-fills them: the hour data then still matches every stored reading."""
+    plant = Plant(tmp_path)
+    await plant.start()
+    try:
+        await until(lambda: len(plant.uploads()) >= 2, 20)
+        await plant.platform.stop()
+        await until(lambda: plant.uplink.stats.state == "down", 10)
+        await asyncio.sleep(4)
+        await plant.platform.start("127.0.0.1", plant.port)
+        back = now_ms()
+        await until(lambda: max(boundary(t) for t in plant.uploads()) >= back // STEP * STEP and contiguous(
+            plant.uploads()), 30)
+        await hour_data(plant)
+    finally:
+        await plant.stop()
+
+
 async def test_time_query_is_answered_and_changes_are_refused(tmp_path: Path) -> None:
     plant = Plant(tmp_path)
     await plant.start()
@@ -181,3 +201,45 @@ async def test_time_query_is_answered_and_changes_are_refused(tmp_path: Path) ->
         assert [(s.cn, s.cp.params) for s in reply] == [("9011", {"QnRtn": code})]
     assert all(s.mn == plant.spec.body.mn and s.pw == PW for s in time_reply + set_time)
     assert plant.platform.counts.undecodable == plant.platform.counts.refused == 0
+
+
+async def hour_data(plant: Plant) -> list:
+    """Stop the plant, let the uplink fold what it polled (two intervals), and ask for the last
+    hour's hour data; check its averages, least and greatest per code against every reading the
+    plant stored. The answer's frames."""
+    plant.tasks[0].cancel()
+    await asyncio.sleep(2.5)
+    now = now_ms()
+    hour = now // 3_600_000 * 3_600_000
+    reply = await plant.platform.request("2061", {"BeginTime": data_time(hour - 3_600_000),
+                                                  "EndTime": data_time(now)})
+    assert reply[0].cp.params == {"QnRtn": "1"} and reply[-1].cp.params == {"ExeRtn": "1"}
+    data = reply[1:-1]
+    assert data and all(s.cn == "2061" for s in data)
+    for segment in data:
+        at = boundary(segment.cp.data_time)
+        for code, tag in CODES.items():
+            good = [float(v) for ts, t, v, q in plant.truth if t == tag and q != "bad" and at <= ts < at + 3_600_000]
+            fields = segment.cp.codes[code]
+            assert float(fields["Avg"]) == pytest.approx(sum(good) / len(good), rel=0, abs=1e-5), (code, fields)
+            assert (float(fields["Min"]), float(fields["Max"]), fields["Flag"]) == (min(good), max(good), "N")
+    assert sum(1 for ts, t, _v, _q in plant.truth if t == "TK101_LT") > 20
+    return reply
+
+
+async def test_hour_data_for_the_last_hour_matches_the_stored_readings(tmp_path: Path) -> None:
+    plant = Plant(tmp_path)
+    await plant.start()
+    try:
+        await until(lambda: len(plant.uploads()) >= 3, 20)
+        reply = await hour_data(plant)
+        now = now_ms()
+        one = await plant.platform.request("2061", {"BeginTime": data_time(now - 7_200_000),
+                                                    "EndTime": data_time(now), "PolId": "w00001"})
+        none = await plant.platform.request("2051", {"BeginTime": "20200101000000", "EndTime": "20200101010000"})
+        bad = await plant.platform.request("2051", {"BeginTime": "2020-01-01", "EndTime": "20200101010000"})
+    finally:
+        await plant.stop()
+    assert [set(s.cp.codes) for s in one[1:-1]] == [{"w00001"}] * (len(reply) - 2)
+    assert [s.cp.params for s in none] == [{"QnRtn": "1"}, {"ExeRtn": "100"}]
+    assert [s.cp.params for s in bad] == [{"QnRtn": "1"}, {"ExeRtn": "3"}]

@@ -29,6 +29,7 @@ import logging
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -59,6 +60,10 @@ class DrainSettings:
     # drain's own (a link that times out each reply itself)
     ack_warning: float = math.inf  # seconds one may take before it is worth a warning
     ack_deadline: float = math.inf  # seconds the oldest in flight may wait: then a new connection
+    # snapshot mode: the tags whose readings the store keeps per minute, and for how long (ms;
+    # 0: none), for a platform's history requests (agent/pipeline/history.py)
+    history_tags: Callable[[], frozenset[str]] = frozenset
+    history_ms: int = 0
 
 
 @dataclass
@@ -457,6 +462,8 @@ class Drain:
             grace = snapshot_grace(step)
             wall = now_ms()
             req.snapshot_interval, req.snapshot_due = step, (wall - grace) // step * step
+            if self.settings.history_ms:
+                req.history, req.history_ms = self.settings.history_tags(), self.settings.history_ms
             self._next_live = now + (req.snapshot_due + step + grace - wall) / 1000  # the next boundary due
         urgent, self._events_waiting = self._events_waiting, False
         try:

@@ -104,8 +104,7 @@ class PlatformUplink:
                            connector(spec, self.pacing))
         self.stats = self.drain.stats
 
-    @staticmethod
-    def _settings(delivery: Delivery) -> DrainSettings:
+    def _settings(self, delivery: Delivery) -> DrainSettings:
         return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
                              max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
 

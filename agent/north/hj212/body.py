@@ -57,6 +57,14 @@ class RealtimeBody:
     def readings(self, backfill: bool) -> Builder:
         return self._build
 
+    def sent_tags(self) -> frozenset[str]:
+        """The tags this uplink sends (those with a code)."""
+        return frozenset(self._index())
+
+    def codes(self) -> dict[str, str]:
+        """target_code -> tag, of the points this uplink sends."""
+        return {code: tag for tag, (code, _max) in self._index().items()}
+
     def _index(self) -> dict[str, tuple[str, float | None]]:
         """tag -> (target_code, eng_max) of the points that have a code; the first point of a
         code wins (hazgate validate warns of the others)."""

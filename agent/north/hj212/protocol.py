@@ -29,6 +29,10 @@ def _build(e: UplinkEntry, item: dict, values: dict) -> Hj212Spec | None:
               "letters and digits (HJ 212-2017 MN is C24), e.g. \"010000A8900016F000169DC0\"")
     if "password_file" in values:
         _password(e, values["password_file"])
+    minute = values.get("minute_interval")
+    if minute is not None and (minute % 60 or 3600 % minute):
+        e.err(("minute_interval",), "minute_interval", f"{minute:g}s does not divide an hour into "
+              "whole minutes; valid: 1m, 2m, 3m, 4m, 5m, 6m, 10m, 12m, 15m, 20m, 30m or 60m")
     flags = _flags(e, item.get("flags"))
     if not e.clean or flags is None:
         return None
@@ -36,7 +40,9 @@ def _build(e: UplinkEntry, item: dict, values: dict) -> Hj212Spec | None:
                         max_rejects=values.get("max_rejects", 10), timeout=values.get("overtime", 5.0))
     return Hj212Spec(name=values["name"], host=values["host"], port=values["port"],
                      body=Hj212Body(st=st, mn=mn, password_file=values["password_file"], flags=flags),
-                     delivery=delivery, recount=values.get("recount", 3))
+                     delivery=delivery, recount=values.get("recount", 3),
+                     history=values.get("history", 7 * 86400.0),
+                     minute_interval=values.get("minute_interval", 600.0))
 
 
 def _password(e: UplinkEntry, path: Any) -> None:
@@ -93,7 +99,8 @@ HJ212 = UplinkProtocol(
     keys={"host": ("host", True), "port": ("int", True), "st": ("str", True), "mn": ("str", True),
           "password_file": ("path", True), "interval": ("duration:1s..1d", False),
           "overtime": ("duration:1s..10m", False), "recount": ("int", False),
-          "max_rejects": ("int", False), "flags": ("table", False)},
+          "max_rejects": ("int", False), "history": ("duration:1h..30d", False),
+          "minute_interval": ("duration:1m..1h", False), "flags": ("table", False)},
     build=_build, uplink=_uplink, spec_type=Hj212Spec,
     limits={"port": (1, 65535), "recount": (0, 10), "max_rejects": (1, 1000)},
     no_cipher="HJ 212 frames are plain text; only PW authenticates them", point_warnings=_point_warnings)

@@ -31,6 +31,8 @@ class Hj212Spec:
     body: Hj212Body
     delivery: Delivery  # send = "snapshot" at `interval`; `timeout` is `overtime`
     recount: int = 3  # re-sends on the connection before it is given up (the frame waits in the store)
+    history: float = 7 * 86400.0  # seconds of minute aggregates kept for 2051 / 2061 requests
+    minute_interval: float = 600.0  # seconds per minute-data (2051) interval
 
     @property
     def describe(self) -> str:

@@ -17,16 +17,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import tzinfo
 
 from agent.common.secrets import read_secret
 from agent.north.ack import ACCEPT, NO_ANSWER, REFUSE, Verdict
 from agent.north.base import ConnectFailed, UplinkContext
-from agent.north.drain import BACKOFF_MAX
+from agent.north.drain import BACKOFF_MAX, DrainSettings
 from agent.north.framing import Deframer, FrameTooLarge
 from agent.north.hj212.body import RealtimeBody
 from agent.north.hj212.frame import MAX_FRAME, TAIL, HJ212Error, pack, unpack
-from agent.north.hj212.requests import Answers
+from agent.north.hj212.requests import Answers, History
 from agent.north.hj212.segment import (
     CN_DATA_REPLY,
     CN_EXECUTION_RESULT,
@@ -36,7 +37,15 @@ from agent.north.hj212.segment import (
     parse_reply,
 )
 from agent.north.hj212.spec import Hj212Spec
-from agent.north.platform import Pacing, PlatformUplink, SerialLink, guarded, open_stream, why
+from agent.north.platform import (
+    Delivery,
+    Pacing,
+    PlatformUplink,
+    SerialLink,
+    guarded,
+    open_stream,
+    why,
+)
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -97,7 +106,7 @@ class Hj212Link(SerialLink):
         if segment.cn in REPLIES:
             self._reply(segment)
             return
-        replies, done = self.answers.answer(segment)
+        replies, done = await self.answers.answer(segment)
         log.info("platform request", extra={"fields": {
             "uplink": self.spec.name, "cn": segment.cn, "qn": segment.qn, "answer": done}})
         await self._write(b"".join(pack(s.text()) for s in replies))
@@ -161,8 +170,8 @@ class Hj212Link(SerialLink):
 
 
 class Hj212Connector:
-    def __init__(self, spec: Hj212Spec, pacing: Pacing, timezone: tzinfo | None):
-        self.spec, self.pacing, self.timezone = spec, pacing, timezone
+    def __init__(self, spec: Hj212Spec, pacing: Pacing, timezone: tzinfo | None, history: History):
+        self.spec, self.pacing, self.timezone, self.history = spec, pacing, timezone, history
         self.describe = spec.describe
         self.connect_allowance = spec.delivery.timeout + BACKOFF_MAX
 
@@ -178,7 +187,8 @@ class Hj212Connector:
             writer.transport.abort()
             raise ConnectFailed(f"cannot read password_file {spec.body.password_file}: "
                                 f"{getattr(exc, 'strerror', None) or exc}") from None
-        answers = Answers(spec.body.st, spec.body.mn, password, self.timezone)
+        answers = Answers(spec.body.st, spec.body.mn, password, self.timezone, self.history,
+                          round(spec.minute_interval * 1000))
         return Hj212Link(spec, reader, writer, self.pacing, answers, on_ack, on_reject)
 
 
@@ -187,8 +197,21 @@ class Hj212Uplink(PlatformUplink):
 
     def __init__(self, spec: Hj212Spec, ctx: UplinkContext, timezone: tzinfo | None = None):
         super().__init__(spec, ctx, timezone,
-                         lambda s, pacing: Hj212Connector(s, pacing, timezone), CONNECTION_KEYS,
-                         body_type=RealtimeBody)
+                         lambda s, pacing: Hj212Connector(s, pacing, timezone, self._history),
+                         CONNECTION_KEYS, body_type=RealtimeBody)
+
+    async def _history(self, codes: list[str] | None, start_ms: int, end_ms: int,
+                       step_ms: int) -> list[tuple]:
+        """The kept minute aggregates of the codes (None: every code sent) per interval."""
+        by_code = self.body.codes()
+        tags = {by_code[c]: c for c in (by_code if codes is None else codes) if c in by_code}
+        rows = await self.drain.store.call("history", self.name, list(tags), start_ms, end_ms, step_ms)
+        return [(at, tags[tag], *rest) for at, tag, *rest in rows]
+
+    def _settings(self, delivery: Delivery) -> DrainSettings:
+        """Snapshot mode, with the minute aggregates kept for the platform's history requests."""
+        return replace(super()._settings(delivery), history_tags=self.body.sent_tags,
+                       history_ms=round(self.spec.history * 1000))
 
     def progress_allowance(self) -> float:
         """Seconds its loop may go without coming round: a message may wait `overtime` for
