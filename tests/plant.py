@@ -34,7 +34,8 @@ from conftest import HAZGATE, Proc, free_port, wait_port
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 SCHEMA = "hazgate.uplink/1"
 CSV_COLUMNS = ("tag", "name", "address", "type", "byte_order", "scale", "offset", "raw_min",
-               "raw_max", "eng_min", "eng_max", "unit", "kind", "deadband", "ll", "l", "h", "hh")
+               "raw_max", "eng_min", "eng_max", "unit", "kind", "deadband", "ll", "l", "h", "hh",
+               "target_code")
 
 
 # --- plant description -------------------------------------------------------------------

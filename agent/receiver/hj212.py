@@ -101,6 +101,7 @@ class Hj212Platform:
         self.last_frame = time.monotonic()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: set[asyncio.Task] = set()  # one per connection
         self._asking: dict[str, _Asking] = {}
         self._last_qn = 0
 
@@ -118,12 +119,17 @@ class Hj212Platform:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            if self._handlers:  # they end at the aborted connection
+                await asyncio.wait(self._handlers, timeout=1.0)
             await self._server.wait_closed()
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         deframer = Deframer(TAIL, MAX_FRAME)
         self._writers.append(writer)
+        task = asyncio.current_task()
+        handlers = {task} if task is not None else set()
+        self._handlers |= handlers
         try:
             while data := await reader.read(65536):
                 for raw in deframer.feed(data):
@@ -139,6 +145,7 @@ class Hj212Platform:
             log.warning("connection dropped", extra={"fields": {"error": str(exc)}})
         finally:
             self._writers.remove(writer)
+            self._handlers -= handlers
             writer.close()
 
     # --- frames from the data logger ----------------------------------------------------------

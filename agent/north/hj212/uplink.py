@@ -52,7 +52,7 @@ log = logging.getLogger("hazgate.uplink")
 READ_SIZE = 65536
 REPLIES = (CN_DATA_REPLY, CN_REQUEST_REPLY, CN_EXECUTION_RESULT, CN_NOTICE_REPLY)
 CONFIG_FAULTS = (3, 4, 5)  # QnRtn: wrong PW, MN, ST
-CONNECTION_KEYS = ("host", "port", "delivery", "recount", "body")
+CONNECTION_KEYS = ("host", "port", "delivery", "recount", "body", "minute_interval")
 
 
 def frames_of(payload: bytes) -> list[bytes]:
