@@ -88,6 +88,25 @@ VALUE = "{{value}}"
 COLLECT_TIME = "{{ts}}"
 """
 
+HJ212_PW = "pw0123"  # an example PW
+HJ212 = """
+[[uplinks]]
+name = "env"
+protocol = "hj212"
+host = "127.0.0.1"
+port = {port}
+st = "31"
+mn = "010000A8900016F000169DC0"
+password_file = "secrets/hj212.pw"
+interval = "1s"
+overtime = "1s"
+recount = 1
+"""
+
+
+def write_hj212_pw(folder: Path) -> None:
+    write_secrets(folder, {"secrets/hj212.pw": HJ212_PW + "\n"})
+
 
 def snapshot_http(url: str, interval: str) -> str:
     """MEM_HTTP as a snapshot uplink; its records carry `ts_ms` and `backfill` too."""

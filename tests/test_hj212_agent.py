@@ -15,21 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import HAZGATE, Broker, Proc, free_port, wait_port
 from plant import DeviceSpec, PointSpec, write_plant
-
-PW = "pw0123"
-HJ212 = """
-[[uplinks]]
-name = "env"
-protocol = "hj212"
-host = "127.0.0.1"
-port = {port}
-st = "31"
-mn = "010000A8900016F000169DC0"
-password_file = "secrets/hj212.pw"
-interval = "1s"
-overtime = "1s"
-recount = 1
-"""
+from platformkit import HJ212, write_hj212_pw
 
 
 def uploads(db: Path) -> list[tuple[str, str, str | None, str]]:
@@ -60,10 +46,7 @@ def test_platform_down_and_agent_killed_lose_no_interval(tmp_path: Path, procs: 
     plant = write_plant(tmp_path, broker.url, [DeviceSpec("stack", points, poll_interval="200ms",
                                                           timeout="150ms")])
     port = free_port()
-    secret = tmp_path / "secrets" / "hj212.pw"
-    secret.parent.mkdir()
-    secret.write_text(PW + "\n")
-    secret.chmod(0o600)
+    write_hj212_pw(tmp_path)
     plant.config.write_text(plant.config.read_text() + HJ212.format(port=port))
     db = tmp_path / "env.db"
 

@@ -21,24 +21,19 @@ from agent.pipeline.store_thread import AsyncStore
 from agent.receiver.hj212 import Hj212Controls, Hj212Platform
 from agent.receiver.platform import open_db
 from tests.conftest import free_port
-from tests.platformkit import context, feed, spec_of, until, value_at
+from tests.platformkit import (
+    HJ212,
+    HJ212_PW,
+    context,
+    feed,
+    spec_of,
+    until,
+    value_at,
+    write_hj212_pw,
+)
 
 ZONE = ZoneInfo("Asia/Shanghai")
 STEP = 1000  # interval = "1s"
-PW = "pw0123"
-HJ212 = """
-[[uplinks]]
-name = "env"
-protocol = "hj212"
-host = "127.0.0.1"
-port = {port}
-st = "31"
-mn = "010000A8900016F000169DC0"
-password_file = "secrets/hj212.pw"
-interval = "1s"
-overtime = "1s"
-recount = 1
-"""
 POINTS = [
     Point(tag="TK101_LT", address="hr:0", type="float32", line=2, file="points.csv", unit="m",
           kind="level", target_code="w00001", eng_max=1e12),
@@ -61,10 +56,7 @@ class Plant:
 
     def __init__(self, tmp_path: Path):
         self.port = free_port()
-        (tmp_path / "secrets").mkdir()
-        pw = tmp_path / "secrets" / "hj212.pw"
-        pw.write_text(PW + "\n")
-        pw.chmod(0o600)
+        write_hj212_pw(tmp_path)
         self.spec = spec_of(tmp_path, HJ212.format(port=self.port))
         self.store = AsyncStore(tmp_path / "data")
         self.platform = Hj212Platform(self.spec, open_db(tmp_path / "platform.db"))
@@ -199,7 +191,7 @@ async def test_time_query_is_answered_and_changes_are_refused(tmp_path: Path) ->
     assert abs(boundary(time_reply[1].cp.params["SystemTime"]) - asked) < 5000
     for reply, code in ((set_time, "2"), (set_pw, "2"), (wrong_pw, "3"), (other_mn, "4")):
         assert [(s.cn, s.cp.params) for s in reply] == [("9011", {"QnRtn": code})]
-    assert all(s.mn == plant.spec.body.mn and s.pw == PW for s in time_reply + set_time)
+    assert all(s.mn == plant.spec.body.mn and s.pw == HJ212_PW for s in time_reply + set_time)
     assert plant.platform.counts.undecodable == plant.platform.counts.refused == 0
 
 
