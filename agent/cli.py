@@ -192,15 +192,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def _receive_hj212(args: argparse.Namespace) -> int:
-    from agent.receiver.hj212 import Hj212Controls, hj212_spec, receive_hj212
+    from agent.receiver.hj212 import Hj212Controls, hj212_spec, parse_ask, receive_hj212
 
     try:
         spec = hj212_spec(_load(args.uplink_config).uplinks, args.uplink)
+        asks = tuple(parse_ask(text) for text in args.ask)
     except ValueError as exc:
         print(f"hazgate receive: {exc}", file=sys.stderr)
         return EXIT_USAGE
     controls = Hj212Controls(withhold=args.withhold, delay=args.delay, down=args.fail is not None)
-    return receive_hj212(args.listen, spec, args.db, controls, args.duration, args.idle_exit)
+    return receive_hj212(args.listen, spec, args.db, controls, args.duration, args.idle_exit, asks)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "HTTP status (TCP, HJ 212: close without a reply)")
     p.add_argument("--withhold", action="store_true", help="with --listen hj212://: store uploads, send "
                    "no data response (9014)")
+    p.add_argument("--ask", action="append", default=[], help="with --listen hj212://: a request sent once "
+                   "the data logger connects, its answer printed, e.g. \"2061 BeginTime=20261127000000 "
+                   "EndTime=20261127235959\" (repeatable)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -155,14 +155,15 @@ async def until(check, within: float = 20.0) -> None:
 
 async def feed(store: AsyncStore, truth: list[tuple[int, str, object, str]]) -> None:
     """A plant polled every 100 ms: the level is its time in seconds; the switch toggles every
-    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`."""
+    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`,
+    also when the feed is cancelled while the store takes it (the store call is shielded)."""
     pids = await store.call("pids", [("TK101_LT", "m", "float32"), ("TK101_HLA", "", "bool")])
     while True:
         ts = now_ms()
         rows = [(ts, "TK101_LT", ts / 1000, 0, None),
                 (ts, "TK101_HLA", ts // 700 % 2 == 0, 2 if ts // 2000 % 3 == 0 else 0, None)]
-        await store.call("add_readings", rows, pids)
         truth += [(t, tag, v, QUALITY_NAME[q]) for t, tag, v, q, _r in rows]
+        await asyncio.shield(store.call("add_readings", rows, pids))
         await asyncio.sleep(0.1)
 
 

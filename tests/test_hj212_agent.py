@@ -2,7 +2,8 @@
 simulated PLC and feeds the reference HJ 212 platform (`hazgate receive --listen hj212://`);
 the platform goes down, the agent is killed (SIGKILL) and restarted meanwhile, and afterwards
 every 1 s boundary from the first upload to the last is stored exactly once, with the values
-the simulator serves."""
+the simulator serves; the platform's requests (`--ask`) get the time, a refusal to set it, and
+the hour data of what the agent polled."""
 
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ def test_platform_down_and_agent_killed_lose_no_interval(tmp_path: Path, procs: 
     plant.config.write_text(plant.config.read_text() + HJ212.format(port=port))
     db = tmp_path / "env.db"
 
-    def platform() -> Proc:
+    def platform(*extra: str) -> Proc:
         p = Proc([*HAZGATE, "receive", "--listen", f"hj212://127.0.0.1:{port}", "--uplink-config",
-                  str(plant.config), "--uplink", "env", "--db", str(db)], tmp_path / f"env-{len(procs)}.log")
+                  str(plant.config), "--uplink", "env", "--db", str(db), *extra], tmp_path / f"env-{len(procs)}.log")
         procs.append(p)
         wait_port(port, 15)
         return p
@@ -67,7 +68,9 @@ def test_platform_down_and_agent_killed_lose_no_interval(tmp_path: Path, procs: 
     agent.stop(signal.SIGKILL)  # with uploads waiting in its store
     agent = plant.start_agent(procs)
     time.sleep(2)
-    env = platform()
+    begin, end = (time.strftime("%Y%m%d%H%M%S", time.localtime(time.time() + dt)) for dt in (-7200, 3600))
+    env = platform("--ask", "1011", "--ask", "1012 SystemTime=20200101000000",
+                   "--ask", f"2061 BeginTime={begin} EndTime={end}")
     back = time.time()
     wait(lambda: max(seconds(t) for t, *_ in uploads(db)) >= int(back), 30, "the uplink catching up")
     time.sleep(1.5)
@@ -79,3 +82,10 @@ def test_platform_down_and_agent_killed_lose_no_interval(tmp_path: Path, procs: 
     assert times[0] < back - 5  # the outage lies inside what arrived
     assert len(rows) == 2 * len(times), "an interval came twice or with the wrong codes"
     assert {(code, rtd, flag) for _t, code, rtd, flag in rows} == {("a21026", "35.5", "N"), ("a00001", "1", "N")}
+    asked = [line for line in env.log_path.read_text().splitlines() if line.startswith("ask ")]
+    assert [line.split(";CN=")[1].split(";")[0] for line in asked if line.startswith("ask 1011")] == [
+        "9011", "1011", "9012"]
+    assert [line.split(";CP=")[1] for line in asked if line.startswith("ask 1012")] == ["&&QnRtn=2&&"]
+    hours = [line for line in asked if line.startswith("ask 2061") and ";CN=2061;" in line]
+    assert hours and all("a21026-Min=35.5,a21026-Avg=35.5,a21026-Max=35.5,a21026-Flag=N" in h for h in hours)
+    assert asked[-1].endswith("CP=&&ExeRtn=1&&")

@@ -103,6 +103,7 @@ class Hj212Platform:
         self._writers: list[asyncio.StreamWriter] = []
         self._handlers: set[asyncio.Task] = set()  # one per connection
         self._asking: dict[str, _Asking] = {}
+        self.connected = asyncio.Event()  # a data logger has sent an upload (a probe that connects and closes has not)
         self._last_qn = 0
 
     def set_controls(self, controls: Hj212Controls) -> None:
@@ -220,6 +221,7 @@ class Hj212Platform:
         return None
 
     def _store(self, s: Segment, received: str) -> None:
+        self.connected.set()
         pno = s.pno or 1
         qn = s.qn or ""
         self.db.execute("INSERT INTO hj212_receipts VALUES (?,?,?,?)", (qn, pno, s.cp.data_time, received))
@@ -310,10 +312,40 @@ def hj212_spec(uplinks: list, name: str) -> Hj212Spec:
     return found[name]
 
 
+def parse_ask(text: str) -> tuple[str, dict[str, str]]:
+    """`CN KEY=VALUE ...` (e.g. `2061 BeginTime=20261127000000 EndTime=20261127235959`) as a
+    request's CN and CP parameters; ValueError saying what is valid."""
+    parts = text.split()
+    cn, items = (parts[0], parts[1:]) if parts else ("", [])
+    params = dict(item.partition("=")[::2] for item in items)
+    if not (len(cn) == 4 and cn.isdigit()) or any(not k or not v for k, v in params.items()) or \
+            len(params) != len(items):
+        raise ValueError(f"--ask {text!r} is not a request; valid: a 4-digit CN and KEY=VALUE "
+                         "parameters, e.g. \"2061 BeginTime=20261127000000 EndTime=20261127235959\"")
+    return cn, params
+
+
+async def _ask(platform: Hj212Platform, asks: list[tuple[str, dict[str, str]]]) -> None:
+    """Once a data logger has sent an upload: each request in turn, its answer printed frame by frame."""
+    await platform.connected.wait()
+    for cn, params in asks:
+        try:
+            answer = await platform.request(cn, params)
+        except (ConnectionError, OSError) as exc:
+            print(f"ask {cn}: {exc}", flush=True)
+            continue
+        for segment in answer or ():
+            print(f"ask {cn}: {segment.text()}", flush=True)
+        if not answer:
+            print(f"ask {cn}: no answer", flush=True)
+
+
 def receive_hj212(listen: str, spec: Hj212Spec, db_path: str, controls: Hj212Controls,
-                  duration: float | None = None, idle_exit: float | None = None) -> int:
-    """Serve until `duration`, `idle_exit` seconds without a frame, or SIGTERM/SIGINT; print
-    the counts; exit code 0, 1 (cannot listen) or 2 (bad usage)."""
+                  duration: float | None = None, idle_exit: float | None = None,
+                  asks: tuple[tuple[str, dict[str, str]], ...] = ()) -> int:
+    """Serve until `duration`, `idle_exit` seconds without a frame, or SIGTERM/SIGINT; `asks`:
+    requests sent to the first data logger that connects, their answers printed; print the
+    counts; exit code 0, 1 (cannot listen) or 2 (bad usage)."""
     try:
         host, port = parse_hj212_listen(listen)
         db = open_db(db_path)
@@ -321,8 +353,14 @@ def receive_hj212(listen: str, spec: Hj212Spec, db_path: str, controls: Hj212Con
     except (ValueError, sqlite3.Error, OSError) as exc:
         print(f"hazgate receive: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    failed = asyncio.run(serve_until(lambda: platform.start(host, port), platform.stop,
-                                     lambda: platform.last_frame, listen, duration, idle_exit))
+    async def start() -> None:
+        await platform.start(host, port)
+        if asks:
+            asking.append(asyncio.ensure_future(_ask(platform, list(asks))))
+
+    asking: list[asyncio.Future] = []  # holds the task (the loop keeps only a weak reference)
+    failed = asyncio.run(serve_until(start, platform.stop, lambda: platform.last_frame, listen,
+                                     duration, idle_exit))
     print(platform.counts.line(spec.body.mn))
     db.close()
     if failed:
