@@ -89,3 +89,4 @@ def test_platform_down_and_agent_killed_lose_no_interval(tmp_path: Path, procs: 
     hours = [line for line in asked if line.startswith("ask 2061") and ";CN=2061;" in line]
     assert hours and all("a21026-Min=35.5,a21026-Avg=35.5,a21026-Max=35.5,a21026-Flag=N" in h for h in hours)
     assert asked[-1].endswith("CP=&&ExeRtn=1&&")
+    assert all(";PW=***;" in line for line in asked)  # the PW is never shown

@@ -5,6 +5,7 @@ upload acknowledged only when the platform has answered every packet."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -140,3 +141,27 @@ async def test_a_split_upload_with_a_packet_unanswered_is_not_acknowledged(tmp_p
         server.close()
     assert acked == [] and "no data response (9014)" in link.reason and "after 2 sends" in link.reason
     assert len(received) == 2 * len(frames_of(payload))  # sent, then once again (recount = 1)
+
+
+async def test_a_wrong_pw_is_the_configs_fault_never_the_uploads(tmp_path: Path) -> None:
+    """The platform answers 9011 QnRtn=3: the link ends with that reason (the uplink shows
+    down and keeps the upload), nothing is refused or set aside."""
+    build = body(tmp_path, 4)
+    port = free_port()
+    spec = spec_of(tmp_path, HJ212.format(port=port))
+    other = tmp_path / "secrets" / "platform.pw"
+    other.write_text("999999\n")
+    platform = Hj212Platform(replace(spec, body=replace(spec.body, password_file=other)),
+                             open_db(tmp_path / "platform.db"))
+    await platform.start("127.0.0.1", port)
+    verdicts: list[object] = []
+    link = await Hj212Connector(spec, Pacing("env"), None, no_history).connect(
+        verdicts.append, lambda s, r: verdicts.append((s, r)))
+    try:
+        assert link.send(5, "snapshot", build.readings(False)(5, page(4)), False)
+        await until(lambda: link.lost.is_set(), 5)
+    finally:
+        await link.close(1.0)
+        await platform.stop()
+    assert verdicts == [] and "QnRtn=3 (wrong PW)" in link.reason
+    assert (platform.counts.refused, platform.counts.uploads) == (1, 0)

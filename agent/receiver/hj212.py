@@ -40,6 +40,7 @@ from agent.north.hj212.segment import (
     format_qn,
     join,
     make_flag,
+    masked,
 )
 from agent.north.hj212.spec import Hj212Spec
 from agent.receiver.platform import EXIT_FAIL, EXIT_OK, EXIT_USAGE, open_db, serve_until
@@ -335,7 +336,7 @@ async def _ask(platform: Hj212Platform, asks: list[tuple[str, dict[str, str]]]) 
             print(f"ask {cn}: {exc}", flush=True)
             continue
         for segment in answer or ():
-            print(f"ask {cn}: {segment.text()}", flush=True)
+            print(f"ask {cn}: {masked(segment.text())}", flush=True)
         if not answer:
             print(f"ask {cn}: no answer", flush=True)
 

@@ -34,6 +34,7 @@ from agent.north.hj212.segment import (
     CN_NOTICE_REPLY,
     CN_REQUEST_REPLY,
     Segment,
+    masked,
     parse_reply,
 )
 from agent.north.hj212.spec import Hj212Spec
@@ -101,7 +102,7 @@ class Hj212Link(SerialLink):
             segment = Segment.parse(unpack(raw))
         except HJ212Error as exc:
             log.warning("unreadable frame from the platform", extra={"fields": {
-                "uplink": self.spec.name, "error": str(exc), "frame": raw[:120].decode("ascii", "replace")}})
+                "uplink": self.spec.name, "error": str(exc), "frame": masked(raw[:120].decode("ascii", "replace"))}})
             return
         if segment.cn in REPLIES:
             self._reply(segment)
