@@ -40,6 +40,7 @@ class RealtimeBody:
         self.ctx = ctx
         self._source: list | None = None  # the ctx.points() list the index was built from
         self._codes: dict[str, tuple[str, float | None]] = {}  # tag -> (code, eng_max)
+        self._tags: frozenset[str] = frozenset()  # the tags of _codes
         self._last_qn = 0  # ms of the last QN given: each message has its own
         self.reconfigure(spec, timezone)
 
@@ -59,7 +60,8 @@ class RealtimeBody:
 
     def sent_tags(self) -> frozenset[str]:
         """The tags this uplink sends (those with a code)."""
-        return frozenset(self._index())
+        self._index()
+        return self._tags
 
     def codes(self) -> dict[str, str]:
         """target_code -> tag, of the points this uplink sends."""
@@ -76,7 +78,7 @@ class RealtimeBody:
                 if p.target_code and p.target_code not in taken:
                     codes[p.tag] = (p.target_code, p.eng_max)
                     taken.add(p.target_code)
-            self._codes, self._source = codes, points
+            self._codes, self._tags, self._source = codes, frozenset(codes), points
         return self._codes
 
     def _qn(self) -> str:
