@@ -193,6 +193,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print("hazgate receive --listen: give --uplink-config FILE and --uplink NAME: the platform "
               "decodes and checks what that uplink of that gateway config sends", file=sys.stderr)
         return EXIT_USAGE
+    if args.listen.startswith("hj212:"):
+        return _receive_hj212(args)
     try:
         spec = platform_spec(_load(args.uplink_config).uplinks, args.uplink)
         reject = parse_reject(args.reject) if args.reject else None
@@ -201,6 +203,19 @@ def cmd_receive(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     return receive_platform(args.listen, spec, args.db, Controls(reject, args.delay, args.fail),
                             args.duration, args.idle_exit, args.report, args.fail_on_gaps)
+
+
+def _receive_hj212(args: argparse.Namespace) -> int:
+    from agent.receiver.hj212 import Hj212Controls, hj212_spec, parse_ask, receive_hj212
+
+    try:
+        spec = hj212_spec(_load(args.uplink_config).uplinks, args.uplink)
+        asks = tuple(parse_ask(text) for text in args.ask)
+    except ValueError as exc:
+        print(f"hazgate receive: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    controls = Hj212Controls(withhold=args.withhold, delay=args.delay, down=args.fail is not None)
+    return receive_hj212(args.listen, spec, args.db, controls, args.duration, args.idle_exit, asks)
 
 
 def cmd_uplink_check(args: argparse.Namespace) -> int:
@@ -307,14 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("receive", help="reference consumer (--broker) or reference platform (--listen): "
                        "decode, validate, store, report gaps and duplicates")
     p.add_argument("--broker", default=None, help="mqtt://host:port: consume hazgate.uplink/1")
-    p.add_argument("--listen", default=None, help="http://127.0.0.1:PORT/PATH or tcp://127.0.0.1:PORT: "
-                   "serve as the platform of an http or tcp uplink")
+    p.add_argument("--listen", default=None, help="http://127.0.0.1:PORT/PATH, tcp://127.0.0.1:PORT or "
+                   "hj212://127.0.0.1:PORT: serve as the platform of an http, tcp or hj212 uplink")
     p.add_argument("--uplink-config", default=None, help="with --listen: the gateway config naming the uplink")
     p.add_argument("--uplink", default=None, help="with --listen: the uplink's name")
     p.add_argument("--reject", default=None, help="with --listen: refuse all, data_id=HEX, seq=N or record:KEY=VALUE")
     p.add_argument("--delay", type=float, default=0.0, help="with --listen: seconds before each reply")
     p.add_argument("--fail", type=int, default=None, help="with --listen: answer every message with this "
-                   "HTTP status (TCP: close without a reply)")
+                   "HTTP status (TCP, HJ 212: close without a reply)")
+    p.add_argument("--withhold", action="store_true", help="with --listen hj212://: store uploads, send "
+                   "no data response (9014)")
+    p.add_argument("--ask", action="append", default=[], help="with --listen hj212://: a request sent once "
+                   "the data logger connects, its answer printed, e.g. \"2061 BeginTime=20261127000000 "
+                   "EndTime=20261127235959\" (repeatable)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
     p.add_argument("--username", default=None, help="with --broker: the user name the broker expects")

@@ -104,7 +104,7 @@ def test_its_keys_limits_and_checks_are_its_own(echo: None) -> None:
 
 def test_an_unregistered_protocol_is_refused_with_the_registered_ones() -> None:
     _, problems = load(TOML.format(port=9000, batch=50, extra=""))
-    assert problems == ["gateway.toml:4: uplinks.protocol: 'echo' is not valid; valid: mqtt, http, tcp"]
+    assert problems == ["gateway.toml:4: uplinks.protocol: 'echo' is not valid; valid: mqtt, http, tcp, hj212"]
 
 
 def test_the_config_names_no_north_protocol() -> None:

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAZGATE, ROOT, free_port
+from conftest import HAZGATE, ROOT, Proc, free_port, wait_port
 from plant import DeviceSpec, Plant, Subscriber, simple_points, write_plant
+from platformkit import HJ212, write_hj212_pw
 from securekit import PASSWORD, SecureBroker, make_pki, secret_file, secure_uplink
 from test_uplinks_e2e import plant_with_platforms, start_platform
 
@@ -122,3 +123,19 @@ def test_a_platform_that_is_down_fails_only_its_own_uplink(broker, tmp_path: Pat
     out = check(plant)
     assert out.returncode == 1
     assert "1 of 3 uplinks ok; failed: mem, jiangsu" in out.stdout, out.stdout
+
+
+def test_an_hj212_platform_is_reachable_and_given_nothing(broker, procs, tmp_path: Path) -> None:
+    plant = write_plant(tmp_path, broker.url, [DeviceSpec("plc", simple_points("A"))])
+    write_hj212_pw(tmp_path)
+    port = free_port()
+    plant.config.write_text(plant.config.read_text() + HJ212.format(port=port))
+    db = tmp_path / "env.db"
+    procs.append(Proc([*HAZGATE, "receive", "--listen", f"hj212://127.0.0.1:{port}", "--uplink-config",
+                       str(plant.config), "--uplink", "env", "--db", str(db)], tmp_path / "env.log"))
+    wait_port(port, 15)
+    out = check(plant, "--uplink", "env")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "  verdict     OK" in out.stdout and "hj212://127.0.0.1:" in out.stdout, out.stdout
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT COUNT(*) FROM hj212_uploads").fetchone()[0] == 0

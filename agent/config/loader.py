@@ -17,6 +17,7 @@ from agent.config.rules import load_checks
 from agent.config.toml import TomlReader, load_toml
 from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
+from agent.north.adapters import point_warnings
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
 from agent.north.registry import missing
@@ -116,10 +117,14 @@ def load_config(path: str | Path, table_pending: str | None = None) -> GatewayCo
         except ValueError as exc:
             r.err(("health", "listen"), "health.listen", str(exc))
     devices = _load_devices(r, data.get("devices", []), table_pending)
-    rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
+    points = [p for d in devices for p in d.points]
+    for spec in listed:
+        for point, column, why in point_warnings(spec, points):
+            problems.warn(point.file, point.line, column, why)
+    rules = load_checks(checks.get("rules"), points, problems)
     if problems:
         raise ConfigError(problems)
-    _registry_gaps(r, data.get("uplinks"), listed, [p for d in devices for p in d.points])
+    _registry_gaps(r, data.get("uplinks"), listed, points)
     uplinks = listed
     if "uplink" in data:
         uplinks = [MqttUplinkSpec(name="mqtt", mqtt=broker_spec(up)), *listed]

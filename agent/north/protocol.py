@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.model import Point
 from agent.north.ack import AckRule
 from agent.north.base import Uplink, UplinkContext
 from agent.north.platform import Delivery
@@ -64,3 +65,6 @@ class UplinkProtocol:
     events_keys: Keys = field(default_factory=dict)
     no_cipher: str = ""  # why its codec takes no cipher (mqtt: key_file is the TLS key); "": it takes one
     http_status: bool = False  # its replies carry an HTTP status for `ack.status`
+    # (its spec, the points) -> (point, column, warning) for `hazgate validate`: points it
+    # cannot send as they are
+    point_warnings: Callable[[Any, list[Point]], list[tuple[Point, str, str]]] | None = None

@@ -28,6 +28,7 @@ import sqlite3
 import ssl
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -724,6 +725,36 @@ def platform_spec(uplinks: list, name: str) -> HttpSpec | TcpSpec:
     return platforms[name]
 
 
+async def serve_until(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+                      last_message: Callable[[], float], listen: str, duration: float | None,
+                      idle_exit: float | None) -> str | None:
+    """Serve from `start` until `duration` seconds, `idle_exit` seconds after the last message
+    (`last_message`: its monotonic time), or SIGTERM/SIGINT, then `stop`; why it could not
+    listen, or None."""
+    started = time.monotonic()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+    except OSError as exc:
+        return f"cannot listen on {listen}: {exc.strerror or exc}"
+    try:
+        while not stopping.is_set():
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                break
+            if idle_exit is not None and now - last_message() >= idle_exit:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), TICK)
+    finally:
+        await stop()
+    return None
+
+
 def receive_platform(listen: str, spec: HttpSpec | TcpSpec, db_path: str,
                      controls: Controls = Controls(), duration: float | None = None,
                      idle_exit: float | None = None, report: str | None = None,
@@ -738,31 +769,8 @@ def receive_platform(listen: str, spec: HttpSpec | TcpSpec, db_path: str,
         print(f"hazgate receive: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.monotonic()
-
-    async def serve() -> str | None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        try:
-            await server.start()
-        except OSError as exc:
-            return f"cannot listen on {listen}: {exc.strerror or exc}"
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if duration is not None and now - started >= duration:
-                    break
-                if idle_exit is not None and now - server.last_message >= idle_exit:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), TICK)
-        finally:
-            await server.stop()
-        return None
-
-    failed = asyncio.run(serve())
+    failed = asyncio.run(serve_until(server.start, server.stop, lambda: server.last_message, listen,
+                                     duration, idle_exit))
     lines = receiver.lines()
     for line in lines:
         print(line)
