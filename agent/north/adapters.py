@@ -26,6 +26,11 @@ def _protocol(spec: Any) -> UplinkProtocol:
     return next(p for p in PROTOCOLS.values() if type(spec) is p.spec_type)
 
 
+def protocol_of(spec: Any) -> str:
+    """The `protocol` name of a typed uplink spec."""
+    return next(name for name, p in PROTOCOLS.items() if type(spec) is p.spec_type)
+
+
 def make_uplink(spec: Any, ctx: UplinkContext) -> Uplink:
     """The uplink for a typed uplink spec (agent/config builds them)."""
     return _protocol(spec).uplink(spec, ctx)
