@@ -1,6 +1,9 @@
-"""What the platform uplinks (`http`, `tcp`) share: their delivery settings, the pacing of
-attempts after a message went unanswered or was refused, and the uplink object built on the
-protocol-neutral drain loop (agent/north/drain.py) with a templated body.
+"""What the platform uplinks (`http`, `tcp`) share: their delivery settings, the warnings of
+messages that went unanswered, and the uplink object built on the protocol-neutral drain loop
+(agent/north/drain.py) with a templated body. Attempts after a message went unanswered or was
+refused are paced by the drain's back-off (agent/north/backoff.py): it is reset only by an
+acknowledgement, so an HTTP platform answering 503 (or a TCP one closing at once), which still
+accepts connections, waits like one that is down.
 
 Each protocol brings only its Connector (agent/north/http, agent/north/tcp).
 """
@@ -19,7 +22,7 @@ from typing import Any
 
 from agent.north.base import ConnectFailed, Connector, UplinkContext
 from agent.north.codec import DERIVATIONS
-from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
+from agent.north.drain import Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
 
 log = logging.getLogger("hazgate.uplink")
@@ -48,11 +51,9 @@ class Delivery:
     timeout: float = 10.0  # seconds to wait for a reply (and for a connection)
 
 
-class Pacing:
-    """Back-off between attempts when the far end answered nothing useful or refused: the
-    drain's own back-off covers only connections that fail, and an HTTP platform answering
-    503 (or a TCP one closing at once) still accepts connections. Exponential from
-    BACKOFF_MIN to BACKOFF_MAX; an acceptance resets it."""
+class Unanswered:
+    """Messages in a row the far end answered nothing useful to, or refused: warned of at the
+    first, the tenth and every sixtieth; an acceptance starts the count again."""
 
     def __init__(self, name: str):
         self.name = name
@@ -68,34 +69,23 @@ class Pacing:
             log.warning("no answer from the far end", extra={"fields": {
                 "uplink": self.name, "reason": reason, "in_a_row": self._failures}})
 
-    @property
-    def delay(self) -> float:
-        """Seconds to wait before the next connection."""
-        if not self._failures:
-            return 0.0
-        return min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (self._failures - 1))
-
-    async def wait(self) -> None:
-        if self._failures:
-            await asyncio.sleep(self.delay)
-
 
 class PlatformUplink:
     """An uplink to a platform: the drain loop with a templated body and the protocol's
-    connector: `connector(spec, pacing)` builds one; a change of any of `connection_keys`
+    connector: `connector(spec, unanswered)` builds one; a change of any of `connection_keys`
     (the protocol's address, TLS and credential keys) on reload means a new connection."""
 
     def __init__(self, spec: Any, ctx: UplinkContext, timezone: tzinfo | None,
-                 connector: Callable[[Any, Pacing], Connector], connection_keys: tuple[str, ...]):
+                 connector: Callable[[Any, Unanswered], Connector], connection_keys: tuple[str, ...]):
         self.spec = spec
         self.name: str = spec.name
         self.timezone = timezone
         self._connector, self._connection_keys = connector, connection_keys
-        self.pacing = Pacing(self.name)
+        self.unanswered = Unanswered(self.name)
         self.body = TemplatedBody(ctx, spec.body, timezone)
         self.carries_events = self.body.events is not None
         self.drain = Drain(self.name, ctx, self._settings(spec.delivery), self.body,
-                           connector(spec, self.pacing))
+                           connector(spec, self.unanswered))
         self.stats = self.drain.stats
 
     @staticmethod
@@ -129,13 +119,13 @@ class PlatformUplink:
         self.body.reconfigure(spec.body, self.timezone)
         changed = any(getattr(old, key) != getattr(spec, key) for key in self._connection_keys)
         self.drain.configure(self._settings(spec.delivery),
-                             self._connector(spec, self.pacing) if changed else None)
+                             self._connector(spec, self.unanswered) if changed else None)
 
     def progress_allowance(self) -> float:
         """Seconds its loop may go without coming round, beyond the watchdog's own limit."""
         if self.stats.state == "up":
             return self.spec.delivery.interval + self.spec.delivery.timeout
-        return self.drain.connector.connect_allowance + self.pacing.delay
+        return self.drain.connector.connect_allowance
 
 
 

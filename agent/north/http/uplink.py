@@ -22,10 +22,10 @@ import aiohttp
 
 from agent.common.secrets import read_secret
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
+from agent.north.backoff import CAP
 from agent.north.base import ConnectFailed, UplinkContext
-from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import PlatformUplink, Unanswered, client_tls, guarded, open_stream, why
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -43,9 +43,9 @@ def describe(url: str) -> str:
 class HttpLink:
     """One aiohttp session; messages POSTed one after the other, in the order sent."""
 
-    def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, pacing: Pacing,
+    def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, unanswered: Unanswered,
                  on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]):
-        self.spec, self.session, self.pacing = spec, session, pacing
+        self.spec, self.session, self.unanswered = spec, session, unanswered
         self.on_ack, self.on_reject = on_ack, on_reject
         self.lost = asyncio.Event()
         self.reason = ""  # why it was lost, for the uplink's last error
@@ -74,16 +74,16 @@ class HttpLink:
             seq, kind, payload = self._queue[0]
             verdict = await self._post(kind, payload)
             if verdict.outcome == NO_ANSWER:
-                self.pacing.failed(verdict.reason)
+                self.unanswered.failed(verdict.reason)
                 self.reason = verdict.reason
                 self.lost.set()
                 return
             self._queue.popleft()
             if verdict.outcome == ACCEPT:
-                self.pacing.accepted()
+                self.unanswered.accepted()
                 self.on_ack(seq)
             else:
-                self.pacing.failed(verdict.reason, refused=True)
+                self.unanswered.failed(verdict.reason, refused=True)
                 self.on_reject(seq, verdict.reason)
 
     async def _post(self, kind: str, payload: bytes) -> Verdict:
@@ -120,10 +120,10 @@ class HttpLink:
 
 
 class HttpConnector:
-    def __init__(self, spec: HttpSpec, pacing: Pacing):
-        self.spec, self.pacing = spec, pacing
+    def __init__(self, spec: HttpSpec, unanswered: Unanswered):
+        self.spec, self.unanswered = spec, unanswered
         self.describe = describe(spec.url)
-        self.connect_allowance = 2 * spec.delivery.timeout + BACKOFF_MAX
+        self.connect_allowance = 2 * spec.delivery.timeout + CAP
         self.tls = client_tls(spec.ca_file) if spec.tls else None
 
     def _headers(self) -> dict[str, str]:
@@ -140,7 +140,6 @@ class HttpConnector:
 
     async def connect(self, on_ack: Callable[[int], None],
                       on_reject: Callable[[int, str], None]) -> HttpLink:
-        await self.pacing.wait()
         spec = self.spec
         headers = self._headers()
         _, writer = await open_stream(spec.host, spec.port, self.tls, spec.delivery.timeout)
@@ -151,7 +150,7 @@ class HttpConnector:
             connector=aiohttp.TCPConnector(ssl=self.tls if self.tls else True, limit=1),
             timeout=aiohttp.ClientTimeout(total=spec.delivery.timeout), headers=headers,
             raise_for_status=False)
-        return HttpLink(spec, session, self.pacing, on_ack, on_reject)
+        return HttpLink(spec, session, self.unanswered, on_ack, on_reject)
 
 
 class HttpUplink(PlatformUplink):

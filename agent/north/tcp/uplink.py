@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
+from agent.north.backoff import CAP
 from agent.north.base import ConnectFailed, UplinkContext
-from agent.north.drain import BACKOFF_MAX
 from agent.north.framing import Deframer, FrameTooLarge, FramingError, frame
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import PlatformUplink, Unanswered, client_tls, guarded, open_stream, why
 from agent.north.tcp.spec import TcpSpec
 
 log = logging.getLogger("hazgate.uplink")
@@ -70,9 +70,9 @@ class TcpLink:
     """
 
     def __init__(self, spec: TcpSpec, connect: Callable[[], Awaitable[_Stream]],
-                 stream: _Stream | None, pacing: Pacing, on_ack: Callable[[int], None],
+                 stream: _Stream | None, unanswered: Unanswered, on_ack: Callable[[int], None],
                  on_reject: Callable[[int, str], None]):
-        self.spec, self._connect, self._stream, self.pacing = spec, connect, stream, pacing
+        self.spec, self._connect, self._stream, self.unanswered = spec, connect, stream, unanswered
         self.on_ack, self.on_reject = on_ack, on_reject
         self.lost = asyncio.Event()
         self.reason = ""  # why it was lost, for the uplink's last error
@@ -97,7 +97,7 @@ class TcpLink:
 
     def _lose(self, reason: str) -> None:
         if not self.lost.is_set():
-            self.pacing.failed(reason)
+            self.unanswered.failed(reason)
             self.reason = reason
             self.lost.set()
 
@@ -138,10 +138,10 @@ class TcpLink:
                 return
             self._queue.popleft()
             if verdict.outcome == ACCEPT:
-                self.pacing.accepted()
+                self.unanswered.accepted()
                 self.on_ack(seq)
             else:
-                self.pacing.failed(verdict.reason, refused=True)
+                self.unanswered.failed(verdict.reason, refused=True)
                 self.on_reject(seq, verdict.reason)
 
     async def _exchange(self, data: bytes) -> Verdict:
@@ -197,10 +197,10 @@ class TcpLink:
 
 
 class TcpConnector:
-    def __init__(self, spec: TcpSpec, pacing: Pacing):
-        self.spec, self.pacing = spec, pacing
+    def __init__(self, spec: TcpSpec, unanswered: Unanswered):
+        self.spec, self.unanswered = spec, unanswered
         self.describe = f"{'tls' if spec.tls else 'tcp'}://{spec.host}:{spec.port}"
-        self.connect_allowance = 2 * spec.delivery.timeout + BACKOFF_MAX
+        self.connect_allowance = 2 * spec.delivery.timeout + CAP
         self.tls = client_tls(spec.ca_file) if spec.tls else None
 
     async def _open(self) -> _Stream:
@@ -212,12 +212,11 @@ class TcpConnector:
                       on_reject: Callable[[int, str], None]) -> TcpLink:
         """Persistent: the connection the link keeps. Per-message: a first connection proves
         the platform reachable (then closes); each message opens its own."""
-        await self.pacing.wait()
         stream = await self._open()
         if self.spec.connection != "persistent":
             await stream.close(self.spec.delivery.timeout)
-            return TcpLink(self.spec, self._open, None, self.pacing, on_ack, on_reject)
-        return TcpLink(self.spec, self._open, stream, self.pacing, on_ack, on_reject)
+            return TcpLink(self.spec, self._open, None, self.unanswered, on_ack, on_reject)
+        return TcpLink(self.spec, self._open, stream, self.unanswered, on_ack, on_reject)
 
 
 class TcpUplink(PlatformUplink):
