@@ -112,11 +112,13 @@ class Writer:
         WRITE_CHUNK rows, so one commit never keeps the store thread (and events) waiting long."""
         while True:
             await self._written.wait()
-            self._written.clear()
             await self._gather()
+            self._written.clear()  # after the gathering: what came meanwhile goes in this commit
             rows, self._pending = self._pending[:WRITE_CHUNK], self._pending[WRITE_CHUNK:]
             if self._pending:
                 self._written.set()  # the rest in the next turn, at once: it has waited too
+            if not rows:  # an uplink took them (store refusing writes)
+                continue
             try:
                 # shielded: a stop that cancels the writer while this waits its turn does not
                 # lose the rows; the store thread still writes them, before flush() writes the rest
