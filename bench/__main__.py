@@ -1,10 +1,11 @@
-"""`make bench`: every figure of issues 9 and 15 beside its baseline measured in the same run.
+"""`make bench`: every figure of issues 9, 15 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about nine minutes on a 2-core machine (the uplinks phase about
-four of them); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
+four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
+(bench/reconnect.py) about two); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
 with one platform down) and takes about forty.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
@@ -31,7 +32,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, live, outage, stages, uplinks
+from bench import backfill, durable, live, outage, reconnect, stages, uplinks
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
 from bench.profile import by_stage, summary
@@ -49,15 +50,15 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
-         "up_before": 8, "up_down": 60}
+         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
         "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
-        "up_drain_timeout": 900, "up_before": 30, "up_down": 600}
+        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -220,6 +221,40 @@ def main() -> int:
         if "uplinks" in only:
             up_rows, results["uplinks"] = uplinks.run(ctx, units, units[:2], bf_live, P)  # prints its parts
             rows += up_rows
+
+        if "durable" in only:
+            first = len(rows)
+            print(f"durable: collection (ts, the poll's start) to durable commit at 1 000 and 10 000 points/s "
+                  f"({P['durable']} s windows)", flush=True)
+            results["durable"] = []
+            for group, poll in ((units[:1], 1.0), (units, 1.0), (units[:1], 0.1)):
+                d = durable.run(ctx, group, poll, P["durable_warm"], P["durable"])
+                results["durable"].append(asdict(d))
+                s = (f"durability window: {d.points_per_s:,.0f} points/s ({d.units} unit{'s' if d.units > 1 else ''} "
+                     f"every {d.poll * 1000:,.0f} ms)")
+                ten = d.points_per_s >= 10_000
+                rows += [
+                    Row(s, f"collection → durable commit p50 / p99 (n={d.readings:,})",
+                        f"{fmt_ms(d.p50)} / {fmt_ms(d.p99)}", "", "", "p99 ≤ 100 ms" if ten else "",
+                        verdict(d.p99 <= 0.100) if ten else ""),
+                    Row(s, "collection → durable commit, max (what SIGKILL or power loss can cost)",
+                        fmt_ms(d.max), "", "", "≤ 250 ms" if ten else "", verdict(d.max <= 0.250) if ten else ""),
+                    Row(s, f"commits/s seen (chunks unseen: {d.unseen})", f"{d.commits / d.seconds:.1f}/s"),
+                ]
+            print(text(rows[first:]), flush=True)
+
+        if "reconnect" in only:
+            first = len(rows)
+            print(f"reconnect: MQTT, HTTP and TCP platforms gone {P['outage_s']} s, {P['outages']} times", flush=True)
+            r = reconnect.run(ctx, units[0], P["outages"], P["outage_s"])
+            results["reconnect"] = asdict(r)
+            s = f"back on air: {r.outages} outages of {r.seconds:g} s, 1 000 points at 1 s"
+            for u in reconnect.ORDER:
+                missed = f", {r.missed[u]} with none within {reconnect.LIVE_WAIT:g} s" if r.missed[u] else ""
+                rows.append(Row(s, f"{uplinks.PROTOCOL[u]}: platform back → first live delivery p50 / p99{missed}",
+                                f"{fmt_s(r.p(u, 0.5))} / {fmt_s(r.p(u, 0.99))}", "", "", "p99 ≤ 2 s",
+                                verdict(r.p(u, 0.99) <= 2.0 and not r.missed[u])))
+            print(text(rows[first:]), flush=True)
 
         if "stages" in only:
             print("stages: per-reading cost of each agent stage, in this process", flush=True)

@@ -180,11 +180,13 @@ def setup(ctx: Ctx, name: str, units: list[Unit], uplinks: tuple[str, ...], db_d
     return Setup(name, gw, cfg, ctx.work / f"data-{name}", uplinks, ports, dbs)
 
 
-def start_platform(ctx: Ctx, s: Setup, uplink: str) -> subprocess.Popen:
+def start_platform(ctx: Ctx, s: Setup, uplink: str, wait: bool = True) -> subprocess.Popen:
+    """The uplink's reference platform; returns once its port accepts connections (`wait`)."""
     p = ctx.procs.start(f"{s.name}-{uplink}", [*HAZGATE, "--log-level", "warning", "receive", "--listen",
                                                 s.listen[uplink], "--uplink-config", str(s.config),
                                                 "--uplink", uplink, "--db", str(s.dbs[uplink])])
-    wait_port(s.ports[uplink], 30)
+    if wait:
+        wait_port(s.ports[uplink], 30)
     s.platforms[uplink] = p
     return p
 

@@ -17,7 +17,7 @@ from agent.north.hj212.flags import DEFAULT_FLAGS, flag_of
 from agent.north.hj212.frame import MAX_SEGMENT, pack, unpack
 from agent.north.hj212.segment import Segment, join
 from agent.north.hj212.uplink import Hj212Connector, frames_of
-from agent.north.platform import Pacing
+from agent.north.platform import Unanswered
 from agent.pipeline.store import SnapshotPage
 from agent.receiver.hj212 import Hj212Platform
 from agent.receiver.platform import open_db
@@ -98,7 +98,7 @@ async def test_a_split_upload_is_acknowledged_after_every_packet(tmp_path: Path)
     platform = Hj212Platform(spec, open_db(tmp_path / "platform.db"))
     await platform.start("127.0.0.1", port)
     acked: list[int] = []
-    link = await Hj212Connector(spec, Pacing("env"), None, no_history).connect(acked.append, lambda s, r: None)
+    link = await Hj212Connector(spec, Unanswered("env"), None, no_history).connect(acked.append, lambda s, r: None)
     try:
         payload = build.readings(False)(3, page(2000))
         assert link.send(3, "snapshot", payload, False)
@@ -131,7 +131,7 @@ async def test_a_split_upload_with_a_packet_unanswered_is_not_acknowledged(tmp_p
 
     server = await asyncio.start_server(first_only, "127.0.0.1", port)
     acked: list[int] = []
-    link = await Hj212Connector(spec, Pacing("env"), None, no_history).connect(acked.append, lambda s, r: None)
+    link = await Hj212Connector(spec, Unanswered("env"), None, no_history).connect(acked.append, lambda s, r: None)
     try:
         payload = build.readings(False)(4, page(2000))
         assert link.send(4, "snapshot", payload, False)
@@ -155,7 +155,7 @@ async def test_a_wrong_pw_is_the_configs_fault_never_the_uploads(tmp_path: Path)
                              open_db(tmp_path / "platform.db"))
     await platform.start("127.0.0.1", port)
     verdicts: list[object] = []
-    link = await Hj212Connector(spec, Pacing("env"), None, no_history).connect(
+    link = await Hj212Connector(spec, Unanswered("env"), None, no_history).connect(
         verdicts.append, lambda s, r: verdicts.append((s, r)))
     try:
         assert link.send(5, "snapshot", build.readings(False)(5, page(4)), False)

@@ -122,9 +122,11 @@ async def test_a_snapshot_uplink_back_fills_one_snapshot_per_missed_interval(tmp
     tasks = [asyncio.ensure_future(feed(store, truth)), asyncio.ensure_future(uplink.run())]
     try:
         await until(lambda: received_snapshots(receiver.db, step), 10)
-        await server.stop()  # the platform is down for 6 s (3 boundaries) once the uplink sees it
+        # the platform is down for 8 s (4 boundaries) once the uplink sees it: on its return the
+        # newest due goes live within a second, the others are back-fill
+        await server.stop()
         await until(lambda: uplink.stats.state == "down", 5)
-        await asyncio.sleep(6)
+        await asyncio.sleep(8)
         server = PlatformServer(receiver, url)
         await server.start()
         back = now_ms()

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.north.base import ConnectFailed
 from agent.north.http.uplink import HttpConnector
-from agent.north.platform import Pacing
+from agent.north.platform import Unanswered
 from agent.north.tcp.uplink import TcpConnector
 from agent.north.templated import TemplatedBody
 from agent.receiver.platform import (
@@ -77,7 +77,7 @@ async def test_http_sm4_hex_with_appsecret_is_accepted_and_stored(tmp_path: Path
     receiver, server = await platform(tmp_path, spec, f"http://127.0.0.1:{port}/api/realtime")
     body = TemplatedBody(context(None), spec.body)
     verdicts = Verdicts()
-    link = await HttpConnector(spec, Pacing("mem")).connect(verdicts.ack, verdicts.reject)
+    link = await HttpConnector(spec, Unanswered("mem")).connect(verdicts.ack, verdicts.reject)
     try:
         assert link.send(7, "readings", body.readings(False)(7, ROWS), False)
         await settle(link, verdicts)
@@ -101,7 +101,7 @@ async def test_http_wrong_appsecret_is_no_answer_never_a_refusal(tmp_path: Path)
     receiver, server = await platform(tmp_path, spec, f"http://127.0.0.1:{port}/api/realtime")
     (tmp_path / "secrets" / "mem.appsecret").write_text("not-the-issued-one\n")
     verdicts = Verdicts()
-    link = await HttpConnector(spec, Pacing("mem")).connect(verdicts.ack, verdicts.reject)
+    link = await HttpConnector(spec, Unanswered("mem")).connect(verdicts.ack, verdicts.reject)
     try:
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await settle(link, verdicts)
@@ -119,7 +119,7 @@ async def test_http_refusal_names_the_reason_and_the_data_id(tmp_path: Path) -> 
                                       Controls(reject=RejectRule(seqs=frozenset({2}))))
     body = TemplatedBody(context(None), spec.body)
     verdicts = Verdicts()
-    link = await HttpConnector(spec, Pacing("mem")).connect(verdicts.ack, verdicts.reject)
+    link = await HttpConnector(spec, Unanswered("mem")).connect(verdicts.ack, verdicts.reject)
     try:
         for seq in (1, 2, 3):
             verdicts.changed.clear()
@@ -140,14 +140,12 @@ async def test_http_5xx_and_timeout_lose_the_link_without_a_verdict(tmp_path: Pa
     spec = mem_http(tmp_path, f"http://127.0.0.1:{port}/api/realtime", timeout="500ms")
     receiver, server = await platform(tmp_path, spec, f"http://127.0.0.1:{port}/api/realtime", controls)
     verdicts = Verdicts()
-    pacing = Pacing("mem")
-    link = await HttpConnector(spec, pacing).connect(verdicts.ack, verdicts.reject)
+    link = await HttpConnector(spec, Unanswered("mem")).connect(verdicts.ack, verdicts.reject)
     try:
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await settle(link, verdicts)
         assert link.lost.is_set() and verdicts.acked == verdicts.rejected == []
         assert link.reason.startswith("HTTP 503" if controls.fail else "http://127.0.0.1")
-        assert pacing.delay > 0  # the next connection waits: a 503 is not hammered
     finally:
         await link.close(1.0)
         await server.stop()
@@ -157,7 +155,7 @@ async def test_http_refused_connection_fails_to_connect(tmp_path: Path) -> None:
     port = free_port()
     spec = mem_http(tmp_path, f"http://127.0.0.1:{port}/api/realtime")
     with pytest.raises(ConnectFailed, match=f"127.0.0.1:{port}: .*[Rr]efused"):
-        await HttpConnector(spec, Pacing("mem")).connect(lambda s: None, lambda s, r: None)
+        await HttpConnector(spec, Unanswered("mem")).connect(lambda s: None, lambda s, r: None)
 
 
 def _private_ca(folder: Path) -> tuple[Path, ssl.SSLContext]:
@@ -196,10 +194,10 @@ async def test_https_verifies_against_ca_file_and_refuses_without_it(tmp_path: P
                                       tls=server_tls)
     try:
         with pytest.raises(ConnectFailed, match="TLS: unable to get local issuer certificate: check ca_file"):
-            await HttpConnector(base, Pacing("mem")).connect(lambda s: None, lambda s, r: None)
+            await HttpConnector(base, Unanswered("mem")).connect(lambda s: None, lambda s, r: None)
         spec = replace(base, ca_file=ca_file)
         verdicts = Verdicts()
-        link = await HttpConnector(spec, Pacing("mem")).connect(verdicts.ack, verdicts.reject)
+        link = await HttpConnector(spec, Unanswered("mem")).connect(verdicts.ack, verdicts.reject)
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await settle(link, verdicts)
         await link.close(1.0)
@@ -218,7 +216,7 @@ async def test_tcp_jiangsu_frames_accept_and_refuse(tmp_path: Path, connection: 
                                       Controls(reject=RejectRule(record=("BIT_NO", "TK101_HLA"))))
     body = TemplatedBody(context(None), spec.body)
     verdicts = Verdicts()
-    link = await TcpConnector(spec, Pacing("jiangsu")).connect(verdicts.ack, verdicts.reject)
+    link = await TcpConnector(spec, Unanswered("jiangsu")).connect(verdicts.ack, verdicts.reject)
     try:
         for seq, rows in ((1, ROWS[:1]), (2, ROWS), (3, ROWS[:1]), (4, ROWS[:1])):
             verdicts.changed.clear()
@@ -240,7 +238,7 @@ async def test_tcp_refused_and_silent_platforms(tmp_path: Path) -> None:
     port = free_port()
     spec = jiangsu_tcp(tmp_path, port, "persistent", timeout="300ms")
     with pytest.raises(ConnectFailed, match="[Rr]efused"):
-        await TcpConnector(spec, Pacing("jiangsu")).connect(lambda s: None, lambda s, r: None)
+        await TcpConnector(spec, Unanswered("jiangsu")).connect(lambda s: None, lambda s, r: None)
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(1 << 20)
@@ -249,7 +247,7 @@ async def test_tcp_refused_and_silent_platforms(tmp_path: Path) -> None:
 
     peer = await asyncio.start_server(silent, "127.0.0.1", port)
     verdicts = Verdicts()
-    link = await TcpConnector(spec, Pacing("jiangsu")).connect(verdicts.ack, verdicts.reject)
+    link = await TcpConnector(spec, Unanswered("jiangsu")).connect(verdicts.ack, verdicts.reject)
     try:
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await settle(link, verdicts)
@@ -272,7 +270,7 @@ async def test_tcp_oversized_reply_frame_is_a_clear_error(tmp_path: Path, caplog
 
     peer = await asyncio.start_server(chatty, "127.0.0.1", port)
     verdicts = Verdicts()
-    link = await TcpConnector(spec, Pacing("jiangsu")).connect(verdicts.ack, verdicts.reject)
+    link = await TcpConnector(spec, Unanswered("jiangsu")).connect(verdicts.ack, verdicts.reject)
     try:
         with caplog.at_level(logging.ERROR, logger="hazgate.uplink"):
             link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
@@ -298,7 +296,7 @@ async def test_tcp_persistent_out_of_step_reply_ends_the_link(tmp_path: Path) ->
 
     peer = await asyncio.start_server(double, "127.0.0.1", port)
     verdicts = Verdicts()
-    link = await TcpConnector(spec, Pacing("jiangsu")).connect(verdicts.ack, verdicts.reject)
+    link = await TcpConnector(spec, Unanswered("jiangsu")).connect(verdicts.ack, verdicts.reject)
     try:
         link.send(1, "readings", TemplatedBody(context(None), spec.body).readings(False)(1, ROWS), False)
         await asyncio.wait_for(link.lost.wait(), 3)

@@ -6,6 +6,12 @@ one store call (`Store.drain`) that fills the free in-flight window. Each connec
 `Link`, so what is re-sent after a reconnect is decided here from the store, never by a
 protocol library's own session replay.
 
+Connections are paced by one back-off per uplink (agent/north/backoff.py): full jitter up to a
+one-second cap, reset only when the far end acknowledges something, so the first attempt after
+a loss, a refused connection and a far end that takes connections but answers nothing are all
+paced alike. After connecting, the first live readings go out as soon as they are stored
+(looked for every FIRST_LIVE_LOOK), not a publish interval later.
+
 Three guards, whatever the protocol:
 - a message in flight has a deadline (the adapter's `ack_deadline`): when the oldest has waited
   longer, the connection is dropped and everything unacknowledged goes again with its seq;
@@ -32,9 +38,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
-
 from agent.common.timefmt import now_ms, rfc3339
+from agent.north.backoff import Backoff
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
 from agent.pipeline.store import Builder, DrainRequest, SnapshotPage, snapshot_grace
 
@@ -44,7 +49,7 @@ BACKLOG_BATCH = 2000  # readings per back-fill message (at most the uplink's bat
 EVENTS_BATCH = 100  # events per message (at most the uplink's batch)
 BACKLOG_INFLIGHT_BYTES = 600_000  # about two back-fill messages on the wire at once
 DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
-BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
+FIRST_LIVE_LOOK = 0.1  # seconds between looks for the first live readings after connecting
 SET_ASIDE = "record_set_aside"  # the gateway event reporting records left out of a message
 SHOWN = 200  # characters of a set-aside record in the error log
 
@@ -82,6 +87,7 @@ class Drain:
         self.connector = connector
         self.store = ctx.store
         self.stats = UplinkStats(ack_warning=settings.ack_warning, ack_deadline=settings.ack_deadline)
+        self.backoff = Backoff()
         self.wake = asyncio.Event()  # something to publish (an ack freed the window, a message waits)
         self._events_waiting = False  # events stored: the next store call goes before the writer's
         self._store_warned = False
@@ -97,6 +103,7 @@ class Drain:
         self._watermark = 0
         self._sent_upto = 0
         self._next_live = 0.0
+        self._live_by = 0.0  # until then (monotonic), with no live message yet, look for one often
         self._refusals: list[asyncio.Future] = []  # refusals being recorded in the store
         self._drop_reason = ""  # why this side ended the connection
         self._set_aside: list[SetAside] = []  # filled by the guarded builders (store thread)
@@ -217,6 +224,7 @@ class Drain:
 
     def _on_ack(self, seq: int) -> None:
         if self._in_flight.pop(seq, None) is not None:
+            self.backoff.reset()
             self._acks.append(seq)
             self.stats.acked += 1
             self._track_oldest()
@@ -284,21 +292,20 @@ class Drain:
                 "uplink": self.name, "seq": seq, "rejects": event["rejects"], "reason": reason}})
             self.ctx.events_stored()
 
-    async def _connect(self) -> Link:
-        """Connect with this uplink's own exponential back-off (tenacity); an open link."""
-        def failed(attempt: RetryCallState) -> None:
-            reason = str(attempt.outcome.exception()) if attempt.outcome else ""
-            self._set_state("down", reason)
-            log.debug("connect failed", extra={"fields": {
-                "uplink": self.name, "reason": reason, "retry_in": attempt.upcoming_sleep}})
-
-        retrying = AsyncRetrying(retry=retry_if_exception_type(ConnectFailed), before_sleep=failed,
-                                 wait=wait_exponential(multiplier=BACKOFF_MIN, min=BACKOFF_MIN, max=BACKOFF_MAX))
-        async for attempt in retrying:
-            with attempt:
-                self.stats.beat = time.monotonic()
+    async def _connect(self, delay: float) -> Link:
+        """An open link: the first attempt after `delay` seconds, each next one after the
+        uplink's back-off."""
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            self.stats.beat = time.monotonic()
+            try:
                 return await self.connector.connect(self._on_ack, self._on_reject)
-        raise ConnectFailed("never: ConnectFailed is retried forever")  # for the type checker
+            except ConnectFailed as exc:
+                delay = self.backoff.next_delay()
+                self._set_state("down", str(exc))
+                log.debug("connect failed", extra={"fields": {
+                    "uplink": self.name, "reason": str(exc), "retry_in": round(delay, 3)}})
 
     def _send(self, link: Link, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
         now = time.monotonic()
@@ -314,16 +321,16 @@ class Drain:
     async def run(self) -> None:
         """Forever: connect, drain, and on loss start again. Cancel to stop."""
         await self.store.ready.wait()
+        delay = 0.0  # the first connection at once; after a loss, the back-off's
         while True:
-            link = await self._connect()
+            link = await self._connect(delay)
             self._link = link
             if self.stats.state == "down" and self.stats.published:
                 self.stats.reconnects += 1
             try:
                 await self._session(link)
-            except Exception:  # a bug must not end the uplink: log it, reconnect
+            except Exception:  # a bug must not end the uplink: log it, reconnect (after the back-off)
                 log.exception("uplink session failed", extra={"fields": {"uplink": self.name}})
-                await asyncio.sleep(BACKOFF_MIN)
             finally:
                 self._link = None
                 self._carried = {seq: first for seq, (_n, _sent, first) in self._in_flight.items()}
@@ -335,6 +342,7 @@ class Drain:
                 await asyncio.get_running_loop().run_in_executor(None, link.abandon)
             self._set_state("down", self._drop_reason or link.reason or "connection lost")
             self._drop_reason = ""
+            delay = self.backoff.next_delay()
 
     async def _record_acks(self) -> None:
         """Delivered: record it, so they are not sent again (and which meta the far end has)."""
@@ -364,6 +372,7 @@ class Drain:
         self._set_state("up")
         self._sent_upto = 0  # highest outbox seq handed to this link
         self._next_live = time.monotonic()
+        self._live_by = self._next_live + self.settings.interval
         await self._restate_meta()
         for seq in sorted(self._mem_msgs):  # sent from memory before the drop, not acknowledged
             if not self._send(link, seq, "readings", self._mem_msgs[seq], False):
@@ -480,8 +489,11 @@ class Drain:
             self._set_aside.clear()  # numbering rolled back: nothing was left out
         elif self._set_aside:
             await self._report_set_aside()
+        if res.live:
+            self._live_by = 0.0
         if live_due and res.live_short:
-            self._next_live = now + self.settings.interval
+            soon = now < self._live_by  # no live message yet on this connection: look again soon
+            self._next_live = now + (min(FIRST_LIVE_LOOK, self.settings.interval) if soon else self.settings.interval)
         if res.backlog_done:
             self._watermark = 0
         for seq, kind, retain, payload in res.messages:  # re-sends keep their seq and content

@@ -1,6 +1,9 @@
 """What the platform uplinks (`http`, `tcp`, `hj212`) share: their delivery settings, the
-pacing of attempts after a message went unanswered or was refused, and the uplink object built
-on the protocol-neutral drain loop (agent/north/drain.py) with a templated body.
+warnings of messages that went unanswered, and the uplink object built on the protocol-neutral
+drain loop (agent/north/drain.py) with a templated body. Attempts after a message went
+unanswered or was refused are paced by the drain's back-off (agent/north/backoff.py): it is
+reset only by an acknowledgement, so an HTTP platform answering 503 (or a TCP one closing at
+once), which still accepts connections, waits like one that is down.
 
 Each protocol brings its Connector (agent/north/http, agent/north/tcp); hj212 its own body too.
 """
@@ -21,7 +24,7 @@ from typing import Any
 from agent.north.ack import ACCEPT, NO_ANSWER, Verdict
 from agent.north.base import ConnectFailed, Connector, Probe, UplinkContext, failed_step, why
 from agent.north.codec import DERIVATIONS
-from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
+from agent.north.drain import Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
 
 log = logging.getLogger("hazgate.uplink")
@@ -50,11 +53,9 @@ class Delivery:
     timeout: float = 10.0  # seconds to wait for a reply (and for a connection)
 
 
-class Pacing:
-    """Back-off between attempts when the far end answered nothing useful or refused: the
-    drain's own back-off covers only connections that fail, and an HTTP platform answering
-    503 (or a TCP one closing at once) still accepts connections. Exponential from
-    BACKOFF_MIN to BACKOFF_MAX; an acceptance resets it."""
+class Unanswered:
+    """Messages in a row the far end answered nothing useful to, or refused: warned of at the
+    first, the tenth and every sixtieth; an acceptance starts the count again."""
 
     def __init__(self, name: str):
         self.name = name
@@ -70,42 +71,36 @@ class Pacing:
             log.warning("no answer from the far end", extra={"fields": {
                 "uplink": self.name, "reason": reason, "in_a_row": self._failures}})
 
-    @property
-    def delay(self) -> float:
-        """Seconds to wait before the next connection."""
-        if not self._failures:
-            return 0.0
-        return min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (self._failures - 1))
 
-    async def wait(self) -> None:
-        if self._failures:
-            await asyncio.sleep(self.delay)
+def drain_settings(delivery: Delivery) -> DrainSettings:
+    """The drain loop's settings for a platform's delivery settings."""
+    return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
+                         max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
 
 
 class PlatformUplink:
     """An uplink to a platform: the drain loop with a templated body and the protocol's
-    connector: `connector(spec, pacing)` builds one; a change of any of `connection_keys`
+    connector: `connector(spec, unanswered)` builds one; a change of any of `connection_keys`
     (the protocol's address, TLS and credential keys) on reload means a new connection.
     `body_type(ctx, spec.body, timezone)` makes the body (a templated one unless the protocol
     has its own); `reconfigure(spec.body, timezone)` gives it a reloaded config."""
 
     def __init__(self, spec: Any, ctx: UplinkContext, timezone: tzinfo | None,
-                 connector: Callable[[Any, Pacing], Connector], connection_keys: tuple[str, ...],
+                 connector: Callable[[Any, Unanswered], Connector], connection_keys: tuple[str, ...],
                  body_type: Callable[[UplinkContext, Any, tzinfo | None], Any] = TemplatedBody):
         self.spec = spec
         self.name: str = spec.name
         self.timezone = timezone
         self._connector, self._connection_keys = connector, connection_keys
-        self.pacing = Pacing(self.name)
+        self.unanswered = Unanswered(self.name)
         self.body = body_type(ctx, spec.body, timezone)
         self.carries_events = self.body.events is not None
         self.drain = Drain(self.name, ctx, self._settings(spec.delivery), self.body,
-                           connector(spec, self.pacing))
+                           connector(spec, self.unanswered))
         self.stats = self.drain.stats
 
     def _settings(self, delivery: Delivery) -> DrainSettings:
-        return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
-                             max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
+        return drain_settings(delivery)
 
     async def run(self) -> None:
         await self.drain.run()
@@ -133,19 +128,19 @@ class PlatformUplink:
         self.body.reconfigure(spec.body, self.timezone)
         changed = any(getattr(old, key) != getattr(spec, key) for key in self._connection_keys)
         self.drain.configure(self._settings(spec.delivery),
-                             self._connector(spec, self.pacing) if changed else None)
+                             self._connector(spec, self.unanswered) if changed else None)
 
     def progress_allowance(self) -> float:
         """Seconds its loop may go without coming round, beyond the watchdog's own limit."""
         if self.stats.state == "up":
             return self.spec.delivery.interval + self.spec.delivery.timeout
-        return self.drain.connector.connect_allowance + self.pacing.delay
+        return self.drain.connector.connect_allowance
 
     def probe(self) -> Probe:
-        """A connection as the uplink makes one (TCP, TLS), with a pacing of its own; the
+        """A connection as the uplink makes one (TCP, TLS), with warnings of its own; the
         platform checks credentials (headers, cipher keys) only with a message."""
         spec = self.spec
-        return Probe(self._connector(spec, Pacing(self.name)), spec.host, spec.port, spec.tls, "")
+        return Probe(self._connector(spec, Unanswered(self.name)), spec.host, spec.port, spec.tls, "")
 
 
 
@@ -156,9 +151,9 @@ class SerialLink:
     with back-off); an acceptance or a refusal goes to the drain by seq. `_tasks` holds the
     worker and whatever else the protocol runs for the link."""
 
-    def __init__(self, name: str, pacing: Pacing, on_ack: Callable[[int], None],
+    def __init__(self, name: str, unanswered: Unanswered, on_ack: Callable[[int], None],
                  on_reject: Callable[[int, str], None]):
-        self.pacing, self.on_ack, self.on_reject = pacing, on_ack, on_reject
+        self.unanswered, self.on_ack, self.on_reject = unanswered, on_ack, on_reject
         self.lost = asyncio.Event()
         self.reason = ""  # why it was lost, for the uplink's last error
         self._queue: deque[tuple[int, str, bytes]] = deque()
@@ -178,7 +173,7 @@ class SerialLink:
 
     def _lose(self, reason: str) -> None:
         if not self.lost.is_set():
-            self.pacing.failed(reason)
+            self.unanswered.failed(reason)
             self.reason = reason
             self.lost.set()
 
@@ -213,10 +208,10 @@ class SerialLink:
                 return
             self._queue.popleft()
             if verdict.outcome == ACCEPT:
-                self.pacing.accepted()
+                self.unanswered.accepted()
                 self.on_ack(seq)
             else:
-                self.pacing.failed(verdict.reason, refused=True)
+                self.unanswered.failed(verdict.reason, refused=True)
                 self.on_reject(seq, verdict.reason)
 
 

@@ -146,6 +146,7 @@ class DrainResult:
     messages: list[tuple[int, str, bool, bytes]] = field(default_factory=list)  # (seq, kind, retain, payload)
     error: sqlite3.Error | None = None  # the store refused writes: nothing new was numbered
     live_short: bool = False  # live readings are exhausted (the last batch was not full)
+    live: int = 0  # live readings numbered in this call
     backlog_done: bool = False
     more: bool = False  # snapshot mode: the budget ran out while folding; call again at once
 
@@ -573,6 +574,7 @@ class Store:
             count = taken[1] if taken else 0
             if taken:
                 free, budget = free - 1, budget - count
+                res.live += count
             if count < req.live_batch:
                 res.live_short = True
                 break

@@ -1,5 +1,6 @@
 """The store's own thread: every store call runs there, in order, so a commit never stalls
-the event loop; urgent calls (events, and the uplink step that publishes them) go first."""
+the event loop; urgent calls (events, and the uplink step that publishes them) go first, the
+intake's commits of readings next, then everything else."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 from agent.pipeline.store import Store
 
 T = TypeVar("T")
+URGENT, INTAKE, ORDINARY, LAST = 0, 1, 2, 3  # the order calls waiting together run in
 
 
 class StoreUnavailable(sqlite3.OperationalError):
@@ -27,8 +29,10 @@ class AsyncStore:
     """Runs every store call on one dedicated thread, so a commit never stalls the event loop.
 
     Calls run in the order they were made, except that urgent ones (events, and the uplink
-    step that publishes them) go before every ordinary call still waiting: an alarm never
-    queues behind a batch of readings.
+    step that publishes them) go before every other call still waiting: an alarm never
+    queues behind a batch of readings; and the intake's commits of readings go before the
+    ordinary calls (the uplinks' turns, status figures): a reading waits for its commit behind
+    at most the one call running, however many uplinks drain a back-fill.
     """
 
     def __init__(self, data_dir: Path):
@@ -62,13 +66,13 @@ class AsyncStore:
     async def open(self, uplinks: list[tuple[str, bool]] | None = None) -> None:
         """Open the store with the configured uplinks, (name, carries events), before anyone
         may use it; raises sqlite3.Error or OSError when it cannot be opened."""
-        store = await self._run_raw(False, Store, self._data_dir)
+        store = await self._run_raw(ORDINARY, Store, self._data_dir)
         try:
             if uplinks is not None:
-                await self._run_raw(False, store.set_uplinks, uplinks)
-            self.opened_upto = await self._run_raw(False, store.last_reading_id)
+                await self._run_raw(ORDINARY, store.set_uplinks, uplinks)
+            self.opened_upto = await self._run_raw(ORDINARY, store.last_reading_id)
         except BaseException:
-            await self._run_raw(False, store.close)
+            await self._run_raw(ORDINARY, store.close)
             raise
         self._store = store
         self.ready.set()
@@ -79,31 +83,35 @@ class AsyncStore:
             store, self._store = self._store, None
             self.ready.clear()
             with contextlib.suppress(sqlite3.Error):
-                await self._run_raw(False, store.close)
+                await self._run_raw(ORDINARY, store.close)
 
-    async def _run_raw(self, urgent: bool, fn: Callable[..., T], *args: Any) -> T:
+    async def _run_raw(self, rank: int, fn: Callable[..., T], *args: Any) -> T:
         if not self._thread.is_alive():
             raise StoreUnavailable(f"store in {self._data_dir} is closed")
         fut: Future = Future()
-        self._jobs.put((0 if urgent else 1, next(self._order), (fut, fn, args)))
+        self._jobs.put((rank, next(self._order), (fut, fn, args)))
         return await asyncio.wrap_future(fut)
 
     async def call(self, name: str, *args: Any) -> Any:
-        return await self._call(False, name, args)
+        return await self._call(ORDINARY, name, args)
 
     async def call_urgent(self, name: str, *args: Any) -> Any:
-        """A call that goes before the ordinary ones still waiting."""
-        return await self._call(True, name, args)
+        """A call that goes before every other one still waiting."""
+        return await self._call(URGENT, name, args)
 
-    async def _call(self, urgent: bool, name: str, args: tuple) -> Any:
+    async def call_intake(self, name: str, *args: Any) -> Any:
+        """A commit of polled readings: after the urgent calls waiting, before the ordinary ones."""
+        return await self._call(INTAKE, name, args)
+
+    async def _call(self, rank: int, name: str, args: tuple) -> Any:
         if self._store is None:
             raise StoreUnavailable(f"store in {self._data_dir} is not open")
-        return await self._run_raw(urgent, getattr(self._store, name), *args)
+        return await self._run_raw(rank, getattr(self._store, name), *args)
 
     async def close(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
             self.ready.clear()
-            await self._run_raw(False, store.close)
-        self._jobs.put((2, next(self._order), None))  # after everything still waiting
+            await self._run_raw(ORDINARY, store.close)
+        self._jobs.put((LAST, next(self._order), None))  # after everything still waiting
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)

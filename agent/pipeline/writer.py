@@ -1,6 +1,14 @@
 """The store's intake: what the polls report is queued here (never waiting for the disk) and
-written in group commits. While the store refuses writes (disk full, read-only) readings wait
-in memory, up to HELD_MAX; an uplink may send them straight from here (`take`/`give_back`)."""
+written in group commits on a short deadline: a commit starts once the oldest reading waiting
+has waited COMMIT_DEADLINE, or at once when WRITE_CHUNK readings wait, so polls that end close
+together share one commit (one fsync) and no reading waits long for its own. The commits go
+before the uplinks' store calls (AsyncStore.call_intake). While the store refuses writes (disk
+full, read-only) readings wait in memory, up to HELD_MAX; an uplink may send them straight from
+here (`take`/`give_back`).
+
+A power cut or SIGKILL loses what is not yet committed: at most the poll in progress and what
+the last COMMIT_DEADLINE (plus the commit itself) handed over (docs/operations.md section 4,
+"The durability window")."""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 
 from agent.common.timefmt import rfc3339
@@ -17,6 +26,7 @@ from agent.pipeline.store_thread import AsyncStore
 log = logging.getLogger("hazgate.agent")
 
 WRITE_CHUNK = 5_000  # rows per commit (about 15 ms of the store thread here)
+COMMIT_DEADLINE = 0.025  # seconds a handed-over reading waits at most for its commit to start
 HELD_MAX = 500_000  # readings kept in memory while the store refuses writes (disk full, read-only)
 STORE_RETRY = 5.0
 
@@ -30,6 +40,8 @@ class Writer:
         self.gateway_event = gateway_event
         self._pending: list[tuple] = []  # polled rows not yet committed (bounded by HELD_MAX)
         self._written = asyncio.Event()
+        self._full = asyncio.Event()  # WRITE_CHUNK readings wait: commit now
+        self._since = 0.0  # monotonic time the oldest reading waiting was handed over
         self._pids: dict[str, int] = {}
         self._point_meta = {p.tag: (p.unit, p.type) for p in points}
         self.held_dropped = 0
@@ -57,7 +69,11 @@ class Writer:
 
     def add(self, report: list[Reading]) -> None:
         """Queue a poll's readings; never waits for the disk."""
+        if not self._pending:
+            self._since = time.monotonic()
         self._pending.extend((r.ts_ms, r.point.tag, r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
+        if len(self._pending) >= WRITE_CHUNK:
+            self._full.set()
         overflow = len(self._pending) - HELD_MAX
         if overflow > 0:
             dropped = self._pending[:overflow]
@@ -83,21 +99,33 @@ class Writer:
             log.error("store unavailable and memory bound reached: dropping the oldest held readings",
                       extra={"fields": {"hold_max": HELD_MAX}})
 
+    async def _gather(self) -> None:
+        """Until the oldest reading waiting has waited COMMIT_DEADLINE or a chunk's worth waits."""
+        wait = self._since + COMMIT_DEADLINE - time.monotonic()
+        if wait > 0 and len(self._pending) < WRITE_CHUNK:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), wait)
+
     async def run(self) -> None:
-        """Group commit: what was polled since the last commit goes in one transaction, at most
+        """Group commit: what was polled up to the deadline goes in one transaction, at most
         WRITE_CHUNK rows, so one commit never keeps the store thread (and events) waiting long."""
         while True:
             await self._written.wait()
-            self._written.clear()
+            await self._gather()
+            self._written.clear()  # after the gathering: what came meanwhile goes in this commit
             rows, self._pending = self._pending[:WRITE_CHUNK], self._pending[WRITE_CHUNK:]
             if self._pending:
-                self._written.set()  # the rest in the next turn
+                self._written.set()  # the rest in the next turn, at once: it has waited too
+            if not rows:  # an uplink took them (store refusing writes)
+                continue
             try:
                 # shielded: a stop that cancels the writer while this waits its turn does not
                 # lose the rows; the store thread still writes them, before flush() writes the rest
-                await asyncio.shield(self.store.call("add_readings", rows, self._pids))
+                await asyncio.shield(self.store.call_intake("add_readings", rows, self._pids))
             except sqlite3.Error as exc:
                 self._pending[0:0] = rows  # keep order; retried on the next poll or in a second
+                self._since = time.monotonic()
                 if self.store_error is None:
                     log.error("store refuses writes; holding readings in memory", extra={"fields": {
                         "error": str(exc), "hold_max": HELD_MAX}})
@@ -124,7 +152,7 @@ class Writer:
         """On stop: the last polls go to disk before the store closes."""
         if self._pending:
             try:
-                await self.store.call("add_readings", self._pending, self._pids)
+                await self.store.call_intake("add_readings", self._pending, self._pids)
             except (sqlite3.Error, KeyError):
                 return
             self._pending = []

@@ -22,8 +22,9 @@ from datetime import tzinfo
 
 from agent.common.secrets import read_secret
 from agent.north.ack import ACCEPT, NO_ANSWER, REFUSE, Verdict
-from agent.north.base import ConnectFailed, UplinkContext
-from agent.north.drain import BACKOFF_MAX, DrainSettings
+from agent.north.backoff import CAP
+from agent.north.base import ConnectFailed, UplinkContext, why
+from agent.north.drain import DrainSettings
 from agent.north.framing import Deframer, FrameTooLarge
 from agent.north.hj212.body import RealtimeBody
 from agent.north.hj212.frame import MAX_FRAME, TAIL, HJ212Error, pack, unpack
@@ -40,12 +41,11 @@ from agent.north.hj212.segment import (
 from agent.north.hj212.spec import Hj212Spec
 from agent.north.platform import (
     Delivery,
-    Pacing,
     PlatformUplink,
     SerialLink,
+    Unanswered,
     guarded,
     open_stream,
-    why,
 )
 
 log = logging.getLogger("hazgate.uplink")
@@ -67,9 +67,9 @@ class Hj212Link(SerialLink):
     answer."""
 
     def __init__(self, spec: Hj212Spec, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 pacing: Pacing, answers: Answers, on_ack: Callable[[int], None],
+                 unanswered: Unanswered, answers: Answers, on_ack: Callable[[int], None],
                  on_reject: Callable[[int, str], None]):
-        super().__init__(spec.name, pacing, on_ack, on_reject)
+        super().__init__(spec.name, unanswered, on_ack, on_reject)
         self.spec, self.reader, self.writer, self.answers = spec, reader, writer, answers
         self.where = f"{spec.host}:{spec.port}"
         self._qn: str | None = None  # QN of the message on the wire
@@ -171,26 +171,24 @@ class Hj212Link(SerialLink):
 
 
 class Hj212Connector:
-    def __init__(self, spec: Hj212Spec, pacing: Pacing, timezone: tzinfo | None, history: History):
-        self.spec, self.pacing, self.timezone, self.history = spec, pacing, timezone, history
+    def __init__(self, spec: Hj212Spec, unanswered: Unanswered, timezone: tzinfo | None, history: History):
+        self.spec, self.unanswered, self.timezone, self.history = spec, unanswered, timezone, history
         self.describe = spec.describe
-        self.connect_allowance = spec.delivery.timeout + BACKOFF_MAX
+        self.connect_allowance = spec.delivery.timeout + CAP
 
     async def connect(self, on_ack: Callable[[int], None],
                       on_reject: Callable[[int, str], None]) -> Hj212Link:
         """A connection, and the PW read afresh for the requests answered on it."""
-        await self.pacing.wait()
         spec = self.spec
         reader, writer = await open_stream(spec.host, spec.port, None, spec.delivery.timeout)
         try:
             password = read_secret(spec.body.password_file)
         except (OSError, UnicodeDecodeError) as exc:
             writer.transport.abort()
-            raise ConnectFailed(f"cannot read password_file {spec.body.password_file}: "
-                                f"{getattr(exc, 'strerror', None) or exc}") from None
+            raise ConnectFailed(f"cannot read password_file {spec.body.password_file}: {why(exc)}", "file") from None
         answers = Answers(spec.body.st, spec.body.mn, password, self.timezone, self.history,
                           round(spec.minute_interval * 1000))
-        return Hj212Link(spec, reader, writer, self.pacing, answers, on_ack, on_reject)
+        return Hj212Link(spec, reader, writer, self.unanswered, answers, on_ack, on_reject)
 
 
 class Hj212Uplink(PlatformUplink):
@@ -198,7 +196,7 @@ class Hj212Uplink(PlatformUplink):
 
     def __init__(self, spec: Hj212Spec, ctx: UplinkContext, timezone: tzinfo | None = None):
         super().__init__(spec, ctx, timezone,
-                         lambda s, pacing: Hj212Connector(s, pacing, timezone, self._history),
+                         lambda s, unanswered: Hj212Connector(s, unanswered, timezone, self._history),
                          CONNECTION_KEYS, body_type=RealtimeBody)
 
     async def _history(self, codes: list[str] | None, start_ms: int, end_ms: int,

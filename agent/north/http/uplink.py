@@ -21,10 +21,10 @@ import aiohttp
 
 from agent.common.secrets import read_secret
 from agent.north.ack import NO_ANSWER, Verdict, judge
+from agent.north.backoff import CAP
 from agent.north.base import ConnectFailed, UplinkContext, why
-from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, SerialLink, client_tls, open_stream
+from agent.north.platform import PlatformUplink, SerialLink, Unanswered, client_tls, open_stream
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -42,9 +42,9 @@ def describe(url: str) -> str:
 class HttpLink(SerialLink):
     """One aiohttp session; messages POSTed one after the other, in the order sent."""
 
-    def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, pacing: Pacing,
+    def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, unanswered: Unanswered,
                  on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]):
-        super().__init__(spec.name, pacing, on_ack, on_reject)
+        super().__init__(spec.name, unanswered, on_ack, on_reject)
         self.spec, self.session = spec, session
         self._closing: asyncio.Future | None = None
 
@@ -77,10 +77,10 @@ class HttpLink(SerialLink):
 
 
 class HttpConnector:
-    def __init__(self, spec: HttpSpec, pacing: Pacing):
-        self.spec, self.pacing = spec, pacing
+    def __init__(self, spec: HttpSpec, unanswered: Unanswered):
+        self.spec, self.unanswered = spec, unanswered
         self.describe = describe(spec.url)
-        self.connect_allowance = 2 * spec.delivery.timeout + BACKOFF_MAX
+        self.connect_allowance = 2 * spec.delivery.timeout + CAP
         self.tls = client_tls(spec.ca_file) if spec.tls else None
 
     def _headers(self) -> dict[str, str]:
@@ -97,7 +97,6 @@ class HttpConnector:
 
     async def connect(self, on_ack: Callable[[int], None],
                       on_reject: Callable[[int, str], None]) -> HttpLink:
-        await self.pacing.wait()
         spec = self.spec
         headers = self._headers()
         _, writer = await open_stream(spec.host, spec.port, self.tls, spec.delivery.timeout)
@@ -108,7 +107,7 @@ class HttpConnector:
             connector=aiohttp.TCPConnector(ssl=self.tls if self.tls else True, limit=1),
             timeout=aiohttp.ClientTimeout(total=spec.delivery.timeout), headers=headers,
             raise_for_status=False)
-        return HttpLink(spec, session, self.pacing, on_ack, on_reject)
+        return HttpLink(spec, session, self.unanswered, on_ack, on_reject)
 
 
 class HttpUplink(PlatformUplink):

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 
 from agent.north.ack import NO_ANSWER, REFUSE, Verdict, judge
+from agent.north.backoff import CAP
 from agent.north.base import ConnectFailed, UplinkContext, why
-from agent.north.drain import BACKOFF_MAX
 from agent.north.framing import Deframer, FrameTooLarge, FramingError, frame
 from agent.north.platform import (
-    Pacing,
     PlatformUplink,
     SerialLink,
+    Unanswered,
     client_tls,
     guarded,
     open_stream,
@@ -76,9 +76,9 @@ class TcpLink(SerialLink):
     """
 
     def __init__(self, spec: TcpSpec, connect: Callable[[], Awaitable[_Stream]],
-                 stream: _Stream | None, pacing: Pacing, on_ack: Callable[[int], None],
+                 stream: _Stream | None, unanswered: Unanswered, on_ack: Callable[[int], None],
                  on_reject: Callable[[int, str], None]):
-        super().__init__(spec.name, pacing, on_ack, on_reject)
+        super().__init__(spec.name, unanswered, on_ack, on_reject)
         self.spec, self._connect, self._stream = spec, connect, stream
         self._waiting = False  # persistent: a frame is out and its reply not yet taken
         self._replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
@@ -151,10 +151,10 @@ class TcpLink(SerialLink):
 
 
 class TcpConnector:
-    def __init__(self, spec: TcpSpec, pacing: Pacing):
-        self.spec, self.pacing = spec, pacing
+    def __init__(self, spec: TcpSpec, unanswered: Unanswered):
+        self.spec, self.unanswered = spec, unanswered
         self.describe = f"{'tls' if spec.tls else 'tcp'}://{spec.host}:{spec.port}"
-        self.connect_allowance = 2 * spec.delivery.timeout + BACKOFF_MAX
+        self.connect_allowance = 2 * spec.delivery.timeout + CAP
         self.tls = client_tls(spec.ca_file) if spec.tls else None
 
     async def _open(self) -> _Stream:
@@ -166,12 +166,11 @@ class TcpConnector:
                       on_reject: Callable[[int, str], None]) -> TcpLink:
         """Persistent: the connection the link keeps. Per-message: a first connection proves
         the platform reachable (then closes); each message opens its own."""
-        await self.pacing.wait()
         stream = await self._open()
         if self.spec.connection != "persistent":
             await stream.close(self.spec.delivery.timeout)
-            return TcpLink(self.spec, self._open, None, self.pacing, on_ack, on_reject)
-        return TcpLink(self.spec, self._open, stream, self.pacing, on_ack, on_reject)
+            return TcpLink(self.spec, self._open, None, self.unanswered, on_ack, on_reject)
+        return TcpLink(self.spec, self._open, stream, self.unanswered, on_ack, on_reject)
 
 
 class TcpUplink(PlatformUplink):
