@@ -32,7 +32,8 @@ from plant import DeviceSpec, Plant, PointSpec, Subscriber, parse_ts, write_plan
 
 INTERVAL = 0.2  # poll interval of every device here
 TIMEOUT = 0.3  # and its timeout
-BUDGET = 0.3  # publish time allowed on top of the poll interval: store, build, broker, subscriber
+BUDGET = 1.0  # publish time allowed on top of the poll interval: store, build, broker, subscriber; a
+# loaded 2-core box has stalled 0.7 s at times (an fsync, the CPU): the latency summary shows the usual figures
 LEAD = 4.0  # seconds from writing the scenario to its t0: processes start and settle meanwhile
 READ_SLACK = 0.05  # a poll's collection time is taken before its request goes out
 LATENCIES: list[tuple[str, float]] = []  # (what, seconds) over the whole module
