@@ -58,7 +58,7 @@ class Agent:
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
         self._all_points = cfg.all_points()  # one list per config: uplinks index it once
-        self.store = AsyncStore(cfg.data_dir)
+        self.store = AsyncStore(cfg.data_dir, cfg.timezone)
         self.started_ms = now_ms()
         self.clock = ClockWatch(cfg.clock, self._clock_stepped, self._clock_sync_changed)
         self.writer = Writer(self.store, cfg.all_points(), self._gateway_event_now)
@@ -194,7 +194,7 @@ class Agent:
                     (d.device.name, d.link, d.reason, d.last_good_ms) for d in self.devices])
                 # an unsynchronized clock cannot tell a reading's age: only the size bound applies
                 max_age = limits.max_age if self.clock.synchronized else UNKNOWN_AGE_S
-                events = await self.store.call("enforce_limits", limits.max_bytes, max_age)
+                events = await self.store.call("enforce_limits", limits.max_bytes, max_age, limits.evidence_age)
             except sqlite3.Error:
                 continue  # the writer reports a store that refuses writes
             for ev in events:

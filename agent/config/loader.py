@@ -19,6 +19,7 @@ from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
+from agent.pipeline.evidence import EVIDENCE_AGE_S
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -37,7 +38,8 @@ COMMON_DEVICE_KEYS = {
     "timeout": ("duration:10ms..10m", False), "integrity_interval": ("duration:1s..1d", False),
 }
 CHECKS_KEYS = {"rules": ("path", False)}
-STORE_KEYS = {"max_size": ("size:1MiB..1TiB", False), "max_age": ("duration:10s..3650d", False)}
+STORE_KEYS = {"max_size": ("size:1MiB..1TiB", False), "max_age": ("duration:10s..3650d", False),
+              "evidence_max_age": ("duration:1d..3650d", False)}
 CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
               "step_threshold": ("duration:100ms..1h", False)}
 HEALTH_KEYS = {"listen": ("str", False)}
@@ -120,7 +122,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     return GatewayConfig(
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"], timezone=timezone,
         data_dir=gw["data_dir"], uplinks=uplinks, devices=devices, rules_file=checks.get("rules"), rules=rules,
-        store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
+        store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0),
+                          evidence_age=st.get("evidence_max_age", EVIDENCE_AGE_S)),
         clock=ClockConfig(**ck), health_listen=listen, warnings=problems.warnings,
     )
 
