@@ -164,6 +164,14 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return buffer(_load_or_applied(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent.tools.report import report
+
+    return report(_load(args.config), args.from_, args.to, Path(args.output), Path(args.json) if args.json else None)
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     if args.listen is None:
         if args.broker is None:
@@ -253,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_buffer)
+
+    p = sub.add_parser("report", help="the evidence report: interlocks and detectors in service, readings "
+                       "stored and delivered, as an HTML page (and JSON)")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--from", dest="from_", required=True, metavar="DATE",
+                   help="start: a local day (2026-11-01) or an RFC 3339 time")
+    p.add_argument("--to", required=True, metavar="DATE", help="end: a local day (included) or an RFC 3339 time")
+    p.add_argument("-o", "--output", required=True, help="the HTML page to write")
+    p.add_argument("--json", default=None, help="also the figures as JSON to this file")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)
