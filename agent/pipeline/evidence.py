@@ -9,9 +9,13 @@ default) are pruned with the store's bounds.
   (start, end or NULL while it lasts, detail such as the bypass's `overdue`).
 - `days`: per local day and point, the readings stored by quality, the first and last
   collection time and the longest hole between two readings.
-- `delivered`: per local day, uplink and point, the readings the far end acknowledged, on time
-  and back-filled (counted when the message is taken, credited when it is acknowledged).
-- `evicted`: per local day and uplink, the readings a store bound dropped before it had them.
+- `delivered`: per local day, uplink and point, the readings the far end acknowledged (each
+  message's points are counted in memory when it is numbered and credited when it is
+  acknowledged; a message numbered before a restart and acknowledged after it is credited to
+  no point, so these counts may fall short, never over).
+- `uplink_days`: per local day (of a message's oldest reading) and uplink, the readings
+  acknowledged on time and back-filled (from the outbox row, exact), and those a store bound
+  dropped before the uplink had them (on the day they were collected).
 - `runs`: when the agent ran (its start and its last flush).
 
 Counts are kept in memory and flushed at most FLUSH_S apart inside the store's own
@@ -24,8 +28,10 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, tzinfo
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,8 @@ from agent.common.timefmt import now_ms
 EVIDENCE_NAME = "evidence.db"
 EVIDENCE_AGE_S = 400 * 86400.0  # the default `[store] evidence_max_age`
 FLUSH_S = 5.0  # counts kept in memory at most this long
+FLUSH_ROWS = 1000  # evidence rows written in one store transaction at most
+INFLIGHT_MAX = 4096  # messages whose points wait for their acknowledgement, at most (the oldest go)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ev.intervals(
@@ -46,12 +54,23 @@ CREATE TABLE IF NOT EXISTS ev.days(
   uncertain INTEGER NOT NULL, bad INTEGER NOT NULL, first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL,
   hole_ms INTEGER NOT NULL, PRIMARY KEY(day, tag)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ev.delivered(
-  day INTEGER NOT NULL, uplink TEXT NOT NULL, tag TEXT NOT NULL, on_time INTEGER NOT NULL,
-  backfilled INTEGER NOT NULL, PRIMARY KEY(day, uplink, tag)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ev.evicted(
-  day INTEGER NOT NULL, uplink TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY(day, uplink)) WITHOUT ROWID;
+  day INTEGER NOT NULL, uplink TEXT NOT NULL, tag TEXT NOT NULL, count INTEGER NOT NULL,
+  PRIMARY KEY(day, uplink, tag)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ev.uplink_days(
+  day INTEGER NOT NULL, uplink TEXT NOT NULL, on_time INTEGER NOT NULL, backfilled INTEGER NOT NULL,
+  evicted INTEGER NOT NULL, PRIMARY KEY(day, uplink)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ev.runs(start INTEGER PRIMARY KEY, last INTEGER NOT NULL);
 """
+
+UPSERT_DAYS = (
+    "INSERT INTO ev.days VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+    "stored = stored + excluded.stored, good = good + excluded.good, uncertain = uncertain + excluded.uncertain, "
+    "bad = bad + excluded.bad, hole_ms = MAX(hole_ms, excluded.hole_ms, excluded.first_ts - last_ts), "
+    "first_ts = MIN(first_ts, excluded.first_ts), last_ts = MAX(last_ts, excluded.last_ts)")
+UPSERT_DELIVERED = "INSERT INTO ev.delivered VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET count = count + excluded.count"
+UPSERT_UPLINK_DAYS = (
+    "INSERT INTO ev.uplink_days VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET on_time = on_time + excluded.on_time, "
+    "backfilled = backfilled + excluded.backfilled, evicted = evicted + excluded.evicted")
 
 # event kind -> (subject kind, the event states that open or update the interval, those that end it)
 INTERVAL_EVENTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -91,15 +110,59 @@ def ms_of(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
+class DayCounts:
+    """One day's readings per point (pid or tag): count, uncertain, bad, first and last
+    collection time, longest hole between two readings."""
+
+    __slots__ = ("n", "unc", "bad", "first", "last", "hole")
+
+    def __init__(self) -> None:
+        self.n: dict[Any, int] = {}
+        self.unc: Counter[Any] = Counter()
+        self.bad: Counter[Any] = Counter()
+        self.first: dict[Any, int] = {}
+        self.last: dict[Any, int] = {}
+        self.hole: dict[Any, int] = {}
+
+    def add(self, rows: list[tuple]) -> None:
+        """(ts_ms, key, value, quality code, reason) rows; quality codes: 1 uncertain, 2 bad."""
+        n, first, last, hole = self.n, self.first, self.last, self.hole
+        all_good = not any(map(itemgetter(3), rows))
+        for r in rows:
+            ts, k = r[0], r[1]
+            p = last.get(k)
+            if p is None:
+                n[k], first[k], last[k], hole[k] = 1, ts, ts, 0
+            else:
+                n[k] += 1
+                if ts > p:
+                    if ts - p > hole[k]:
+                        hole[k] = ts - p
+                    last[k] = ts
+                elif ts < first[k]:
+                    first[k] = ts
+            if not all_good and r[3]:
+                (self.unc if r[3] == 1 else self.bad)[k] += 1
+
+    def rows(self, day: int, tag_of: Callable[[Any], str]) -> Iterator[tuple]:
+        """(day, tag, stored, good, uncertain, bad, first, last, hole) per point."""
+        for k, n in self.n.items():
+            unc, bad = self.unc.get(k, 0), self.bad.get(k, 0)
+            yield day, tag_of(k), n, n - unc - bad, unc, bad, self.first[k], self.last[k], self.hole[k]
+
+
 class Evidence:
     """The evidence record's writer, owned by a writable Store and used inside its transactions."""
 
     def __init__(self, days: DayClock, opened_ms: int):
         self.days = days
         self.opened = opened_ms
-        self._stored: dict[tuple[int, Any], list[int]] = {}  # (day, pid or tag) -> [n, good, unc, bad, first, last, hole]
-        self._delivered: Counter[tuple[int, str, int, bool]] = Counter()  # (day, uplink, pid, backfill) -> n
+        self._stored: dict[int, DayCounts] = {}
+        self._inflight: dict[tuple[str, int], list[tuple[int, Counter[str]]]] = {}  # (uplink, seq) -> [(day, tag -> n)]
+        self._delivered: dict[tuple[int, str], Counter[str]] = {}  # (day, uplink) -> tag -> readings
+        self._uplinks: dict[tuple[int, str], list[int]] = {}  # (day, uplink) -> [on time, back-filled, evicted]
         self._flushed = time.monotonic()
+        self._writing: list[tuple[str, Iterator[tuple]]] = []  # (upsert, rows) handed over, not yet written
 
     @staticmethod
     def attach(db: sqlite3.Connection, data_dir: Path, readonly: bool) -> bool:
@@ -120,63 +183,100 @@ class Evidence:
         return True
 
     # --- readings stored and delivered ---------------------------------------------------
-    def stored(self, rows: Iterable[tuple]) -> None:
-        """Count readings as stored: (ts_ms, pid or tag, value, quality code, reason)."""
-        acc, day = self._stored, self.days.day
-        for ts, key, _v, q, _r in rows:
-            c = acc.get(k := (day(ts), key))
-            if c is None:
-                acc[k] = c = [0, 0, 0, 0, ts, ts, 0]
-            c[0] += 1
-            c[1 + q] += 1
-            if ts > c[5]:
-                if ts - c[5] > c[6]:
-                    c[6] = ts - c[5]
-                c[5] = ts
-            elif ts < c[4]:
-                c[4] = ts
-
-    def tally(self, rows: Iterable[tuple]) -> bytes:
-        """What a message carries, per day and point, kept with it until it is acknowledged."""
+    def stored(self, rows: list[tuple]) -> None:
+        """Count readings as stored: (ts_ms, pid or tag, value, quality code, reason). A call's
+        readings are of one day except around midnight; then they are split by day."""
+        if not rows:
+            return
+        stamps = list(map(itemgetter(0), rows))
         day = self.days.day
-        return orjson.dumps([[d, pid, n] for (d, pid), n in Counter((day(r[0]), r[1]) for r in rows).items()])
+        first = day(min(stamps))
+        if first == day(max(stamps)):
+            self._day(first).add(rows)
+            return
+        split: dict[int, list[tuple]] = {}
+        for r in rows:
+            split.setdefault(day(r[0]), []).append(r)
+        for d, part in split.items():
+            self._day(d).add(part)
 
-    def delivered(self, uplink: str, tallies: Iterable[tuple[bytes | None, int]]) -> None:
-        """Messages acknowledged: (their tally, whether they were back-fill)."""
-        acc = self._delivered
-        for blob, backfill in tallies:
-            if blob:
-                for d, pid, n in orjson.loads(blob):
-                    acc[(d, uplink, pid, bool(backfill))] += n
+    def _day(self, day: int) -> DayCounts:
+        if (c := self._stored.get(day)) is None:
+            c = self._stored[day] = DayCounts()
+        return c
 
-    def evicted(self, db: sqlite3.Connection, lost: Iterable[tuple[str, int, int]]) -> None:
+    def taken(self, uplink: str, seq: int, rows: list[tuple]) -> None:
+        """A message was numbered: its points per day, (ts_ms, tag, ...) rows, wait for its
+        acknowledgement. A message within one day (the usual case) is counted in C."""
+        day = self.days.day
+        stamps = list(map(itemgetter(0), rows))
+        first, last = day(min(stamps)), day(max(stamps))
+        if first == last:
+            per = [(first, Counter(map(itemgetter(1), rows)))]
+        else:
+            split: dict[int, Counter[str]] = {}
+            for r in rows:
+                split.setdefault(day(r[0]), Counter())[r[1]] += 1
+            per = list(split.items())
+        inflight = self._inflight
+        inflight[(uplink, seq)] = per
+        if len(inflight) > INFLIGHT_MAX:
+            del inflight[next(iter(inflight))]
+
+    def set_aside(self, uplink: str, seq: int) -> None:
+        self._inflight.pop((uplink, seq), None)
+
+    def acked(self, uplink: str, messages: Iterable[tuple[int, int, int, int | None]]) -> None:
+        """Messages acknowledged: (seq, readings, back-fill, oldest collection time)."""
+        day = self.days.day
+        for seq, count, backfill, oldest in messages:
+            for d, tags in self._inflight.pop((uplink, seq), ()):
+                if (c := self._delivered.get((d, uplink))) is None:
+                    self._delivered[(d, uplink)] = tags
+                else:
+                    c.update(tags)
+            if oldest is not None and count:
+                self._uplink_day(day(oldest), uplink)[1 if backfill else 0] += count
+
+    def evicted(self, lost: Iterable[tuple[str, int, int]]) -> None:
         """Readings a bound dropped, (uplink, the oldest collection time of their chunk, count):
         counted on the day they were collected (a chunk holds one poll or so)."""
-        per: Counter[tuple[int, str]] = Counter()
         for uplink, oldest, n in lost:
-            per[(self.days.day(oldest), uplink)] += n
-        db.executemany("INSERT INTO ev.evicted VALUES (?,?,?) ON CONFLICT DO UPDATE SET count = count + excluded.count",
-                       ((day, uplink, n) for (day, uplink), n in per.items() if n))
+            self._uplink_day(self.days.day(oldest), uplink)[2] += n
+
+    def _uplink_day(self, day: int, uplink: str) -> list[int]:
+        if (c := self._uplinks.get((day, uplink))) is None:
+            c = self._uplinks[(day, uplink)] = [0, 0, 0]
+        return c
 
     def flush(self, db: sqlite3.Connection, tag_of: Callable[[Any], str], force: bool = False) -> None:
-        """Write the counts kept in memory (inside the caller's transaction) when due."""
-        if not force and time.monotonic() - self._flushed < FLUSH_S:
-            return
-        self._flushed = time.monotonic()
-        db.executemany(
-            "INSERT INTO ev.days VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-            "stored = stored + excluded.stored, good = good + excluded.good, "
-            "uncertain = uncertain + excluded.uncertain, bad = bad + excluded.bad, "
-            "hole_ms = MAX(hole_ms, excluded.hole_ms, excluded.first_ts - last_ts), "
-            "first_ts = MIN(first_ts, excluded.first_ts), last_ts = MAX(last_ts, excluded.last_ts)",
-            ((d, tag_of(key), *c) for (d, key), c in self._stored.items()))
-        db.executemany(
-            "INSERT INTO ev.delivered VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-            "on_time = on_time + excluded.on_time, backfilled = backfilled + excluded.backfilled",
-            ((d, up, tag_of(pid), 0 if back else n, n if back else 0)
-             for (d, up, pid, back), n in self._delivered.items()))
-        db.execute("INSERT OR REPLACE INTO ev.runs VALUES (?, ?)", (self.opened, now_ms()))
-        self._stored, self._delivered = {}, Counter()
+        """Write the counts kept in memory, inside the caller's transaction: when due, they are
+        handed over for writing, FLUSH_ROWS rows a call (a 10 000-point gateway's counts take
+        several of the store's transactions, so none of them stalls an event); `force`: all."""
+        if force:
+            self._write(db, None)
+        if not self._writing and (force or time.monotonic() - self._flushed >= FLUSH_S):
+            self._flushed = time.monotonic()
+            stored, delivered, uplinks = self._stored, self._delivered, self._uplinks
+            self._stored, self._delivered, self._uplinks = {}, {}, {}
+            self._writing = [
+                (UPSERT_DAYS, (row for d, counts in stored.items() for row in counts.rows(d, tag_of))),
+                (UPSERT_DELIVERED, ((d, up, tag, n) for (d, up), c in delivered.items() for tag, n in c.items())),
+                (UPSERT_UPLINK_DAYS, ((d, up, *c) for (d, up), c in uplinks.items())),
+            ]
+            db.execute("INSERT OR REPLACE INTO ev.runs VALUES (?, ?)", (self.opened, now_ms()))
+        self._write(db, None if force else FLUSH_ROWS)
+
+    def _write(self, db: sqlite3.Connection, budget: int | None) -> None:
+        while self._writing and (budget is None or budget > 0):
+            sql, rows = self._writing[0]
+            part = list(rows if budget is None else islice(rows, budget))
+            db.executemany(sql, part)
+            if budget is not None:
+                budget -= len(part)
+                if budget == 0:
+                    return
+            self._writing.pop(0)
 
     # --- conditions, from the checks' events -----------------------------------------------
     def conditions(self, db: sqlite3.Connection, events: Iterable[tuple[int, dict]]) -> None:
@@ -207,7 +307,7 @@ class Evidence:
         cutoff = now - int(keep_s * 1000)
         day = self.days.day(cutoff)
         db.execute("DELETE FROM ev.intervals WHERE end IS NOT NULL AND end < ?", (cutoff,))
-        for table in ("days", "delivered", "evicted"):
+        for table in ("days", "delivered", "uplink_days"):
             db.execute(f"DELETE FROM ev.{table} WHERE day < ?", (day,))
         db.execute("DELETE FROM ev.runs WHERE last < ?", (cutoff,))
 
@@ -252,9 +352,11 @@ def read_days(db: sqlite3.Connection, first: int, last: int) -> list[tuple]:
     return db.execute("SELECT * FROM ev.days WHERE day BETWEEN ? AND ? ORDER BY tag, day", (first, last)).fetchall()
 
 
-def read_delivered(db: sqlite3.Connection, first: int, last: int) -> list[tuple[int, str, str, int, int]]:
+def read_delivered(db: sqlite3.Connection, first: int, last: int) -> list[tuple[int, str, str, int]]:
+    """(day, uplink, tag, readings acknowledged)."""
     return db.execute("SELECT * FROM ev.delivered WHERE day BETWEEN ? AND ?", (first, last)).fetchall()
 
 
-def read_evicted(db: sqlite3.Connection, first: int, last: int) -> list[tuple[int, str, int]]:
-    return db.execute("SELECT * FROM ev.evicted WHERE day BETWEEN ? AND ?", (first, last)).fetchall()
+def read_uplink_days(db: sqlite3.Connection, first: int, last: int) -> list[tuple[int, str, int, int, int]]:
+    """(day, uplink, on time, back-filled, evicted)."""
+    return db.execute("SELECT * FROM ev.uplink_days WHERE day BETWEEN ? AND ?", (first, last)).fetchall()

@@ -91,7 +91,7 @@ CREATE TABLE outbox(
   uplink TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, retain INTEGER NOT NULL,
   created INTEGER NOT NULL, count INTEGER NOT NULL, oldest INTEGER, payload BLOB NOT NULL,
   rejects INTEGER NOT NULL DEFAULT 0, aside INTEGER NOT NULL DEFAULT 0, reason TEXT,
-  tally BLOB, backfill INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(uplink, seq))
+  backfill INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(uplink, seq))
 """
 
 
@@ -223,8 +223,7 @@ class Store:
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone()
         columns = [r[1] for r in self.db.execute("PRAGMA table_info(outbox)")] if old else []
         if "uplink" in columns:
-            if "tally" not in columns:  # a store written before the evidence record
-                self.db.execute("ALTER TABLE outbox ADD COLUMN tally BLOB")
+            if "backfill" not in columns:  # a store written before the evidence record
                 self.db.execute("ALTER TABLE outbox ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0")
             return
         with self._tx():
@@ -490,13 +489,14 @@ class Store:
 
     def _enqueue(self, uplink: str, seq: int, kind: str, retain: bool, count: int, oldest: int | None,
                  payload: bytes, body: list[tuple] | None = None, backfill: bool = False) -> None:
-        """`body`: the records the message carries (ts, tag, ...), tallied for the evidence record."""
-        tally = self.evidence.tally(body) if body and self.evidence is not None else None
+        """`body`: the records the message carries (ts, tag, ...), for the evidence record."""
         self.db.execute(
-            "INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload, tally, backfill) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (uplink, seq, kind, int(retain), now_ms(), count, oldest, payload, tally, int(backfill)),
+            "INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload, backfill) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (uplink, seq, kind, int(retain), now_ms(), count, oldest, payload, int(backfill)),
         )
+        if body and self.evidence is not None:
+            self.evidence.taken(uplink, seq, body)
         self.db.execute("UPDATE uplinks SET next_seq=? WHERE name=?", (seq + 1, uplink))
 
     def take_readings(self, build: Builder, limit: int, after_id: int = 0, upto_id: int | None = None,
@@ -785,9 +785,9 @@ class Store:
 
     def _ack(self, uplink: str, seqs: list[int]) -> None:
         if self.evidence is not None:
-            self.evidence.delivered(uplink, self.db.execute(
-                f"SELECT tally, backfill FROM outbox WHERE uplink=? AND seq IN ({','.join('?' * len(seqs))})",
-                (uplink, *seqs)))
+            self.evidence.acked(uplink, self.db.execute(
+                "SELECT seq, count, backfill, oldest FROM outbox WHERE uplink=? AND kind != 'events' AND seq IN "
+                f"({','.join('?' * len(seqs))})", (uplink, *seqs)))
             self._flush_evidence()
         self.db.executemany("DELETE FROM outbox WHERE uplink=? AND seq=?", ((uplink, s) for s in seqs))
         self.db.execute("UPDATE uplinks SET last_ack_seq=MAX(COALESCE(last_ack_seq, 0), ?), last_ack_at=? "
@@ -802,6 +802,8 @@ class Store:
             if row is None or row[0] < max_rejects:
                 return None
             self.db.execute("UPDATE outbox SET aside=1 WHERE uplink=? AND seq=?", (uplink, seq))
+            if self.evidence is not None:
+                self.evidence.set_aside(uplink, seq)  # its points are credited to none if it goes later
             ts = now_ms()
             event = {"id": f"uplink-rejected-{uplink}-{seq}", "kind": "uplink_rejected", "severity": "alarm",
                      "state": "set_aside", "ts": rfc3339(ts), "source": "gateway", "uplink": uplink,
@@ -868,7 +870,7 @@ class Store:
             self.db.executemany("UPDATE uplinks SET evicted = evicted + ? WHERE name = ?",
                                 ((n, name) for name, n in lost.items()))
             if self.evidence is not None:
-                self.evidence.evicted(self.db, self.db.execute(
+                self.evidence.evicted(self.db.execute(
                     "SELECT p.uplink, c.oldest, c.count - p.taken FROM pending p JOIN chunks c ON c.id = p.chunk "
                     "WHERE p.chunk <= ?", (upto_id,)))
             self.db.execute("DELETE FROM pending WHERE chunk <= ?", (upto_id,))

@@ -23,9 +23,9 @@ from agent.pipeline.evidence import (
     DayClock,
     read_days,
     read_delivered,
-    read_evicted,
     read_intervals,
     read_runs,
+    read_uplink_days,
 )
 
 INTERLOCK_STATES = ("in_service", "bypassed_declared", "bypassed_undeclared", "out_of_service", "tripped", "unknown")
@@ -211,15 +211,12 @@ def _delivery(cfg: GatewayConfig, db: sqlite3.Connection, days: list[tuple[int, 
     delivered: dict[tuple[str, str], int] = Counter()
     per_day: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
     up_totals: dict[str, Counter[str]] = {n: Counter() for n in names}
-    for day, up, tag, on_time, back in read_delivered(db, first, last):
-        delivered[(tag, up)] += on_time + back
-        per_day[(tag, day)][up] += on_time + back
+    for day, up, tag, n in read_delivered(db, first, last):
+        delivered[(tag, up)] += n
+        per_day[(tag, day)][up] += n
+    for _day, up, on_time, back, evicted in read_uplink_days(db, first, last):
         if up in up_totals:
-            up_totals[up]["on_time"] += on_time
-            up_totals[up]["backfilled"] += back
-    for _day, up, n in read_evicted(db, first, last):
-        if up in up_totals:
-            up_totals[up]["evicted"] += n
+            up_totals[up].update(on_time=on_time, backfilled=back, evicted=evicted)
     points, devices, completeness = [], [], {}
     for dev in cfg.devices:
         dev_sum: Counter[str] = Counter()
