@@ -18,9 +18,9 @@ default) are pruned with the store's bounds.
   dropped before the uplink had them (on the day they were collected).
 - `runs`: when the agent ran (its start and its last flush).
 
-Counts are kept in memory and flushed at most FLUSH_S apart inside the store's own
-transactions (and when the store closes): an agent killed outright loses at most that much of
-the counts, never a reading or an interval.
+Counts are kept in memory and written every FLUSH_S (a minute), FLUSH_ROWS rows per store
+transaction, and when the store closes: an agent killed outright loses at most that much of
+the counts, never a reading or an interval. The runs' ends are written with every heartbeat.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from agent.common.timefmt import now_ms
 
 EVIDENCE_NAME = "evidence.db"
 EVIDENCE_AGE_S = 400 * 86400.0  # the default `[store] evidence_max_age`
-FLUSH_S = 5.0  # counts kept in memory at most this long
+FLUSH_S = 60.0  # counts kept in memory at most this long (a 10 000-point flush is 20 000 upserts)
 FLUSH_ROWS = 1000  # evidence rows written in one store transaction at most
 INFLIGHT_MAX = 4096  # messages whose points wait for their acknowledgement, at most (the oldest go)
 
@@ -264,8 +264,13 @@ class Evidence:
                 (UPSERT_DELIVERED, ((d, up, tag, n) for (d, up), c in delivered.items() for tag, n in c.items())),
                 (UPSERT_UPLINK_DAYS, ((d, up, *c) for (d, up), c in uplinks.items())),
             ]
-            db.execute("INSERT OR REPLACE INTO ev.runs VALUES (?, ?)", (self.opened, now_ms()))
         self._write(db, None if force else FLUSH_ROWS)
+        if force:
+            self.beat(db)
+
+    def beat(self, db: sqlite3.Connection) -> None:
+        """The agent runs now (the store's heartbeat, every 5 s)."""
+        db.execute("INSERT OR REPLACE INTO ev.runs VALUES (?, ?)", (self.opened, now_ms()))
 
     def _write(self, db: sqlite3.Connection, budget: int | None) -> None:
         while self._writing and (budget is None or budget > 0):

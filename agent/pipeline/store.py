@@ -363,6 +363,8 @@ class Store:
         """Periodic liveness record for `hazgate status`: time now and each device's state."""
         with self._tx():
             self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('heartbeat', ?)", (now_ms(),))
+            if self.evidence is not None:
+                self.evidence.beat(self.db)
             self._flush_evidence()
             for dev in devices:
                 self._upsert_device(*dev)

@@ -57,6 +57,8 @@ class Figures:
     """The report: `json` is the machine shape (fixed by issue 18); the rest feeds the page."""
 
     json: dict
+    frm: int  # the period, ms
+    to: int
     timelines: dict[str, list[Span]]  # "interlock:ID" / "detector:TAG" -> resolved states over the period
     days: list[tuple[int, int, int]]  # (YYYYMMDD, first ms, end ms) of each day in the period
     completeness: dict[str, list[float | None]]  # tag -> per day delivered share (None: no poll expected)
@@ -197,7 +199,7 @@ def build(cfg: GatewayConfig, db: sqlite3.Connection, frm: int, to: int) -> Figu
     out = {"gateway": cfg.gateway_id, "from": rfc3339(frm), "to": rfc3339(to),
            "plant_in_service_share": plant_share(rates, frm, to)[0], "interlocks": interlocks, "detectors": detectors, "points": points, "devices": devices,
            "uplinks": uplinks, "daily": daily}
-    return Figures(out, timelines, days, completeness)
+    return Figures(out, frm, to, timelines, days, completeness)
 
 
 def _delivery(cfg: GatewayConfig, db: sqlite3.Connection, days: list[tuple[int, int, int]], frm: int,

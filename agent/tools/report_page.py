@@ -19,7 +19,8 @@ COLOURS = {
     "declared_stop": "#64b5f6", "out_of_service": "#c62828", "fault": "#c62828", "tripped": "#6a1b9a",
     "flatline": "#ef6c00", "out_of_range": "#ad1457", "unknown": "#9e9e9e", "no_data": "#9e9e9e",
 }
-STRIP_W, STRIP_H = 720, 14  # px
+STRIP_W, STRIP_H, MIN_W = 720, 14, 2.0  # px
+BASE = ("in_service", "alive")
 CELL_W, CELL_H = 18, 10
 CSS = """
 body{font:13px/1.35 "DejaVu Sans",Arial,sans-serif;margin:16px;color:#222}
@@ -43,8 +44,10 @@ def page(fig: Figures) -> str:
              "<h2>Interlocks</h2>", _legend(("in_service", "bypassed_undeclared", "bypassed_declared",
                                               "out_of_service", "tripped", "unknown")),
              *(_strip("interlock", il["id"], fig.timelines[f"interlock:{il['id']}"]) for il in j["interlocks"]),
+             _axis(fig),
              "<h2>Gas detectors</h2>", _legend(("alive", "fault", "flatline", "out_of_range", "declared_stop", "no_data")),
              *(_strip("detector", d["tag"], fig.timelines[f"detector:{d['tag']}"]) for d in j["detectors"]),
+             _axis(fig),
              "<h2>Daily in-service rate (plant)</h2>", _daily_chart(j["daily"]),
              "<h2>Completeness (readings acknowledged by every uplink, point x day)</h2>", _heat_map(fig),
              _interlock_table(j), _episode_table(j), _detector_table(j), _uplink_table(j), _point_table(j),
@@ -67,14 +70,30 @@ def _strip(kind: str, ident: str, spans: list[Span]) -> str:
     t0, t1 = spans[0].start, spans[-1].end
     scale = STRIP_W / max(1, t1 - t0)
     rects = []
-    for s in spans:
-        x, w = (s.start - t0) * scale, max(0.5, (s.end - s.start) * scale)
+    # a short episode stays visible: at least MIN_W wide (its title tells its times), drawn over the rest
+    for s in sorted(spans, key=lambda s: s.state not in BASE):
+        x, w = (s.start - t0) * scale, max(MIN_W if s.state not in BASE else 0.5, (s.end - s.start) * scale)
         title = f"{s.state.replace('_', ' ')}: {rfc3339(s.start)} to {rfc3339(s.end)} ({(s.end - s.start) / 1000:g} s)"
         rects.append(f"<rect x='{x:.2f}' y='0' width='{w:.2f}' height='{STRIP_H}' fill='{COLOURS[s.state]}' "
                      f"data-state='{s.state}'><title>{escape(title)}</title></rect>")
     return (f"<div class='strip'><span class='id'>{escape(ident)}</span><svg class='timeline' data-kind='{kind}' "
             f"data-id='{escape(ident, quote=True)}' width='{STRIP_W}' height='{STRIP_H}' "
             f"viewBox='0 0 {STRIP_W} {STRIP_H}'>{''.join(rects)}</svg></div>")
+
+
+def _axis(fig: Figures) -> str:
+    """Under the strips: each local day's start (month-day), or the period's ends within a day."""
+    t0, t1 = fig.frm, fig.to
+    scale = STRIP_W / max(1, t1 - t0)
+    if len(fig.days) > 1:
+        marks = [((lo - t0) * scale, f"{day // 100 % 100:02d}-{day % 100:02d}") for day, lo, _ in fig.days if lo >= t0]
+    else:
+        marks = [(0.0, rfc3339(t0)[11:19]), (STRIP_W - 48.0, rfc3339(t1)[11:19])]
+    step = max(1, len(marks) // 15)  # at most about 15 labels
+    text = "".join(f"<line x1='{x:.1f}' x2='{x:.1f}' y1='0' y2='4' stroke='#666'/><text x='{x + 1:.1f}' y='13'>"
+                   f"{escape(label)}</text>" for x, label in marks[::step])
+    return (f"<div class='strip'><span class='id'></span><svg class='axis' width='{STRIP_W}' height='16' "
+            f"font-size='9'>{text}</svg></div>")
 
 
 def _daily_chart(daily: list[dict]) -> str:
