@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
-    p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file")
+    p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file; "
+                   "FILE.html (with --broker): the completeness page per gateway and point from --db instead")
     p.set_defaults(func=cmd_receive, log_level_default="info")
 
     p = sub.add_parser("demo", help="simulated plant + local broker + agent + receiver with a live view")

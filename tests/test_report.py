@@ -5,6 +5,9 @@ The issue's 300 s window is scaled down tenfold to keep the suite short: a 30 s 
 6 s bypass (80 % in service), a 3 s detector fault and a 2 s broker outage. The JSON figures
 must match the script within one poll interval; the page must hold every interlock and
 detector, and render in headless Chromium without a script error, its timelines in the DOM.
+`hazgate receive --report FILE.html`, subscribed throughout, must find the same completeness
+from the platform side (the agent is held still while the broker comes back until the receiver
+is subscribed again, as in test_outage: the broker keeps no sessions).
 """
 
 from __future__ import annotations
@@ -83,10 +86,19 @@ class Run:
     html: Path
     html_text: str
     took: float  # seconds `hazgate report` took
+    received: dict  # the receiver's completeness figures, for the gateway
+    paused: float  # seconds the agent was held still after the outage
 
 
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def wait_subscribed(rx: Proc, times: int) -> None:
+    deadline = time.monotonic() + 15
+    while rx.output().count("msg='subscribed'") < times:
+        assert rx.alive() and time.monotonic() < deadline, f"receiver did not subscribe:\n{rx.output()}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +111,29 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         plant = write_plant(root, broker.url, devices(), publish_interval="200ms")
         t0 = time.time() + LEAD
         finish_plant(plant, t0, RULES)
+        rx_page = root / "receive.html"
+        rx = Proc([*HAZGATE, "receive", "--broker", broker.url, "--db", str(root / "received.db"),
+                   "--report", str(rx_page)], root / "receive.log")
+        procs.append(rx)
+        wait_subscribed(rx, 1)
         start_sims(plant, procs, ["plc"])
         agent = plant.start_agent(procs)
         wait_until_scenario(t0, OUTAGE[0])
         broker.kill()
         wait_until_scenario(t0, OUTAGE[1])
+        agent.send(signal.SIGSTOP)
+        held = time.monotonic()
         broker.start()
+        wait_subscribed(rx, 2)
+        agent.send(signal.SIGCONT)
+        paused = time.monotonic() - held
         wait_until_scenario(t0, TO + 3.0)  # the outage's back-fill is delivered meanwhile
         assert agent.alive(), agent.output()[-3000:]
         assert stop_checked(agent) == 0, agent.output()[-3000:]
+        time.sleep(0.5)
+        assert stop_checked(rx) == 0, rx.output()[-3000:]
+        figures = re.search(r"<script type='application/json' id='figures'>(.*?)</script>", rx_page.read_text(), re.S)
+        assert figures, rx_page.read_text()[:2000]
         html, js = root / "report.html", root / "report.json"
         began = time.monotonic()
         out = subprocess.run([*HAZGATE, "report", "-c", str(plant.config), "--from", rfc3339(t0 + FROM),
@@ -116,7 +142,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         took = time.monotonic() - began
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"{html}: 2 interlocks, 2 detectors, 8 points" in out.stdout, out.stdout
-        yield Run(root, json.loads(js.read_text()), html, html.read_text(encoding="utf-8"), took)
+        yield Run(root, json.loads(js.read_text()), html, html.read_text(encoding="utf-8"), took,
+                  json.loads(figures.group(1))[plant.gateway_id], paused)
     finally:
         for p in procs:
             p.stop(signal.SIGKILL if not p.alive() else signal.SIGTERM)
@@ -158,7 +185,7 @@ def test_figures_match_the_script_within_one_poll(run: Run) -> None:
         assert p["stored"] >= p["expected"], p  # the whole run counts (whole local days)
         assert p["quality"]["good"] == p["stored"], p
         assert 0 <= p["stored"] - p["delivered"]["mqtt"] <= 10, p  # the last polls before the stop
-        assert p["longest_hole_s"] < 3 * INTERVAL + 0.5, p
+        assert p["longest_hole_s"] < 3 * INTERVAL + 0.5 + run.paused, p
     (day,) = [d for d in f["daily"] if d["plant"] is not None] or [None]
     assert day is not None and 0.85 < day["plant"] < 0.99, f["daily"]
     assert f["plant_in_service_share"] == day["plant"]
@@ -169,7 +196,7 @@ def test_the_page_holds_every_interlock_and_detector(run: Run) -> None:
     for ident in ("SIS-R101-TZ01", "SIS-T201-PZ02", "GT101", "GT102"):
         assert f"data-id='{ident}'" in run.html_text, ident
     assert run.html_text.count("class='timeline'") == 4
-    assert "<svg id='heatmap'" in run.html_text and "pygal-chart" in run.html_text
+    assert "<svg class='heatmap'" in run.html_text and "pygal-chart" in run.html_text
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", run.html_text), "the page must not load anything"
     assert "@page{size:A4" in run.html_text
 
@@ -202,3 +229,18 @@ def test_the_page_renders_in_headless_chromium(run: Run) -> None:
                           capture_output=True, text=True, timeout=90)
     assert snap.returncode == 0 and shot.exists() and shot.stat().st_size > 20_000, snap.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.long(45)
+def test_hazgate_receive_report_finds_the_same_completeness(run: Run) -> None:
+    got = {p["tag"]: p for p in run.received["points"]}
+    assert set(got) == {p["tag"] for p in run.figures["points"]}
+    for p in run.figures["points"]:
+        r = got[p["tag"]]
+        assert 0 <= r["received"] - p["delivered"]["mqtt"] <= 10, (p, r)  # acknowledged, or sent before the stop
+        assert r["quality"] == {**p["quality"], "good": r["received"]}, (p, r)
+        assert r["longest_hole_s"] == pytest.approx(p["longest_hole_s"], abs=0.01), (p, r)
+        assert list(r["per_day"].values()) == [r["received"]], r
+    assert sum(p["backfilled"] for p in got.values()) >= run.figures["uplinks"][0]["backfilled"] * 0.9
+    page = (run.root / "receive.html").read_text()
+    assert "<svg class='heatmap'" in page and all(f">{t}<" in page for t in got)

@@ -193,7 +193,7 @@ def build(cfg: GatewayConfig, db: sqlite3.Connection, frm: int, to: int) -> Figu
     daily = []
     for day, lo, hi in days:
         plant, per = plant_share(rates, max(lo, frm), min(hi, to))
-        daily.append({"day": _day_text(day), "plant": plant,
+        daily.append({"day": day_text(day), "plant": plant,
                       "interlocks": {k.split(":", 1)[1]: v for k, v in per.items() if k.startswith("interlock:")},
                       "detectors": {k.split(":", 1)[1]: v for k, v in per.items() if k.startswith("detector:")}})
     out = {"gateway": cfg.gateway_id, "from": rfc3339(frm), "to": rfc3339(to),
@@ -263,7 +263,7 @@ def _longest_hole(rows: list[tuple], frm: int, to: int) -> float:
     return round(max(0, hole) / 1000, 3)
 
 
-def _day_text(day: int) -> str:
+def day_text(day: int) -> str:
     return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
 
 

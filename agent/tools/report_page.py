@@ -12,7 +12,7 @@ import pygal
 from pygal.style import Style
 
 from agent.common.timefmt import rfc3339
-from agent.tools.report_figures import Figures, Span
+from agent.tools.report_figures import Figures, Span, day_text
 
 COLOURS = {
     "in_service": "#2e7d32", "alive": "#2e7d32", "bypassed_undeclared": "#f9a825", "bypassed_declared": "#64b5f6",
@@ -49,7 +49,8 @@ def page(fig: Figures) -> str:
              *(_strip("detector", d["tag"], fig.timelines[f"detector:{d['tag']}"]) for d in j["detectors"]),
              _axis(fig),
              "<h2>Daily in-service rate (plant)</h2>", _daily_chart(j["daily"]),
-             "<h2>Completeness (readings acknowledged by every uplink, point x day)</h2>", _heat_map(fig),
+             "<h2>Completeness (readings acknowledged by every uplink, point x day)</h2>",
+             heat_map([day_text(d) for d, _, _ in fig.days], fig.completeness),
              _interlock_table(j), _episode_table(j), _detector_table(j), _uplink_table(j), _point_table(j),
              "</body></html>"]
     return "\n".join(parts)
@@ -111,30 +112,29 @@ def _heat_colour(x: float) -> str:
     return "#2e7d32" if x >= 0.999 else "#9ccc65" if x >= 0.99 else "#f9a825" if x >= 0.9 else "#c62828"
 
 
-def _heat_map(fig: Figures) -> str:
-    tags = list(fig.completeness)
-    ndays = len(fig.days)
+def heat_map(days: list[str], shares: dict[str, list[float | None]]) -> str:
+    """Rows of points, a column per day: each row drawn green once and only the days short of
+    complete drawn over it (None: no poll expected, grey)."""
     label_w = 140
-    width, height = label_w + ndays * CELL_W, (len(tags) + 1) * CELL_H + 4
-    out = [f"<svg id='heatmap' width='{width}' height='{height}' viewBox='0 0 {width} {height}' font-size='8'>"]
-    for i, (day, _, _) in enumerate(fig.days):
-        out.append(f"<text x='{label_w + i * CELL_W + 1}' y='{CELL_H - 2}'>{day % 100:02d}</text>")
-    for row, tag in enumerate(tags):
+    width, height = label_w + len(days) * CELL_W, (len(shares) + 1) * CELL_H + 4
+    out = [f"<svg class='heatmap' width='{width}' height='{height}' viewBox='0 0 {width} {height}' font-size='8'>"]
+    for i, day in enumerate(days):
+        out.append(f"<text x='{label_w + i * CELL_W + 1}' y='{CELL_H - 2}'>{escape(day[-2:])}</text>")
+    for row, (tag, cells) in enumerate(shares.items()):
         y = (row + 1) * CELL_H + 2
-        cells = fig.completeness[tag]
         out.append(f"<text x='0' y='{y + CELL_H - 2}'>{escape(tag)}</text>"
-                   f"<rect x='{label_w}' y='{y}' width='{ndays * CELL_W}' height='{CELL_H - 1}' fill='#2e7d32'/>")
+                   f"<rect x='{label_w}' y='{y}' width='{len(days) * CELL_W}' height='{CELL_H - 1}' fill='#2e7d32'/>")
         for col, x in enumerate(cells):
             if x is None or x < 0.999:
                 fill = "#e0e0e0" if x is None else _heat_colour(x)
                 what = "no poll expected" if x is None else f"{x * 100:.1f} %"
                 out.append(f"<rect x='{label_w + col * CELL_W}' y='{y}' width='{CELL_W - 1}' height='{CELL_H - 1}' "
-                           f"fill='{fill}'><title>{escape(tag)} day {fig.days[col][0]}: {what}</title></rect>")
+                           f"fill='{fill}'><title>{escape(tag)} {escape(days[col])}: {what}</title></rect>")
     out.append("</svg>")
     return "".join(out)
 
 
-def _table(title: str, head: list[str], rows: list[list[str]]) -> str:
+def table(title: str, head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     return f"<h2>{escape(title)}</h2><table><tr>{th}</tr>{body}</table>"
@@ -149,7 +149,7 @@ def _interlock_table(j: dict) -> str:
             "trips", "spurious"] if j["interlocks"] else ["interlock"]
     rows = [[escape(il["id"]), _rate(il["in_service_share"]), *(f"{v:g}" for v in il["seconds"].values()),
              str(il["trips"]), str(il["spurious_trips"])] for il in j["interlocks"]]
-    return _table("Interlocks in service", head, rows)
+    return table("Interlocks in service", head, rows)
 
 
 def _episode_table(j: dict) -> str:
@@ -157,7 +157,7 @@ def _episode_table(j: dict) -> str:
              f"{e['seconds']:g}", escape(str(e.get("declaration") or "")),
              "yes" if e.get("overdue") else "", escape(e.get("trip", ""))]
             for il in j["interlocks"] for e in il["episodes"]]
-    return _table("Interlock episodes", ["interlock", "state", "start", "end", "seconds", "declaration",
+    return table("Interlock episodes", ["interlock", "state", "start", "end", "seconds", "declaration",
                                          "beyond bypass_max", "trip"], rows)
 
 
@@ -166,12 +166,12 @@ def _detector_table(j: dict) -> str:
             "alarms (level: peak)"] if j["detectors"] else ["detector"]
     rows = [[escape(d["tag"]), _rate(d["alive_share"]), *(f"{v:g}" for v in d["seconds"].values()),
              escape(", ".join(f"{a['level']}: {a['peak']}" for a in d["alarms"]))] for d in j["detectors"]]
-    return _table("Gas detectors alive", head, rows)
+    return table("Gas detectors alive", head, rows)
 
 
 def _uplink_table(j: dict) -> str:
     rows = [[escape(u["name"]), str(u["on_time"]), str(u["backfilled"]), str(u["evicted"])] for u in j["uplinks"]]
-    return _table("Uplinks", ["uplink", "on time", "back-filled", "evicted"], rows)
+    return table("Uplinks", ["uplink", "on time", "back-filled", "evicted"], rows)
 
 
 def _point_table(j: dict) -> str:
@@ -179,7 +179,7 @@ def _point_table(j: dict) -> str:
     rows = [[escape(p["tag"]), escape(p["device"]), str(p["expected"]), str(p["stored"]),
              *(str(p["delivered"].get(n, 0)) for n in names), f"{p['longest_hole_s']:g}",
              str(p["quality"]["good"]), str(p["quality"]["uncertain"]), str(p["quality"]["bad"])] for p in j["points"]]
-    return (_table("Points (whole local days)", ["point", "device", "expected", "stored",
+    return (table("Points (whole local days)", ["point", "device", "expected", "stored",
                                                  *(f"delivered {n}" for n in names), "longest hole (s)", "good",
                                                  "uncertain", "bad"], rows)
             + "<p class='note'>Stored and delivered count whole local days; expected counts the polls of the "
