@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import date, datetime
 
 from agent import __version__
 from agent.common.clock import ClockWatch
@@ -74,6 +75,7 @@ class Agent:
         self.restarts: dict[str, TaskRestarts] = {}  # by task name: core tasks that ended and were restarted
         self._background: set[asyncio.Task] = set()
         self.opened = asyncio.Event()  # the store is open and the points registered (READY=1)
+        self._daily_done: date | None = None  # the local day whose inservice_daily was asked for
 
     def _points(self) -> list:
         """The point set now: the same list until a reload changes it (uplink bodies rebuild
@@ -195,6 +197,7 @@ class Agent:
                 # an unsynchronized clock cannot tell a reading's age: only the size bound applies
                 max_age = limits.max_age if self.clock.synchronized else UNKNOWN_AGE_S
                 events = await self.store.call("enforce_limits", limits.max_bytes, max_age, limits.evidence_age)
+                await self._inservice_daily()
             except sqlite3.Error:
                 continue  # the writer reports a store that refuses writes
             for ev in events:
@@ -202,6 +205,20 @@ class Agent:
                     "count": ev["count"], "from": ev["from_ts"], "to": ev["to_ts"], "reason": ev["reason"]}})
             if events:
                 self.events_stored()
+
+    async def _inservice_daily(self) -> None:
+        """Once a day at `[checks] inservice_daily` (local time), the previous day's rates as an
+        `inservice_daily` event; at start too when that time has passed (the store sends a
+        day's once)."""
+        at = self.cfg.inservice_daily
+        now = datetime.now(self.cfg.timezone).astimezone(self.cfg.timezone)
+        if at is None or (now.hour, now.minute) < at or self._daily_done == now.date():
+            return
+        event = await self.store.call("inservice_daily", self.cfg.rules, self._all_points, now_ms())
+        self._daily_done = now.date()
+        if event is not None:
+            log.info("inservice_daily", extra={"fields": {"day": event["day"], "plant": event["plant"]}})
+            self.events_stored()
 
     async def start(self) -> None:
         for dev in self.cfg.devices:

@@ -2,12 +2,13 @@
 checks into a real store (the wall clock is the one thing faked: a day that has passed cannot
 be run here), then the store's bounds evict every reading of it: its in-service figures, counts
 and episodes stay as they were. Its retention bound prunes it, and a corrupt evidence file is
-set aside without touching the store."""
+set aside without touching the store. The day's `inservice_daily` event is raised once."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from plant import DeviceSpec, PointSpec, write_plant
 
@@ -124,6 +125,28 @@ def test_eviction_of_readings_leaves_the_evicted_days_figures(tmp_path: Path, mo
     assert pruned["points"][0]["stored"] == 0
     assert pruned["interlocks"][0]["episodes"] == []
     assert day < DayClock(cfg.timezone).span(store_mod.now_ms())[0]
+
+
+def test_inservice_daily_event_for_the_day_before_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(write_config(tmp_path))
+    clock = DayClock(cfg.timezone)
+    day, lo, hi = clock.span(store_mod.now_ms() - 3 * 86_400_000)
+    play_hour(cfg, lo + 10 * HOUR, monkeypatch)
+    store = Store(cfg.data_dir, timezone=cfg.timezone)
+    try:
+        assert store.inservice_daily(cfg.rules, cfg.all_points(), lo + 5 * 60_000) is None  # the day before: not run
+        event = store.inservice_daily(cfg.rules, cfg.all_points(), hi + 5 * 60_000)  # 00:05 the day after
+        assert event is not None and event["kind"] == "inservice_daily" and event["source"] == "gateway"
+        assert event["day"] == f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+        whole = (hi - lo) / 1000  # the other 23 hours the agent did not run: unknown, no data
+        assert event["interlocks"]["IL-1"] == pytest.approx(3300 / whole, abs=10 / whole)
+        assert event["detectors"]["GT"] == pytest.approx(3570 / whole, abs=10 / whole)
+        assert event["plant"] == pytest.approx(6870 / (2 * whole), abs=20 / whole)
+        assert store.inservice_daily(cfg.rules, cfg.all_points(), hi + 6 * 60_000) is None  # once
+        bodies = [orjson.loads(b) for (b,) in store.db.execute("SELECT body FROM events")]
+        assert [b["id"] for b in bodies if b["kind"] == "inservice_daily"] == [event["id"]]
+    finally:
+        store.close()
 
 
 def test_a_corrupt_evidence_file_is_set_aside_and_the_store_kept(tmp_path: Path) -> None:

@@ -106,6 +106,11 @@ class DayClock:
                 int(start.timestamp() * 1000), int(end.timestamp() * 1000))
 
 
+def day_text(day: int) -> str:
+    """YYYYMMDD as YYYY-MM-DD."""
+    return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+
+
 def ms_of(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 

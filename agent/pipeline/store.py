@@ -40,9 +40,11 @@ from typing import Any
 import orjson
 
 from agent.common.timefmt import now_ms, rfc3339
-from agent.model import QUALITY_NAME
+from agent.model import QUALITY_NAME, Point
+from agent.pipeline.checks.rules import Rules
 from agent.pipeline.chunks import CHUNK_ROWS, pack_chunk, unpack_chunk
-from agent.pipeline.evidence import EVIDENCE_AGE_S, EVIDENCE_NAME, DayClock, Evidence
+from agent.pipeline.evidence import EVIDENCE_AGE_S, EVIDENCE_NAME, DayClock, Evidence, read_runs
+from agent.pipeline.evidence_rates import daily_event
 
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"  # the default uplink's mark; others: seq.published.<name>
@@ -473,6 +475,23 @@ class Store:
             self.db.executemany("INSERT OR REPLACE INTO active(key, kind, subject, start, data) VALUES (?,?,?,?,?)",
                                 ((k, kind, subj, start, orjson.dumps(data)) for k, kind, subj, start, data in upserts))
             self.db.executemany("DELETE FROM active WHERE key = ?", ((k,) for k in deletes))
+
+    def inservice_daily(self, rules: Rules, points: list[Point], now: int) -> dict | None:
+        """The `inservice_daily` event for the local day before `now`, once: stored for the
+        uplinks and returned; None when that day's was sent already, or the agent did not run
+        that day (a new gateway does not report the days before it)."""
+        if self.evidence is None:
+            return None
+        days = self.evidence.days
+        day, lo, hi = days.span(days.span(now)[1] - 1)
+        if int(self.get_state("inservice_daily_day", 0)) >= day:
+            return None
+        event = daily_event(self.db, rules, points, day, lo, hi, now) if read_runs(self.db, lo, hi) else None
+        with self._tx():
+            if event is not None:
+                self._add_events([(now, event)])
+            self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('inservice_daily_day', ?)", (day,))
+        return event
 
     def active(self) -> list[tuple[str, str, str, int, dict]]:
         """Active conditions, oldest first: (key, kind, subject, start_ms, data)."""

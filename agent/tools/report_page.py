@@ -12,7 +12,9 @@ import pygal
 from pygal.style import Style
 
 from agent.common.timefmt import rfc3339
-from agent.tools.report_figures import Figures, Span, day_text
+from agent.pipeline.evidence import day_text
+from agent.pipeline.evidence_rates import Span
+from agent.tools.report_figures import Figures
 
 COLOURS = {
     "in_service": "#2e7d32", "alive": "#2e7d32", "bypassed_undeclared": "#f9a825", "bypassed_declared": "#64b5f6",
