@@ -9,9 +9,10 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from agent import __version__
 from agent.common.clock import ClockWatch
@@ -63,11 +64,14 @@ class Agent:
         self.started_ms = now_ms()
         self.clock = ClockWatch(cfg.clock, self._clock_stepped, self._clock_sync_changed)
         self.writer = Writer(self.store, cfg.all_points(), self._gateway_event_now)
+        self.declared: set[str] = set()  # tags and interlocks under a declared stop: the checks keep it
+        self._devices = cfg.device_of()
         ctx = UplinkContext(
             gateway=cfg.gateway_id, enterprise=cfg.enterprise_code, version=__version__,
             started_ms=self.started_ms, store=self.store, clock=self.clock, points=self._points,
             held=self.writer, on_state=self._uplink_state, events_stored=self.events_stored,
-            timezone=cfg.timezone, uplinks=self._uplinks_summary)
+            timezone=cfg.timezone, uplinks=self._uplinks_summary, declared=self.declared,
+            devices=lambda: self._devices)
         self.uplinks = [make_uplink(spec, ctx) for spec in cfg.uplinks]
         self.checks = self._check_stage(cfg)  # alarms, gas, interlocks: events first
         self.devices: list[DeviceTask] = []
@@ -83,7 +87,13 @@ class Agent:
         return self._all_points
 
     def _check_stage(self, cfg: GatewayConfig) -> CheckStage:
-        return CheckStage(cfg.rules, cfg.all_points(), self.store, self.events_stored)
+        return CheckStage(cfg.rules, cfg.all_points(), self.store, self.events_stored, cfg.data_dir, self.declared,
+                          self._declared_changed)
+
+    def _declared_changed(self) -> None:
+        """The stops in force changed: registrations say `in_service` anew."""
+        for u in self.uplinks:
+            self._soon(u.points_changed())
 
     def events_stored(self) -> None:
         """Events are in the store: every uplink publishes them now."""
@@ -97,8 +107,9 @@ class Agent:
     def _uplinks_summary(self) -> dict[str, dict]:
         return {u.name: u.stats.summary() for u in self.uplinks}
 
-    def _uplink_state(self, name: str, state: str) -> None:
-        self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms()})
+    def _uplink_state(self, name: str, state: str, reason: str) -> None:
+        self._background_call("set_state", {f"uplink:{name}:state": state, f"uplink:{name}:changed": now_ms(),
+                                            f"uplink:{name}:reason": reason})
         for u in self.uplinks:  # the retained status of every MQTT uplink tells every uplink's state
             u.status_changed()
 
@@ -112,7 +123,11 @@ class Agent:
                 if then is not None:
                     then()
 
-        task = asyncio.get_running_loop().create_task(call())
+        self._soon(call())
+
+    def _soon(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the caller, nobody waiting for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)  # keep a reference until done
         task.add_done_callback(self._background.discard)
 
@@ -270,7 +285,7 @@ class Agent:
             delay = min(RESTART_MAX, delay * 2)
 
     def _start_device(self, dev: DeviceSpec) -> None:
-        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock)
+        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock, self.declared)
         self.devices.append(task)
         self._spawn(f"device:{dev.name}", task.run)
 
@@ -297,6 +312,7 @@ class Agent:
             await self._stop_device(name)
         self.cfg = new
         self._all_points = new.all_points()
+        self._devices = new.device_of()
         self.clock.reconfigure(new.clock)
         specs = {spec.name: spec for spec in new.uplinks}
         for u in self.uplinks:

@@ -13,10 +13,10 @@ from agent.common.problems import ConfigError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _load(path: str):
+def _load(path: str, table_pending: str | None = None):  # noqa: ANN202 - GatewayConfig
     from agent.config.loader import load_config
 
-    return load_config(path)
+    return load_config(path, table_pending)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -28,9 +28,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _device(args: argparse.Namespace, command: str):  # noqa: ANN202 - DeviceSpec | None
-    """The device named on the command line, or None after saying which devices exist."""
-    cfg = _load(args.config)
+def _device(args: argparse.Namespace, command: str, table_pending: bool = False):  # noqa: ANN202 - DeviceSpec | None
+    """The device named on the command line, or None after saying which devices exist;
+    `table_pending`: its point table need not exist yet (browse writes one)."""
+    cfg = _load(args.config, args.device if table_pending else None)
     try:
         return cfg.device(args.device)
     except KeyError as exc:
@@ -95,7 +96,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_browse(args: argparse.Namespace) -> int:
     from agent.tools.browse import browse_device
 
-    device = _device(args, "browse")
+    device = _device(args, "browse", table_pending=True)
     if device is None:
         return EXIT_USAGE
     if args.depth < 1 or args.max_nodes < 1:
@@ -164,6 +165,19 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     return buffer(_load_or_applied(args.config), args.action, args.format, args.output, args.uplink, args.rejected)
 
 
+def cmd_declare(args: argparse.Namespace) -> int:
+    from agent.tools.declare import declare
+
+    return declare(_load(args.config), args.action, args.subject, args.reason, args.by, args.until, args.note,
+                   args.all)
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from agent.tools.registry import registry
+
+    return registry(_load(args.config), args.uplink, args.format, args.output)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -187,6 +201,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print("hazgate receive --listen: give --uplink-config FILE and --uplink NAME: the platform "
               "decodes and checks what that uplink of that gateway config sends", file=sys.stderr)
         return EXIT_USAGE
+    if args.listen.startswith("hj212:"):
+        return _receive_hj212(args)
     try:
         spec = platform_spec(_load(args.uplink_config).uplinks, args.uplink)
         reject = parse_reject(args.reject) if args.reject else None
@@ -195,6 +211,31 @@ def cmd_receive(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     return receive_platform(args.listen, spec, args.db, Controls(reject, args.delay, args.fail),
                             args.duration, args.idle_exit, args.report, args.fail_on_gaps)
+
+
+def _receive_hj212(args: argparse.Namespace) -> int:
+    from agent.receiver.hj212 import Hj212Controls, hj212_spec, parse_ask, receive_hj212
+
+    try:
+        spec = hj212_spec(_load(args.uplink_config).uplinks, args.uplink)
+        asks = tuple(parse_ask(text) for text in args.ask)
+    except ValueError as exc:
+        print(f"hazgate receive: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    controls = Hj212Controls(withhold=args.withhold, delay=args.delay, down=args.fail is not None)
+    return receive_hj212(args.listen, spec, args.db, controls, args.duration, args.idle_exit, asks)
+
+
+def cmd_uplink_check(args: argparse.Namespace) -> int:
+    from agent.tools.uplink_check import check_uplinks
+
+    cfg = _load(args.config)
+    names = [u.name for u in cfg.uplinks]
+    if args.uplink is not None and args.uplink not in names:
+        print(f"hazgate uplink check: no uplink named {args.uplink!r} in {args.config}; uplinks: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(check_uplinks(cfg, args.uplink))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -262,6 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_buffer)
 
+    p = sub.add_parser("declare", help="declare a point or interlock stopped on purpose (calibration, a "
+                       "bypass permit), restore it, or list the declarations")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("action", choices=["stop", "restore", "list"])
+    p.add_argument("subject", nargs="?", default=None, help="stop, restore: a point tag or an interlock id")
+    p.add_argument("--reason", default=None, help="stop: why (e.g. the work permit number); required")
+    p.add_argument("--by", default=None, help="stop, restore: who declares it; required")
+    p.add_argument("--until", default=None, help="stop: when it should be restored: a time with its UTC "
+                   "offset or a duration (8h); past it without a restore, the gateway escalates")
+    p.add_argument("--note", default=None, help="restore: a note (e.g. calibration passed)")
+    p.add_argument("--all", action="store_true", help="list: every declaration, not only the stops in force")
+    p.set_defaults(func=cmd_declare)
+
+    p = sub.add_parser("registry", help="the point-registration records an uplink sends ([uplinks.registry]), "
+                       "as JSON or as CSV for a platform's spreadsheet")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--uplink", required=True, help="the uplink whose [uplinks.registry] shapes the records")
+    p.add_argument("--format", choices=["json", "csv"], default="json", help="csv: UTF-8 with BOM (Excel)")
+    p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_registry)
+
     p = sub.add_parser("report", help="the evidence report: interlocks and detectors in service, readings "
                        "stored and delivered, as an HTML page (and JSON)")
     p.add_argument("-c", "--config", required=True)
@@ -278,22 +340,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("receive", help="reference consumer (--broker) or reference platform (--listen): "
                        "decode, validate, store, report gaps and duplicates")
     p.add_argument("--broker", default=None, help="mqtt://host:port: consume hazgate.uplink/1")
-    p.add_argument("--listen", default=None, help="http://127.0.0.1:PORT/PATH or tcp://127.0.0.1:PORT: "
-                   "serve as the platform of an http or tcp uplink")
+    p.add_argument("--listen", default=None, help="http://127.0.0.1:PORT/PATH, tcp://127.0.0.1:PORT or "
+                   "hj212://127.0.0.1:PORT: serve as the platform of an http, tcp or hj212 uplink")
     p.add_argument("--uplink-config", default=None, help="with --listen: the gateway config naming the uplink")
     p.add_argument("--uplink", default=None, help="with --listen: the uplink's name")
     p.add_argument("--reject", default=None, help="with --listen: refuse all, data_id=HEX, seq=N or record:KEY=VALUE")
     p.add_argument("--delay", type=float, default=0.0, help="with --listen: seconds before each reply")
     p.add_argument("--fail", type=int, default=None, help="with --listen: answer every message with this "
-                   "HTTP status (TCP: close without a reply)")
+                   "HTTP status (TCP, HJ 212: close without a reply)")
+    p.add_argument("--withhold", action="store_true", help="with --listen hj212://: store uploads, send "
+                   "no data response (9014)")
+    p.add_argument("--ask", action="append", default=[], help="with --listen hj212://: a request sent once "
+                   "the data logger connects, its answer printed, e.g. \"2061 BeginTime=20261127000000 "
+                   "EndTime=20261127235959\" (repeatable)")
     p.add_argument("--db", required=True, help="SQLite file for received readings and events")
     p.add_argument("--topic-prefix", default="hazchem")
+    p.add_argument("--username", default=None, help="with --broker: the user name the broker expects")
+    p.add_argument("--password-file", default=None, help="with --broker: a file holding only the password "
+                   "(readable only by its owner: chmod 600)")
+    p.add_argument("--ca-file", default=None, help="with an mqtts:// --broker: the CA that signed the broker's "
+                   "certificate (default: the system's CAs)")
+    p.add_argument("--cert-file", default=None, help="with an mqtts:// --broker: the client certificate (PEM)")
+    p.add_argument("--key-file", default=None, help="with --cert-file: its private key (PEM, owner-only)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
     p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file; "
                    "FILE.html (with --broker): the completeness page per gateway and point from --db instead")
     p.set_defaults(func=cmd_receive, log_level_default="info")
+
+    p = sub.add_parser("uplink", help="uplink commissioning: check connects to the platforms")
+    uplink_sub = p.add_subparsers(dest="action", required=True)
+    p = uplink_sub.add_parser("check", help="connect to each uplink with the gateway's credentials and "
+                              "say per step (address, connection, TLS, login) what works; sends no data")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--uplink", default=None, help="check only this uplink (default: every one)")
+    p.set_defaults(func=cmd_uplink_check)
 
     p = sub.add_parser("demo", help="simulated plant + local broker + agent + receiver with a live view")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -34,7 +34,8 @@ from conftest import HAZGATE, Proc, free_port, wait_port
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 SCHEMA = "hazgate.uplink/1"
 CSV_COLUMNS = ("tag", "name", "address", "type", "byte_order", "scale", "offset", "raw_min",
-               "raw_max", "eng_min", "eng_max", "unit", "kind", "deadband", "ll", "l", "h", "hh")
+               "raw_max", "eng_min", "eng_max", "unit", "kind", "deadband", "ll", "l", "h", "hh",
+               "hazard_source", "equipment", "target_code")
 
 
 # --- plant description -------------------------------------------------------------------
@@ -152,9 +153,9 @@ class Plant:
         wait_port(port, timeout)
         return proc
 
-    def start_agent(self, procs: list[Proc], *extra: str) -> Proc:
+    def start_agent(self, procs: list[Proc], *extra: str, env: dict | None = None) -> Proc:
         n = sum(1 for p in procs if "run" in p.args)
-        proc = Proc([*HAZGATE, *extra, "run", "-c", str(self.config)], self.root / f"agent-{n}.log")
+        proc = Proc([*HAZGATE, *extra, "run", "-c", str(self.config)], self.root / f"agent-{n}.log", env)
         procs.append(proc)
         return proc
 

@@ -5,6 +5,7 @@ Every key here is an example made up for the tests, never an issued one.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import tomllib
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ import orjson
 
 from agent.common.clock import ClockConfig, ClockWatch
 from agent.common.problems import Problems
+from agent.common.timefmt import now_ms
 from agent.config.toml import TomlReader
 from agent.config.uplinks import UplinkSpec, load_uplinks
-from agent.model import Point
+from agent.model import QUALITY_NAME, Point
 from agent.north.base import UplinkContext
+from agent.pipeline.store_thread import AsyncStore
 
 GATEWAY, ENTERPRISE = "GW-320200-0001", "32020000012"
 SECRETS = {
@@ -85,6 +88,25 @@ VALUE = "{{value}}"
 COLLECT_TIME = "{{ts}}"
 """
 
+HJ212_PW = "pw0123"  # an example PW
+HJ212 = """
+[[uplinks]]
+name = "env"
+protocol = "hj212"
+host = "127.0.0.1"
+port = {port}
+st = "31"
+mn = "010000A8900016F000169DC0"
+password_file = "secrets/hj212.pw"
+interval = "1s"
+overtime = "1s"
+recount = 1
+"""
+
+
+def write_hj212_pw(folder: Path) -> None:
+    write_secrets(folder, {"secrets/hj212.pw": HJ212_PW + "\n"})
+
 
 def snapshot_http(url: str, interval: str) -> str:
     """MEM_HTTP as a snapshot uplink; its records carry `ts_ms` and `backfill` too."""
@@ -122,6 +144,27 @@ def value_at(readings: list[tuple[int, str, Any, str]], at: int) -> dict[str, tu
         if ts <= at:
             out[tag] = (ts, value, quality)
     return out
+
+
+async def until(check, within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def feed(store: AsyncStore, truth: list[tuple[int, str, object, str]]) -> None:
+    """A plant polled every 100 ms: the level is its time in seconds; the switch toggles every
+    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`,
+    also when the feed is cancelled while the store takes it (the store call is shielded)."""
+    pids = await store.call("pids", [("TK101_LT", "m", "float32"), ("TK101_HLA", "", "bool")])
+    while True:
+        ts = now_ms()
+        rows = [(ts, "TK101_LT", ts / 1000, 0, None),
+                (ts, "TK101_HLA", ts // 700 % 2 == 0, 2 if ts // 2000 % 3 == 0 else 0, None)]
+        truth += [(t, tag, v, QUALITY_NAME[q]) for t, tag, v, q, _r in rows]
+        await asyncio.shield(store.call("add_readings", rows, pids))
+        await asyncio.sleep(0.1)
 
 
 def write_secrets(folder: Path, files: dict[str, str] = SECRETS) -> None:
@@ -182,7 +225,7 @@ class Held:
 class States:
     seen: list[tuple[str, str]] = field(default_factory=list)
 
-    def __call__(self, name: str, state: str) -> None:
+    def __call__(self, name: str, state: str, _reason: str) -> None:
         self.seen.append((name, state))
 
 

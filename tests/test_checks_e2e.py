@@ -87,6 +87,8 @@ class Ev:
     @property
     def about(self) -> str:
         b = self.body
+        if b["kind"] == "declaration":
+            return b["subject"]
         return b["tag"] if b["kind"] in ("process_alarm", "gas_alarm", "detector_fault") else b["interlock"]
 
     @property
@@ -470,7 +472,7 @@ def test_flatlined_detector_while_others_move(run: Run) -> None:
 
 def test_bypass_on_off_overdue_repeated_and_excursion_while_bypassed(run: Run) -> None:
     check_subject(run.events, "IL-B", [
-        Want("interlock_bypass", "on", "", 2, fields={"tag": "B_BYP", "value": True, "severity": "warning",
+        Want("interlock_bypass", "on", "", 2, fields={"tag": "B_BYP", "value": True, "severity": "critical", "declared": False,
                                                      "name": "B high temperature trip", "hazard_source": "HS-B"}),
         Want("unprotected_excursion", "raised", "B_TT", 4, fields={"value": 160.0, "limit": 150.0, "severity": "critical",
                                                                  "because": ["bypassed"]}),

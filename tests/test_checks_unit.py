@@ -244,7 +244,7 @@ def test_flatline_only_while_others_move(rig: Rig) -> None:
 
 def test_bypass_on_overdue_repeated_and_off(rig: Rig) -> None:
     ev = rig.poll(B_BYP=True)
-    assert brief(ev) == [("interlock_bypass", "IL-B", "on", "", "warning")]
+    assert brief(ev) == [("interlock_bypass", "IL-B", "on", "", "critical")] and ev[0]["declared"] is False
     assert (ev[0]["tag"], ev[0]["name"], ev[0]["hazard_source"], ev[0]["bypass_max_s"]) == ("B_BYP", "B shutdown", "HS-1", 10.0)
     start = ev[0]["start"]
     events = []

@@ -146,3 +146,15 @@ def test_unsynchronized_clock_marks_readings_uncertain_until_synchronized(tmp_pa
     assert all(r["quality"] == "good" and "reason" not in r for r in readings[switch:])
     assert [e["state"] for e in events(sub, "clock_sync")] == ["synchronized"]
     agent.stop()
+
+
+def test_a_sync_file_that_cannot_be_asked_means_not_synchronized(tmp_path: Path) -> None:
+    """A sync_file the system refuses to look at (here a name too long) is no error in every poll."""
+    from agent.common.clock import ClockConfig, ClockWatch
+
+    unaskable = tmp_path / ("x" * 300) / "synchronized"
+    with pytest.raises(OSError):
+        unaskable.exists()  # what the clock must not let through
+    watch = ClockWatch(ClockConfig(sync_source="file", sync_file=unaskable), lambda *_: None, lambda *_: None)
+    assert watch.synchronized is False
+    watch.check()

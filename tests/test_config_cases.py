@@ -8,7 +8,8 @@ tests/cases/<case>/ holds gateway.toml, the point tables it names, and one of:
   a few messages show (e.g. a point table that is not found).
 
 Validation runs from the repository root with a relative -c path, as a technician would,
-so shown paths read `tests/cases/<case>/points.csv`.
+so shown paths read `tests/cases/<case>/points.csv`. Files under a case's `secrets/` are made
+owner-only before the run (git keeps no modes).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def test_cases_are_well_formed() -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_validate_case(case: str) -> None:
     folder = CASES_DIR / case
+    for path in (folder / "secrets").glob("*"):
+        path.chmod(0o600)
     result = validate(f"tests/cases/{case}/gateway.toml")
     stdout = result.stdout.replace(str(ROOT), "<ROOT>")
     stderr = result.stderr.replace(str(ROOT), "<ROOT>")

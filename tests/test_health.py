@@ -6,7 +6,6 @@ listen` validation (off by default, loopback by default).
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
+from securekit import certificate
 
 from agent import __version__
 from agent.common.listen import parse_listen
@@ -101,31 +101,12 @@ def value(ref: dict, family: str, sample: str | None = None, **labels: str) -> f
     raise KeyError(f"{family}{labels} not in {[(s.name, s.labels) for s in fam.samples]}")
 
 
-def make_cert(path: Path, days: float) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "GW-TEST-0001")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path = path.with_suffix(".key")
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-
-
 def test_metrics_scraped_and_parsed_as_prometheus_text(broker, procs, tmp_path: Path) -> None:
     pytest.importorskip("prometheus_client")
     a = DeviceSpec("plc-a", simple_points("A"), poll_interval="200ms", timeout="150ms")
     b = DeviceSpec("plc-b", simple_points("B"), poll_interval="200ms", timeout="150ms")
     plant = write_plant(tmp_path, broker.url, [a, b])
-    make_cert(tmp_path / "gateway.pem", days=10)  # a client certificate close to its end
+    certificate(tmp_path / "gateway.pem", name="GW-TEST-0001", days=10)  # a client certificate close to its end
     port = free_port()
     text = plant.config.read_text().replace(
         "[uplink]\n", '[uplink]\ncert_file = "gateway.pem"\nkey_file = "gateway.key"\n', 1)

@@ -66,7 +66,7 @@ async def opened(data: Path) -> AsyncIterator[AsyncStore]:
 def context(store: AsyncStore, points: list[Point], events_stored: Callable[[], None] = lambda: None) -> UplinkContext:
     clock = ClockWatch(ClockConfig(sync_source="trust"), lambda _s: None, lambda _s: None)
     return UplinkContext(gateway=GW, enterprise=ENT, version="test", started_ms=now_ms(), store=store,
-                         clock=clock, points=lambda: points, held=NothingHeld(), on_state=lambda _n, _s: None,
+                         clock=clock, points=lambda: points, held=NothingHeld(), on_state=lambda _n, _s, _r: None,
                          events_stored=events_stored)
 
 

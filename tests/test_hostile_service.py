@@ -69,31 +69,48 @@ def add_health(config: Path) -> int:
 
 
 # --- item 10: a task that ends is restarted ---------------------------------------------------
+FAULT = """\
+import os
+from pathlib import Path
+
+from agent.north.mqtt import uplink
+
+_connect = uplink.MqttConnector.connect
+
+
+async def connect(self, on_ack, on_reject):
+    if Path(os.environ["HAZGATE_TEST_FAULT"]).exists():
+        raise RuntimeError("a bug in the connect path")
+    return await _connect(self, on_ack, on_reject)
+
+
+uplink.MqttConnector.connect = connect
+"""
+
+
 def test_a_core_task_that_ends_is_restarted_with_back_off_and_reported(broker, procs, tmp_path: Path) -> None:
-    """The uplink reads its password file at every connect. Deleted while the agent runs, the
-    next connect raises FileNotFoundError out of the uplink task (the config was valid when
-    loaded; agent/north turns no such error into a connect failure), which before this change
-    ended the task for good: nothing was delivered again, even once the file was back."""
+    """A core task ends only on a bug: each part catches what it expects (a deleted password
+    file is a connect failure, see the next test). So the bug is put in, the one thing here
+    that is not real: a `sitecustomize` makes the MQTT connector raise RuntimeError while a
+    marker file exists. Before the supervisor, that ended the uplink task for good."""
     dev = DeviceSpec("plc", simple_points("A"), poll_interval="200ms", timeout="150ms")
     plant = write_plant(tmp_path, broker.url, [dev])
-    secret = tmp_path / "uplink.pass"
-    secret.write_text("secret\n")
-    secret.chmod(0o600)
-    plant.config.write_text(plant.config.read_text().replace(
-        "[uplink]\n", '[uplink]\nusername = "GW-TEST-0001"\npassword_file = "uplink.pass"\n', 1))
     port = add_health(plant.config)
+    inject, marker = tmp_path / "inject", tmp_path / "fault-on"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FAULT)
     plant.start_simulator(procs, "plc")
-    agent = plant.start_agent(procs)
+    agent = plant.start_agent(procs, env={"PYTHONPATH": str(inject), "HAZGATE_TEST_FAULT": str(marker)})
     with Subscriber(broker.port, plant.topic_filter) as sub:
         sub.wait_until(lambda: sub.readings("A_LT"), 20, "readings delivered")
 
-    secret.unlink()
-    broker.kill()  # the uplink has to connect again, and cannot read its password now
+    marker.touch()
+    broker.kill()  # the uplink has to connect again, and meets the bug
     broker.start()
 
     def restarting() -> dict | None:
         status, report = healthz(port)
-        hit = [p for p in report["problems"] if p.startswith("task uplink:mqtt ended (FileNotFoundError")]
+        hit = [p for p in report["problems"] if p.startswith("task uplink:mqtt ended (RuntimeError")]
         return report if status == 503 and hit and "restarting it in" in hit[0] else None
 
     until(restarting, 20, "/healthz reporting the uplink task restarting")
@@ -102,11 +119,10 @@ def test_a_core_task_that_ends_is_restarted_with_back_off_and_reported(broker, p
     assert [float(d) for d in delays[:2]] == [1.0, 2.0], delays  # back-off doubles
     assert agent.alive(), agent.output()[-2000:]
 
-    secret.write_text("secret\n")
-    secret.chmod(0o600)
-    restored = time.time()
+    marker.unlink()
+    fixed = time.time()
     with Subscriber(broker.port, plant.topic_filter) as sub:
-        sub.wait_until(lambda: any(parse_ts(r["ts"]) > restored for r in sub.readings("A_LT")), 40,
+        sub.wait_until(lambda: any(parse_ts(r["ts"]) > fixed for r in sub.readings("A_LT")), 40,
                        "readings delivered again once the uplink task ran again")
     status, report = healthz(port)
     assert status == 200, report
@@ -114,6 +130,54 @@ def test_a_core_task_that_ends_is_restarted_with_back_off_and_reported(broker, p
     restarts = re.search(r'^hazgate_task_restarts_total\{task="uplink:mqtt"\} (\d+)$', metrics(port), re.M)
     assert restarts and int(restarts.group(1)) >= 2
     assert agent.alive()
+
+
+def test_a_deleted_password_file_is_a_connect_failure_retried_with_back_off(broker, procs, tmp_path: Path) -> None:
+    """The uplink reads its password file at every connect. Deleted while the agent runs, the
+    next connect fails: before this change a FileNotFoundError ended the uplink task; now the
+    uplink keeps trying with its back-off, `hazgate status` says why it is down, and once the
+    file is back it delivers again. The password never shows in a log."""
+    password = "pw-7d3f9a2c"
+    dev = DeviceSpec("plc", simple_points("A"), poll_interval="200ms", timeout="150ms")
+    plant = write_plant(tmp_path, broker.url, [dev])
+    secret = tmp_path / "uplink.pass"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    plant.config.write_text(plant.config.read_text().replace(
+        "[uplink]\n", '[uplink]\nusername = "GW-TEST-0001"\npassword_file = "uplink.pass"\n', 1))
+    port = add_health(plant.config)
+    plant.start_simulator(procs, "plc")
+    agent = plant.start_agent(procs, "--log-level", "debug")
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        sub.wait_until(lambda: sub.readings("A_LT"), 20, "readings delivered")
+
+    secret.unlink()
+    broker.kill()  # the uplink has to connect again, and cannot read its password now
+    broker.start()
+
+    def status() -> str:
+        return subprocess.run([*HAZGATE, "status", "-c", str(plant.config)], capture_output=True,
+                              text=True, timeout=30, cwd=ROOT).stdout
+
+    gone = f"down: cannot read the password file {secret}: No such file or directory; restore it"
+    until(lambda: any(x.startswith(f"uplink:  mqtt {gone}") for x in status().splitlines()), 20,
+          "hazgate status naming the missing password file")
+    attempts = until(lambda: len(re.findall(r"connect failed'.*password file", agent.output())) >= 3 and
+                     re.findall(r"retry_in=([\d.]+)", agent.output()), 30, "three connect attempts")
+    assert float(attempts[-1]) >= 1.0, attempts  # backing off, not spinning
+    code, report = healthz(port)
+    assert not any(p.startswith("task ") for p in report["problems"]), report
+    assert "task ended" not in agent.output()
+
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    restored = time.time()
+    with Subscriber(broker.port, plant.topic_filter) as sub:
+        sub.wait_until(lambda: any(parse_ts(r["ts"]) > restored for r in sub.readings("A_LT")), 30,
+                       "readings delivered again once the file is back")
+    until(lambda: "uplink:  mqtt up " in status(), 10, "hazgate status: up again")
+    assert agent.alive()
+    assert password not in agent.output()
 
 
 # --- item 11: the health endpoint is bounded ---------------------------------------------------

@@ -94,9 +94,9 @@ def test_a_registered_protocol_is_read_built_and_made_without_the_config_naming_
 def test_its_keys_limits_and_checks_are_its_own(echo: None) -> None:
     _, problems = load(TOML.format(port=7, batch=0, extra='colour = "red"'))
     assert problems == [
-        "gateway.toml:10: uplinks.colour: unknown key; valid keys here: ack, batch, ca_file, codec, "
+        "gateway.toml:10: uplinks.colour: unknown key; valid keys here: ack, batch, ca_file, codec, declarations, "
         "envelope, events, host, interval, iv, iv_file, key_derivation, key_file, max_rejects, name, "
-        "port, protocol, record, send, time_format, timeout",
+        "port, protocol, record, registry, send, time_format, timeout",
         "gateway.toml:7: uplinks.batch: 0 is out of range; valid: 1-10000",
         "gateway.toml:6: uplinks.port: 7 is the echo service's own port; valid: another port",
     ]
@@ -104,7 +104,7 @@ def test_its_keys_limits_and_checks_are_its_own(echo: None) -> None:
 
 def test_an_unregistered_protocol_is_refused_with_the_registered_ones() -> None:
     _, problems = load(TOML.format(port=9000, batch=50, extra=""))
-    assert problems == ["gateway.toml:4: uplinks.protocol: 'echo' is not valid; valid: mqtt, http, tcp"]
+    assert problems == ["gateway.toml:4: uplinks.protocol: 'echo' is not valid; valid: mqtt, http, tcp, hj212"]
 
 
 def test_the_config_names_no_north_protocol() -> None:

@@ -334,6 +334,37 @@ def test_browse_lists_the_address_space_and_writes_a_starter_table(procs, tmp_pa
     assert bad.returncode == 2 and "namespace 'urn:nope' is not on the server" in bad.stderr, bad.stderr
 
 
+def test_browse_writes_the_starter_table_of_a_device_that_has_none_yet(procs, tmp_path: Path) -> None:
+    """Issue 17: a new device's config names a point table that does not exist yet. `validate`
+    says so; `browse --csv` writes it, with the columns the platform needs filled in
+    (hazard_source, equipment, target_code, ll, l, h, hh); filled in, it validates."""
+    plant = UaPlant(tmp_path, [p for p in plant_points() if p.served]).write()
+    plant.start_simulator(procs)
+    table = tmp_path / "new-device.csv"
+    plant.config.write_text(plant.config.read_text().replace('points = "points.csv"', f'points = "{table.name}"'))
+    v = subprocess.run([*HAZGATE, "validate", "-c", str(plant.config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert v.returncode == 2 and f"point table {table} not found" in v.stderr, v.stderr
+    r = subprocess.run([*HAZGATE, "browse", "-c", str(plant.config), "ua", "--csv", str(table)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"wrote {table}: 11 points" in r.stdout
+    rows = table.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == ("tag,name,address,type,unit,kind,eng_min,eng_max,deadband,"
+                       "hazard_source,equipment,target_code,ll,l,h,hh")
+    first = next(i for i, row in enumerate(rows) if row.startswith("ua.F64,"))
+    cells = rows[first].split(",")
+    assert cells[9:] == [""] * 7, cells
+    cells[4:] = ["m", "level", "0", "10", "", "320200001001", "TK-101", "LT0001", "0.5", "1", "9", "9.5"]
+    rows[first] = ",".join(cells)
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    v = subprocess.run([*HAZGATE, "validate", "-c", str(plant.config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0, v.stderr
+    assert "valid: 1 devices, 11 points" in v.stdout
+    listed = subprocess.run([*HAZGATE, "browse", "-c", str(plant.config), "ua"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0 and "R101" in listed.stdout  # and with a table, browse as before
+
+
 def test_drivers_never_write() -> None:
     """Read-only by construction: no driver calls a service or function that writes to a device."""
     import ast

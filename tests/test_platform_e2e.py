@@ -10,7 +10,6 @@ import contextlib
 from pathlib import Path
 
 from agent.common.timefmt import now_ms
-from agent.model import QUALITY_NAME
 from agent.north.http.uplink import HttpUplink
 from agent.north.tcp.uplink import TcpUplink
 from agent.pipeline.store_thread import AsyncStore
@@ -18,11 +17,13 @@ from agent.receiver.platform import PlatformReceiver, PlatformServer, open_db
 from tests.conftest import free_port
 from tests.platformkit import (
     context,
+    feed,
     jiangsu_tcp,
     mem_http,
     received_snapshots,
     snapshot_http,
     spec_of,
+    until,
     value_at,
 )
 
@@ -39,13 +40,6 @@ def delivered(receiver: PlatformReceiver) -> list[float]:
     """Values of the records stored, in the order the platform took them (duplicates by
     data_id were never stored)."""
     return [v for (v,) in receiver.db.execute("SELECT value FROM platform_records ORDER BY rowid")]
-
-
-async def until(check, within: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def run_through(tmp_path: Path, uplink, spec, listen: str) -> PlatformReceiver:
@@ -109,19 +103,6 @@ async def test_tcp_uplink_delivers_every_reading_once_in_order(tmp_path: Path) -
     receiver = await run_through(tmp_path, uplink, spec, f"tcp://127.0.0.1:{port}")
     gw = receiver.gateways["jiangsu"]
     assert (gw.records, gw.violations, gw.undecodable, gw.gaps()) == (500, 0, 0, [])
-
-
-async def feed(store: AsyncStore, truth: list[tuple[int, str, object, str]]) -> None:
-    """A plant polled every 100 ms: the level is its time in seconds; the switch toggles every
-    0.7 s and reads bad in one 2 s interval of three. Every reading stored goes into `truth`."""
-    pids = await store.call("pids", [("TK101_LT", "m", "float32"), ("TK101_HLA", "", "bool")])
-    while True:
-        ts = now_ms()
-        rows = [(ts, "TK101_LT", ts / 1000, 0, None),
-                (ts, "TK101_HLA", ts // 700 % 2 == 0, 2 if ts // 2000 % 3 == 0 else 0, None)]
-        await store.call("add_readings", rows, pids)
-        truth += [(t, tag, v, QUALITY_NAME[q]) for t, tag, v, q, _r in rows]
-        await asyncio.sleep(0.1)
 
 
 async def test_a_snapshot_uplink_back_fills_one_snapshot_per_missed_interval(tmp_path: Path) -> None:

@@ -161,3 +161,24 @@ def test_sigterm_under_load_exits_in_bounded_time_and_a_restart_continues_the_se
     assert stamps[0] < term_at - 5, "the back-fill from before the broker came back is missing"
     print(f"\nSIGTERM during back-fill: exit 0 after {took:.2f}s; seq 1..{seqs[-1]} gap-free "
           f"across the restart (seq {seq_at_stop} at the stop)")
+
+
+def test_an_uplink_whose_protocol_changes_needs_a_restart(tmp_path: Path) -> None:
+    """A reload keeps each uplink object: a name that now names another protocol is refused."""
+    from platformkit import JIANGSU_TCP, MEM_HTTP, write_secrets
+
+    from agent.config.loader import load_config
+    from agent.service.run import restart_needed
+
+    plant = write_plant(tmp_path, "mqtt://127.0.0.1:1883", [DeviceSpec("plc", simple_points("A"))])
+    write_secrets(tmp_path)
+    base = plant.config.read_text()
+    plant.config.write_text(base + MEM_HTTP.format(url="http://127.0.0.1:9/x", batch=50, timeout="2s"))
+    old = load_config(plant.config)
+    plant.config.write_text(base + JIANGSU_TCP.format(port=9, connection="persistent", batch=50, timeout="2s",
+                                                      max_reply=1 << 20).replace('name = "jiangsu"', 'name = "mem"'))
+    new = load_config(plant.config)
+    assert restart_needed(old, new) == [
+        "uplinks changed from ['mqtt (mqtt)', 'mem (http)'] to ['mqtt (mqtt)', 'mem (tcp)']: restart the service "
+        "to apply it"]
+    assert restart_needed(old, old) == []

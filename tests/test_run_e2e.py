@@ -179,15 +179,22 @@ def test_cadence_does_not_drift_over_a_minute(broker, procs, tmp_path: Path) -> 
     assert all(r["quality"] == "good" for r in readings)
     ts = _ts_list(readings)
     assert len(ts) == len(readings), "two readings of one tag with the same ts"
-    devs = [t - (ts[0] + n * interval) for n, t in enumerate(ts)]
-    worst = max(devs, key=abs)
+    # Each poll's phase: its offset from the nearest slot of the grid first + n*interval. A grid
+    # scheduler keeps the phase where it was (a poll late under load does not move the next); one
+    # that sleeps an interval after each poll drifts by the poll's duration, poll after poll.
+    def phase(t: float) -> float:
+        return (t - ts[0] + interval / 2) % interval - interval / 2
+
+    tenth = len(ts) // 10
+    early = statistics.median(phase(t) for t in ts[:tenth])
+    late = statistics.median(phase(t) for t in ts[-tenth:])
     span = ts[-1] - ts[0]
     expected_polls = round(span / interval) + 1
-    print(f"\ncadence: {len(ts)} polls over {span:.3f}s (expected {expected_polls}); "
-          f"offset from first + n*interval: mean {1000 * statistics.mean(devs):.1f} ms, "
-          f"worst {1000 * worst:.1f} ms, final {1000 * devs[-1]:.1f} ms")
-    assert abs(worst) < interval, f"poll {devs.index(worst)} is {1000 * worst:.0f} ms off the cadence"
-    assert len(ts) == expected_polls
+    print(f"\ncadence: {len(ts)} polls over {span:.3f}s (expected {expected_polls}); median phase "
+          f"{1000 * early:.1f} ms in the first tenth, {1000 * late:.1f} ms in the last")
+    assert abs(late - early) < 0.2 * interval, f"the cadence moved {1000 * (late - early):.0f} ms in {span:.0f}s"
+    # a poll overrun under load skips its slot, by design; a scheduler that skips a tenth is broken
+    assert len(ts) >= 0.9 * expected_polls, f"{expected_polls - len(ts)} of {expected_polls} polls skipped"
 
 
 def test_sigterm_exits_zero_and_publishes_offline(broker, procs, tmp_path: Path) -> None:

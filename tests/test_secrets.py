@@ -4,7 +4,6 @@ is reported (warning under 30 days, error once expired)."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from conftest import HAZGATE, ROOT
 from plant import DeviceSpec, Subscriber, simple_points, write_plant
+from securekit import certificate
 
 from agent.common.secrets import check_certificates
 
@@ -89,18 +89,7 @@ def test_password_never_logged_and_a_reload_with_an_opened_secret_is_refused(bro
 
 
 def _cert(path: Path, days: float, der: bool = False) -> Path:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, path.stem)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=400))
-            .not_valid_after(now + datetime.timedelta(days=days)).sign(key, hashes.SHA256()))
-    path.write_bytes(cert.public_bytes(serialization.Encoding.DER if der else serialization.Encoding.PEM))
+    certificate(path, days=days, since_days=400, der=der, key_file=False)
     return path
 
 

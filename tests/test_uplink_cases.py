@@ -20,6 +20,7 @@ import pytest
 from agent.common.problems import Problems
 from agent.config.toml import TomlReader
 from agent.config.uplinks import load_uplinks
+from agent.north.hj212.spec import Hj212Spec
 from agent.north.http.spec import HttpSpec
 from agent.north.mqtt.spec import MqttUplinkSpec
 from agent.north.tcp.spec import TcpSpec
@@ -71,7 +72,7 @@ def test_case(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_valid_platforms(monkeypatch: pytest.MonkeyPatch) -> None:
     specs, lines = run_case("valid_platforms", monkeypatch)
     assert lines == []
-    js, mem, park_c, park_d, broker = specs
+    js, mem, park_c, park_d, broker, env = specs
     assert isinstance(js, TcpSpec) and (js.delimiter, js.connection, js.ack.field) == (b"@@", "per-message", "code")
     assert js.body.codec.steps == ("json", "aes-128-cbc", "base64") and js.body.events is not None
     assert js.body.codec.iv == js.body.codec.key == b"JsExampleKey0001"
@@ -83,3 +84,9 @@ def test_valid_platforms(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (park_d.delivery.batch, park_d.delivery.send, park_d.ack.equals) == (20, "snapshot", "200")
     assert park_d.ack.path() == ["data", "code"]
     assert isinstance(broker, MqttUplinkSpec) and broker.topic and broker.body.time_format == "epoch_ms"
+    assert isinstance(env, Hj212Spec) and (env.body.st, env.body.mn) == ("31", "010000A8900016F000169DC0")
+    assert (env.delivery.send, env.delivery.interval, env.delivery.timeout, env.recount) == ("snapshot", 60, 5, 3)
+    assert (env.history, env.minute_interval) == (2 * 86400, 300)
+    assert env.body.flags["uncertain"] == "S" and env.body.flags["timeout"] == "B"  # over the defaults
+    assert env.body.flags["modbus exception 4 (device failure)"] == "D"
+    assert "123456" not in repr(env)  # the PW is read when the uplink is made, never kept in the spec

@@ -73,7 +73,10 @@ class ClockWatch:
         if source == "trust":
             return True
         if source == "file":
-            return self.cfg.sync_file.exists()
+            try:
+                return self.cfg.sync_file.exists()
+            except OSError:  # cannot be asked (no permission, a name too long): not known to be synchronized
+                return False
         state = kernel_synchronized()
         return bool(state)  # cannot be asked: not known to be synchronized
 

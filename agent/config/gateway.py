@@ -49,6 +49,10 @@ class GatewayConfig:
     def all_points(self) -> list[Point]:
         return [p for d in self.devices for p in d.points]
 
+    def device_of(self) -> dict[str, str]:
+        """tag -> the name of the device it is read from."""
+        return {p.tag: d.name for d in self.devices for p in d.points}
+
     def client_certificates(self) -> list[tuple[str, Path]]:
         """The TLS client certificates the gateway presents: (use, path)."""
         found = []

@@ -17,8 +17,10 @@ from agent.config.rules import load_checks
 from agent.config.toml import TomlReader, load_toml
 from agent.config.uplinks import load_uplinks, parse_timezone
 from agent.model import Point
+from agent.north.adapters import point_warnings
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
+from agent.north.registry import missing
 from agent.pipeline.evidence import EVIDENCE_AGE_S
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
@@ -31,6 +33,7 @@ GATEWAY_KEYS = {
     "id": ("level", True), "enterprise_code": ("level", True), "data_dir": ("path", True),
     "timezone": ("str", False),
 }
+REGISTRY_COLUMNS = {"range_low": "eng_min", "range_high": "eng_max"}  # registry variable -> point-table column
 UPLINK_KEYS = BROKER_KEYS  # `[uplink]`: the uplink named mqtt
 COMMON_DEVICE_KEYS = {
     "name": ("str", True), "protocol": ("enum:" + "|".join(PROTOCOLS), True),
@@ -66,8 +69,11 @@ def default_timeout(poll_interval: float) -> float:
     return min(TIMEOUT, TIMEOUT_POLLS * poll_interval)
 
 
-def load_config(path: str | Path) -> GatewayConfig:
-    """Load and validate a gateway config; raise ConfigError listing every problem."""
+def load_config(path: str | Path, table_pending: str | None = None) -> GatewayConfig:
+    """Load and validate a gateway config; raise ConfigError listing every problem.
+
+    `table_pending`: a device whose point table may not exist yet, or have no row (`hazgate
+    browse` is there to write it); it comes with no points."""
     path = Path(path)
     problems = Problems()
     shown = str(path)
@@ -130,10 +136,15 @@ def load_config(path: str | Path) -> GatewayConfig:
             listen = parse_listen(health["listen"])
         except ValueError as exc:
             r.err(("health", "listen"), "health.listen", str(exc))
-    devices = _load_devices(r, data.get("devices", []))
-    rules = load_checks(checks.get("rules"), [p for d in devices for p in d.points], problems)
+    devices = _load_devices(r, data.get("devices", []), table_pending)
+    points = [p for d in devices for p in d.points]
+    for spec in listed:
+        for point, column, why in point_warnings(spec, points):
+            problems.warn(point.file, point.line, column, why)
+    rules = load_checks(checks.get("rules"), points, problems)
     if problems:
         raise ConfigError(problems)
+    _registry_gaps(r, data.get("uplinks"), listed, points)
     uplinks = listed
     if "uplink" in data:
         uplinks = [MqttUplinkSpec(name="mqtt", mqtt=broker_spec(up)), *listed]
@@ -170,7 +181,7 @@ def _not_a_file(path: Path) -> str | None:
     return f"file {path} does not exist"
 
 
-def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
+def _load_devices(r: TomlReader, raw: Any, table_pending: str | None = None) -> list[DeviceSpec]:
     if not isinstance(raw, list) or not raw:
         r.err(("devices",), "devices", "no [[devices]] defined; valid: at least one [[devices]] table")
         return []
@@ -211,7 +222,7 @@ def _load_devices(r: TomlReader, raw: Any) -> list[DeviceSpec]:
             endpoints.setdefault(where, r.index.line(*loc))
             if dev.bus is not None:
                 _check_bus(r, loc, dev, buses)
-        dev.points = _load_points(r, loc, dev, proto, tags)
+        dev.points = _load_points(r, loc, dev, proto, tags, pending=name == table_pending)
         devices.append(dev)
     return devices
 
@@ -243,8 +254,12 @@ def _check_bus(r: TomlReader, loc: tuple, dev: DeviceSpec, buses: dict[str, tupl
                   f"(line {line}) on the same port {dev.bus}; valid: the same value in every device on one port")
 
 
-def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec, tags: dict[str, Point]) -> list[Point]:
+def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec, tags: dict[str, Point],
+                 pending: bool = False) -> list[Point]:
+    """The device's point table; `pending`: one that does not exist yet or has no row is no problem."""
     path = dev.points_file
+    if pending and not path.exists():
+        return []
     try:
         shown = str(path.relative_to(Path.cwd()))
     except ValueError:
@@ -258,7 +273,7 @@ def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec
     except OSError as exc:
         r.err((*loc, "points"), "devices.points", f"cannot read point table {path}: {exc}")
         return []
-    if not points and len(r.problems) == before:
+    if not points and len(r.problems) == before and not pending:
         r.problems.add(shown, 1, "points", "point table has no points; valid: one row per point after the header")
     for p in points:
         if p.tag in tags:
@@ -268,3 +283,19 @@ def _load_points(r: TomlReader, loc: tuple, dev: DeviceSpec, proto: ProtocolSpec
             tags[p.tag] = p
     proto.check_table(points, r.problems)
     return points
+
+
+def _registry_gaps(r: TomlReader, raw: Any, listed: list, points: list) -> None:
+    """A warning for each variable a `[uplinks.registry.record]` uses that some points lack."""
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        spec = next((u for u in listed if isinstance(item, dict) and u.name == item.get("name")), None)
+        registry = getattr(getattr(spec, "body", None), "registry", None)
+        if registry is None:
+            continue
+        for variable, tags in missing(registry.record, points).items():
+            column = REGISTRY_COLUMNS.get(variable, variable)
+            r.problems.warn(r.path, r.index.line("uplinks", i, "registry", "record"), "uplinks.registry.record",
+                            f"{len(tags)} of {len(points)} points have no {column}, which the record's "
+                            f"{{{variable}}} needs (e.g. {', '.join(tags[:3])}); they are registered with it "
+                            f"empty; valid: fill the {column} column of their point tables")
+

@@ -26,8 +26,10 @@ from agent.north.adapters import PROTOCOLS
 from agent.north.codec import CIPHERS, Codec, build_codec
 from agent.north.platform import Delivery
 from agent.north.protocol import UplinkProtocol
-from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, compile_template
+from agent.north.registry import REGISTRY_VARIABLES
+from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, Template, compile_template
 from agent.north.templated import (
+    DECLARATION_VARIABLES,
     EVENT_VARIABLES,
     BodySpec,
     MessageTemplates,
@@ -37,7 +39,7 @@ from agent.north.templated import (
 
 UplinkSpec = Any  # the spec type of its protocol (agent/north/*/spec.py)
 NAME = re.compile(r"[A-Za-z0-9-]+")
-TABLES = ("envelope", "record", "events")
+TABLES = ("envelope", "record", "events", "declarations", "registry")
 ACK_KEYS = ("status", "field", "equals")
 SNAPSHOT_MIN_INTERVAL = 1.0  # seconds: the shortest snapshot cadence
 
@@ -241,35 +243,63 @@ def _key_loc(keypath: str) -> tuple:
 
 def _body(e: _Entry) -> BodySpec | None:
     item, values = e.item, e.values
-    events_keys = e.proto.events_keys if e.proto is not None else {}
     codec = _codec(e)
     time_format = values.get("time_format", "rfc3339")
     if (why := time_format_problem(time_format)) is not None:
         e.err(("time_format",), "time_format", why)
     readings = _templates(e, item, "", RECORD_VARIABLES)
-    events_raw = item.get("events")
-    events = None
-    if events_raw is not None:
-        if not isinstance(events_raw, dict):
-            e.err(("events",), "events", "must be a table with envelope and record")
-            return None
-        allowed = ("envelope", "record", *events_keys)
-        for key in events_raw:
-            if key not in allowed:
-                e.err(("events", key), f"events.{key}", "unknown key; valid keys here: "
-                      f"{', '.join(sorted(allowed))}")
-        for key, (kind, _required) in events_keys.items():
-            if key in events_raw:
-                try:
-                    e.r.convert(kind, events_raw[key])
-                except ValueError as exc:
-                    e.err(("events", key), f"events.{key}", str(exc))
-        events = _templates(e, events_raw, "events.", EVENT_VARIABLES)
-        if events is None:
-            return None
-    if codec is None or readings is None:
+    events = _kind_table(e, "events", EVENT_VARIABLES)
+    registry = _kind_table(e, "registry", REGISTRY_VARIABLES)
+    if events is None and "events" in item or registry is None and "registry" in item:
         return None
-    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format)
+    declarations = _declarations(e, item.get("declarations"), events is not None)
+    if codec is None or readings is None or (declarations is None and "declarations" in item):
+        return None
+    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format,
+                    declarations=declarations, declarations_table=item.get("declarations", {}).get("record")
+                    if declarations is not None else None, registry=registry)
+
+
+def _kind_table(e: _Entry, name: str, variables: frozenset[str]) -> MessageTemplates | None:
+    """`[uplinks.events]` or `[uplinks.registry]`: their own envelope and record, and the keys
+    the protocol gives such a message (an http `url`, an mqtt `topic`)."""
+    raw = e.item.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        e.err((name,), name, "must be a table with envelope and record")
+        return None
+    own = e.proto.events_keys if e.proto is not None else {}
+    allowed = ("envelope", "record", *own)
+    for key in raw:
+        if key not in allowed:
+            e.err((name, key), f"{name}.{key}", f"unknown key; valid keys here: {', '.join(sorted(allowed))}")
+    for key, (kind, _required) in own.items():
+        if key in raw:
+            try:
+                e.r.convert(kind, raw[key])
+            except ValueError as exc:
+                e.err((name, key), f"{name}.{key}", str(exc))
+    return _templates(e, raw, f"{name}.", variables)
+
+
+def _declarations(e: _Entry, raw: Any, has_events: bool) -> Template | None:
+    """`[uplinks.declarations]`: the record a declaration event takes in the events message."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"record"}:
+        e.err(("declarations",), "declarations", "must hold just [uplinks.declarations.record]; valid: "
+              "a table of the platform's declaration fields, e.g. IS_USE = \"{state}\"")
+        return None
+    if not has_events:
+        e.err(("declarations", "record"), "declarations", "declarations go in the events messages, and this uplink "
+              "has no [uplinks.events]; valid: declare [uplinks.events] too")
+        return None
+    template, problems = compile_template(raw["record"], DECLARATION_VARIABLES, "declarations.record")
+    for problem in problems:
+        key, _, msg = problem.partition(": ")
+        e.err(_key_loc(key), key, msg)
+    return template
 
 
 def _ack(e: _Entry, raw: Any) -> AckRule | None:

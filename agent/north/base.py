@@ -5,8 +5,10 @@ brings to the protocol-neutral drain loop (agent/north/drain.py): a `Connector` 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any, Protocol
@@ -37,10 +39,12 @@ class UplinkContext:
     clock: ClockWatch
     points: Callable[[], list[Point]]  # the point set now (a reload changes it)
     held: HeldReadings
-    on_state: Callable[[str, str], None]  # (uplink name, "up" | "down")
+    on_state: Callable[[str, str, str], None]  # (uplink name, "up" | "down", why it is down)
     events_stored: Callable[[], None]  # an uplink stored a gateway event: every uplink publishes it
     timezone: tzinfo | None = None  # `[gateway] timezone` for templated times (None: the system's)
     uplinks: Callable[[], dict[str, dict]] = dict  # every uplink's state now, for a status message
+    declared: Collection[str] = frozenset()  # tags and interlocks under a declared stop now (kept current)
+    devices: Callable[[], dict[str, str]] = dict  # tag -> its device's name, for registrations
 
 
 @dataclass
@@ -109,7 +113,32 @@ class Connector(Protocol):
 
 
 class ConnectFailed(Exception):
-    """The far end could not be reached or refused us; the message says why."""
+    """The far end could not be reached or refused us; the message says why and `step` where:
+    `file` (a password, key or certificate file read at connect), `tcp`, `trust` (the far
+    end's certificate is not trusted), `tls` (another TLS failure), `closed` (the far end
+    closed the connection before accepting it) or `login` (it refused the credentials)."""
+
+    def __init__(self, reason: str, step: str = "tcp"):
+        super().__init__(reason)
+        self.step = step
+
+
+def failed_step(exc: BaseException) -> str:
+    """The step of a connection a connect error belongs to (see ConnectFailed)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "trust"
+    return "tls" if isinstance(exc, ssl.SSLError) else "tcp"
+
+
+def why(exc: BaseException) -> str:
+    """A connection error in words, without its traceback."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason}: check ca_file"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 class Body(Protocol):
@@ -124,6 +153,19 @@ class Body(Protocol):
         """What `meta` would say now, condensed: equal digests, equal descriptions (asked only
         when `meta` is not None)."""
         ...
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What `hazgate uplink check` needs of an uplink: a connector that connects as the uplink
+    does and leaves no trace at the far end (nothing it would store, no last will, a client
+    id of its own), where it goes, and what an accepted connection proves."""
+
+    connector: Connector
+    host: str
+    port: int
+    tls: bool
+    login: str  # the credentials an accepted connection proves ("": none, they go with each message)
 
 
 class Uplink(Protocol):
@@ -146,3 +188,5 @@ class Uplink(Protocol):
     def progress_allowance(self) -> float: ...
 
     def reconfigure(self, spec: Any) -> None: ...
+
+    def probe(self) -> Probe: ...

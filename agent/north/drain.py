@@ -29,13 +29,14 @@ import logging
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.north.base import Body, ConnectFailed, Connector, Link, UplinkContext, UplinkStats
-from agent.pipeline.store import Builder, DrainRequest, snapshot_grace
+from agent.pipeline.store import Builder, DrainRequest, SnapshotPage, snapshot_grace
 
 log = logging.getLogger("hazgate.uplink")
 
@@ -59,6 +60,10 @@ class DrainSettings:
     # drain's own (a link that times out each reply itself)
     ack_warning: float = math.inf  # seconds one may take before it is worth a warning
     ack_deadline: float = math.inf  # seconds the oldest in flight may wait: then a new connection
+    # snapshot mode: the tags whose readings the store keeps per minute, and for how long (ms;
+    # 0: none), for a platform's history requests (agent/pipeline/history.py)
+    history_tags: Callable[[], frozenset[str]] = frozenset
+    history_ms: int = 0
 
 
 @dataclass
@@ -160,10 +165,11 @@ class Drain:
                 return build(seq, rows)
             except Exception as exc:  # noqa: BLE001 - whatever a record makes a builder raise
                 failed = exc
+            like = rows.part if isinstance(rows, SnapshotPage) else list  # a snapshot keeps its boundary
             kept, aside, reason = [], [], ""
             for row in rows:
                 try:
-                    build(seq, [row])
+                    build(seq, like([row]))
                 except Exception as exc:  # noqa: BLE001
                     aside.append(row)
                     reason = reason or f"{type(exc).__name__}: {exc}"
@@ -172,7 +178,7 @@ class Drain:
             if not aside:  # every record builds alone: not a record's fault
                 raise failed
             self._set_aside.append(SetAside(kind, seq, aside, reason))
-            return build(seq, kept)
+            return build(seq, like(kept))
 
         return guarded
 
@@ -195,7 +201,9 @@ class Drain:
 
     # --- connection ---------------------------------------------------------------------
     def _set_state(self, state: str, reason: str = "") -> None:
-        if state == self.stats.state:
+        """A change of state, or, while down, of the reason why (status shows the latest)."""
+        was = self.stats.state
+        if state == was and (state == "up" or reason == self.stats.last_error):
             return
         self.stats.state = state
         fields = {"uplink": self.name, "to": self.connector.describe}
@@ -203,8 +211,9 @@ class Drain:
             log.info("uplink up", extra={"fields": fields})
         else:
             self.stats.last_error = reason
-            log.warning("uplink down", extra={"fields": {**fields, "reason": reason}})
-        self.ctx.on_state(self.name, state)
+            log.warning("uplink down" if state != was else "uplink still down, for another reason",
+                        extra={"fields": {**fields, "reason": reason}})
+        self.ctx.on_state(self.name, state, reason if state != "up" else "")
 
     def _on_ack(self, seq: int) -> None:
         if self._in_flight.pop(seq, None) is not None:
@@ -456,6 +465,8 @@ class Drain:
             grace = snapshot_grace(step)
             wall = now_ms()
             req.snapshot_interval, req.snapshot_due = step, (wall - grace) // step * step
+            if self.settings.history_ms:
+                req.history, req.history_ms = self.settings.history_tags(), self.settings.history_ms
             self._next_live = now + (req.snapshot_due + step + grace - wall) / 1000  # the next boundary due
         urgent, self._events_waiting = self._events_waiting, False
         try:

@@ -1,23 +1,25 @@
-"""What the platform uplinks (`http`, `tcp`) share: their delivery settings, the pacing of
-attempts after a message went unanswered or was refused, and the uplink object built on the
-protocol-neutral drain loop (agent/north/drain.py) with a templated body.
+"""What the platform uplinks (`http`, `tcp`, `hj212`) share: their delivery settings, the
+pacing of attempts after a message went unanswered or was refused, and the uplink object built
+on the protocol-neutral drain loop (agent/north/drain.py) with a templated body.
 
-Each protocol brings only its Connector (agent/north/http, agent/north/tcp).
+Each protocol brings its Connector (agent/north/http, agent/north/tcp); hj212 its own body too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from agent.north.base import ConnectFailed, Connector, UplinkContext
+from agent.north.ack import ACCEPT, NO_ANSWER, Verdict
+from agent.north.base import ConnectFailed, Connector, Probe, UplinkContext, failed_step, why
 from agent.north.codec import DERIVATIONS
 from agent.north.drain import BACKOFF_MAX, BACKOFF_MIN, Drain, DrainSettings
 from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
@@ -83,23 +85,25 @@ class Pacing:
 class PlatformUplink:
     """An uplink to a platform: the drain loop with a templated body and the protocol's
     connector: `connector(spec, pacing)` builds one; a change of any of `connection_keys`
-    (the protocol's address, TLS and credential keys) on reload means a new connection."""
+    (the protocol's address, TLS and credential keys) on reload means a new connection.
+    `body_type(ctx, spec.body, timezone)` makes the body (a templated one unless the protocol
+    has its own); `reconfigure(spec.body, timezone)` gives it a reloaded config."""
 
     def __init__(self, spec: Any, ctx: UplinkContext, timezone: tzinfo | None,
-                 connector: Callable[[Any, Pacing], Connector], connection_keys: tuple[str, ...]):
+                 connector: Callable[[Any, Pacing], Connector], connection_keys: tuple[str, ...],
+                 body_type: Callable[[UplinkContext, Any, tzinfo | None], Any] = TemplatedBody):
         self.spec = spec
         self.name: str = spec.name
         self.timezone = timezone
         self._connector, self._connection_keys = connector, connection_keys
         self.pacing = Pacing(self.name)
-        self.body = TemplatedBody(ctx, spec.body, timezone)
+        self.body = body_type(ctx, spec.body, timezone)
         self.carries_events = self.body.events is not None
         self.drain = Drain(self.name, ctx, self._settings(spec.delivery), self.body,
                            connector(spec, self.pacing))
         self.stats = self.drain.stats
 
-    @staticmethod
-    def _settings(delivery: Delivery) -> DrainSettings:
+    def _settings(self, delivery: Delivery) -> DrainSettings:
         return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
                              max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
 
@@ -114,8 +118,10 @@ class PlatformUplink:
             self.drain.events_stored()
 
     async def points_changed(self) -> None:
-        """Records look point metadata up afresh; nothing is restated (no description message)."""
+        """Records look point metadata up afresh; the registration, if any, goes again if it changed."""
         self.body.points_changed()
+        if self.body.meta is not None:
+            await self.drain.restate()
 
     def status_changed(self) -> None:
         """Platforms have no status message: nothing to do."""
@@ -135,6 +141,83 @@ class PlatformUplink:
             return self.spec.delivery.interval + self.spec.delivery.timeout
         return self.drain.connector.connect_allowance + self.pacing.delay
 
+    def probe(self) -> Probe:
+        """A connection as the uplink makes one (TCP, TLS), with a pacing of its own; the
+        platform checks credentials (headers, cipher keys) only with a message."""
+        spec = self.spec
+        return Probe(self._connector(spec, Pacing(self.name)), spec.host, spec.port, spec.tls, "")
+
+
+
+class SerialLink:
+    """A link that puts one message at a time on the wire and awaits its verdict (a platform
+    handles messages in the order they come): `send` queues, one worker takes the queue in
+    order through the protocol's `_exchange`. No answer ends the link (the drain sends again,
+    with back-off); an acceptance or a refusal goes to the drain by seq. `_tasks` holds the
+    worker and whatever else the protocol runs for the link."""
+
+    def __init__(self, name: str, pacing: Pacing, on_ack: Callable[[int], None],
+                 on_reject: Callable[[int, str], None]):
+        self.pacing, self.on_ack, self.on_reject = pacing, on_ack, on_reject
+        self.lost = asyncio.Event()
+        self.reason = ""  # why it was lost, for the uplink's last error
+        self._queue: deque[tuple[int, str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.ensure_future(guarded(self._work(), name, self.lost))]
+
+    def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
+        if self.lost.is_set():
+            return False
+        self._queue.append((seq, kind, payload))
+        self._wake.set()
+        return True
+
+    def opened(self) -> None:
+        """No session message: the platform sees only numbered messages."""
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.pacing.failed(reason)
+            self.reason = reason
+            self.lost.set()
+
+    async def _exchange(self, kind: str, payload: bytes) -> Verdict:
+        """One message to the far end and its verdict."""
+        raise NotImplementedError
+
+    def _cancel(self) -> None:
+        self.lost.set()
+        for task in self._tasks:
+            task.cancel()
+
+    def abandon(self) -> None:
+        """From a worker thread: stop and drop the connection on the loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left open
+            self._loop.call_soon_threadsafe(self._shut)
+
+    def _shut(self) -> None:
+        """On the loop: stop the link's tasks and drop its connection at once."""
+        self._cancel()
+
+    async def _work(self) -> None:
+        while not self.lost.is_set():
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            seq, kind, payload = self._queue[0]
+            verdict = await self._exchange(kind, payload)
+            if verdict.outcome == NO_ANSWER:
+                self._lose(verdict.reason)
+                return
+            self._queue.popleft()
+            if verdict.outcome == ACCEPT:
+                self.pacing.accepted()
+                self.on_ack(seq)
+            else:
+                self.pacing.failed(verdict.reason, refused=True)
+                self.on_reject(seq, verdict.reason)
 
 
 async def guarded(work: Awaitable[None], uplink: str, lost: asyncio.Event) -> None:
@@ -153,17 +236,6 @@ def client_tls(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-def why(exc: BaseException) -> str:
-    """A connection error in words, without its traceback."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: {exc.verify_message or exc.reason}: check ca_file"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
-
-
 async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
                       within: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection (with its TLS handshake), or ConnectFailed saying why."""
@@ -172,4 +244,4 @@ async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
             asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None),
             within)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        raise ConnectFailed(f"{host}:{port}: {why(exc)}") from None
+        raise ConnectFailed(f"{host}:{port}: {why(exc)}", failed_step(exc)) from None

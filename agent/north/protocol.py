@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.model import Point
 from agent.north.ack import AckRule
 from agent.north.base import Uplink, UplinkContext
 from agent.north.platform import Delivery
@@ -47,6 +48,12 @@ class UplinkEntry(Protocol):
         """`send`, `interval`, `batch`, `max_rejects`, `timeout`."""
 
 
+def own_key(item: dict, table: str, key: str) -> Any:
+    """A key a message kind's table (`[uplinks.events]`, `[uplinks.registry]`) gives, or None."""
+    sub = item.get(table)
+    return sub.get(key) if isinstance(sub, dict) else None
+
+
 @dataclass(frozen=True)
 class UplinkProtocol:
     keys: Keys  # beside `name` and `protocol`; "table" and "list" kinds are read by `build`
@@ -54,6 +61,10 @@ class UplinkProtocol:
     uplink: Callable[[Any, UplinkContext], Uplink]  # (its spec, context) -> the uplink
     spec_type: type
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)
-    events_keys: Keys = field(default_factory=dict)  # `[uplinks.events]` keys beside envelope and record
+    # keys `[uplinks.events]` and `[uplinks.registry]` take beside envelope and record (a url, a topic)
+    events_keys: Keys = field(default_factory=dict)
     no_cipher: str = ""  # why its codec takes no cipher (mqtt: key_file is the TLS key); "": it takes one
     http_status: bool = False  # its replies carry an HTTP status for `ack.status`
+    # (its spec, the points) -> (point, column, warning) for `hazgate validate`: points it
+    # cannot send as they are
+    point_warnings: Callable[[Any, list[Point]], list[tuple[Point, str, str]]] | None = None

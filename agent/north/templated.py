@@ -40,6 +40,7 @@ import orjson
 from agent.common.timefmt import now_ms
 from agent.north.base import UplinkContext
 from agent.north.codec import Codec
+from agent.north.registry import registry_records
 from agent.north.template import Template, split_placeholders
 from agent.pipeline.store import Builder
 
@@ -47,6 +48,11 @@ EVENT_VARIABLES = frozenset({
     "id", "kind", "severity", "state", "ts", "ts_ms", "tag", "interlock", "source", "name",
     "value", "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment",
     "gateway", "enterprise", "event",
+})
+# `[uplinks.declarations.record]`: a declaration event (`hazgate declare`) in the events message
+DECLARATION_VARIABLES = frozenset({
+    "id", "subject", "kind", "state", "reason", "by", "since", "until", "note", "ts", "ts_ms", "name",
+    "target_code", "hazard_source", "equipment", "gateway", "enterprise", "event",
 })
 TIME_FORMATS = ("rfc3339", "epoch_ms")
 TEMPLATED_KEYS = {"codec": ("list", False), "time_format": ("str", False)}  # [[uplinks]] keys of a templated body
@@ -108,6 +114,9 @@ class BodySpec:
     readings: MessageTemplates
     events: MessageTemplates | None = None  # None: this uplink carries no events
     time_format: str = "rfc3339"
+    declarations: Template | None = None  # the record of a declaration event; None: as any event
+    declarations_table: dict | None = None  # the TOML table it came from (the reference receiver checks it)
+    registry: MessageTemplates | None = None  # point registration, the uplink's description message
 
 
 def payload_paths(node: Any, path: tuple = ()) -> list[tuple[tuple, bool]]:
@@ -142,11 +151,10 @@ class TemplatedBody:
     """`Body` (agent/north/base.py) of an uplink with `[uplinks.envelope]` and `[uplinks.record]`.
 
     `events` is a Builder only when the uplink declares `[uplinks.events]`, else None: the
-    uplink carries no events. `meta` is None (no description message). Builders are bound to
-    the settings they were made with: one already handed to the store builds with those even
-    if `reconfigure` comes in between."""
-
-    meta: Builder | None = None
+    uplink carries no events. `meta`, its description message, is the point registration when
+    it declares `[uplinks.registry]`, else None. Builders are bound to the settings they were
+    made with: one already handed to the store builds with those even if `reconfigure` comes
+    in between."""
 
     def __init__(self, ctx: UplinkContext, spec: BodySpec, timezone: tzinfo | None = None):
         self.ctx = ctx
@@ -161,9 +169,21 @@ class TemplatedBody:
         time = time_formatter(spec.time_format, timezone)
         self._live: Builder = lambda seq, rows: self._readings(spec, time, seq, rows, False)
         self._backfill: Builder = lambda seq, rows: self._readings(spec, time, seq, rows, True)
-        events = spec.events
+        events, registry = spec.events, spec.registry
         self.events: Builder | None = None if events is None else (
             lambda seq, rows: self._events(spec, events, time, seq, rows))
+        self.meta: Builder | None = None if registry is None else (
+            lambda seq, _rows: self._envelope(spec, registry, time, seq, self._registry(registry)))
+
+    def meta_digest(self) -> bytes:
+        """The registration records as they would go now."""
+        assert self.spec.registry is not None
+        return orjson.dumps(self._registry(self.spec.registry))
+
+    def _registry(self, registry: MessageTemplates) -> list[dict]:
+        ctx = self.ctx
+        return registry_records(registry.record, ctx.points(), ctx.devices(), ctx.gateway, ctx.enterprise,
+                                ctx.declared)
 
     def points_changed(self) -> None:
         """The point set changed: look metadata up afresh."""
@@ -219,10 +239,27 @@ class TemplatedBody:
         records = []
         for event in rows:
             point = index.get(event.get("tag") or "", {})
-            values = {f: event.get(f, point.get(f)) for f in _EVENT_FIELDS}
             ts_ms = _event_ms(event.get("ts"))
+            if spec.declarations is not None and event.get("kind") == "declaration":
+                records.append(spec.declarations.render(self._declaration(event, point, time, ts_ms)))
+                continue
+            values = {f: event.get(f, point.get(f)) for f in _EVENT_FIELDS}
             values.update(ts_ms=ts_ms, ts=None if ts_ms is None else time(ts_ms), event=event,
                           gateway=self.ctx.gateway, enterprise=self.ctx.enterprise)
             records.append(templates.record.render(values))
         return self._envelope(spec, templates, time, seq, records)
+
+    def _declaration(self, event: dict, point: dict, time: TimeFormatter, ts_ms: int | None) -> dict:
+        """A declaration event's record variables; its times in the uplink's time format."""
+        values = {f: event.get(f) for f in ("id", "subject", "state", "reason", "by", "note")}
+        for key in ("since", "until"):
+            ms = _event_ms(event.get(key))
+            values[key] = None if ms is None else time(ms)
+        values.update({f: point.get(f) for f in ("name", "target_code", "hazard_source", "equipment")})
+        if "interlock" in event:
+            values["name"] = event.get("name")
+        values.update(kind="interlock" if "interlock" in event else "point", ts_ms=ts_ms,
+                      ts=None if ts_ms is None else time(ts_ms), event=event, gateway=self.ctx.gateway,
+                      enterprise=self.ctx.enterprise)
+        return values
 

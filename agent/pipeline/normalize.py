@@ -3,12 +3,17 @@
 Report by exception: a numeric point with a deadband is reported only when it moved by at
 least the deadband or its quality changed; every `integrity_interval` all points are
 reported anyway, so the platform always holds a recent value of each.
+
+A point under a declared stop (`hazgate declare`, agent/pipeline/declarations.py) reads on: its
+good readings become `uncertain`, reason `declared_stop`, so no check acts on them and the
+platform sees why.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 
 from agent.model import BAD, GOOD, UNCERTAIN, Point, Reading, Sample
 
@@ -22,8 +27,9 @@ def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
 
 
 class Normalizer:
-    def __init__(self, integrity_interval: float):
+    def __init__(self, integrity_interval: float, declared: Collection[str] = frozenset()):
         self.integrity_interval = integrity_interval
+        self.declared = declared  # tags under a declared stop now (the check stage keeps it current)
         self._last: dict[str, tuple[float | bool | None, str, str | None]] = {}
         self._next_integrity = 0.0
 
@@ -39,7 +45,7 @@ class Normalizer:
             self._next_integrity = now + self.integrity_interval
         every: list[Reading] = []
         report: list[Reading] = []
-        keep, send, last = every.append, report.append, self._last
+        keep, send, last, stopped = every.append, report.append, self._last, self.declared
         for s in samples:
             p, raw, quality, reason = s.point, s.raw, s.quality, s.reason
             if raw is None or quality == BAD:
@@ -50,6 +56,8 @@ class Normalizer:
                     quality, reason = BAD, "decode error: not a finite number"
             if quality == GOOD and not clock_ok:
                 quality, reason = UNCERTAIN, "clock_unsynchronized"
+            if stopped and quality == GOOD and p.tag in stopped:
+                quality, reason = UNCERTAIN, "declared_stop"
             r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
             keep(r)
             prev = last.get(p.tag)

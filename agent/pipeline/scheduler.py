@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from agent.common.clock import ClockWatch
 from agent.model import BAD, Reading
@@ -27,10 +27,10 @@ Sink = Callable[[DeviceSpec, list[Reading], list[Reading]], Awaitable[None]]
 class DeviceTask:
     def __init__(self, device: DeviceSpec, driver: Driver, sink: Sink,
                  on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None,
-                 clock: ClockWatch | None = None):
+                 clock: ClockWatch | None = None, declared: Collection[str] = frozenset()):
         self.device, self.driver, self.sink, self.on_link = device, driver, sink, on_link
         self.clock = clock
-        self.normalizer = Normalizer(device.integrity_interval)
+        self.normalizer = Normalizer(device.integrity_interval, declared)
         self.link = "unknown"
         self.reason: str | None = None
         self.polls = 0

@@ -31,7 +31,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
@@ -41,6 +41,7 @@ import orjson
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.model import QUALITY_NAME, Point
+from agent.pipeline import history
 from agent.pipeline.checks.rules import Rules
 from agent.pipeline.chunks import CHUNK_ROWS, pack_chunk, unpack_chunk
 from agent.pipeline.evidence import EVIDENCE_AGE_S, EVIDENCE_NAME, DayClock, Evidence, read_runs
@@ -84,7 +85,7 @@ CREATE TABLE IF NOT EXISTS snapshot_live(
   uplink TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL, PRIMARY KEY(uplink, first)) WITHOUT ROWID;
 """
 
-SNAPSHOT_TABLES = ("snapshots", "snapshot_state", "snapshot_live")
+SNAPSHOT_TABLES = ("snapshots", "snapshot_state", "snapshot_live", "minute_stats")
 SNAPSHOT_GRACE = 1000  # ms after a boundary before its snapshot is built (at most half the interval)
 TAIL, HEAD = 0, 1  # the sides of a snapshot uplink's state: in order (back-fill), ahead (live)
 
@@ -108,6 +109,19 @@ class StoreBounds:
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
 Builder = Callable[[int, list[tuple]], bytes]
+
+
+class SnapshotPage(list):
+    """The records of one snapshot message and the boundary they stand at (`at`, epoch ms): a
+    body that writes the snapshot's own time (HJ 212's DataTime) reads it there."""
+
+    def __init__(self, rows: Iterable[tuple], at: int):
+        super().__init__(rows)
+        self.at = at
+
+    def part(self, rows: Iterable[tuple]) -> SnapshotPage:
+        """Some of its records, at the same boundary."""
+        return SnapshotPage(rows, self.at)
 EVENTS_PER_MESSAGE = 100
 
 
@@ -128,6 +142,8 @@ class DrainRequest:
     events_batch: int = 100  # events in one message at most
     snapshot_interval: int = 0  # ms between snapshots (send = "snapshot"); 0: readings mode
     snapshot_due: int = 0  # the newest boundary whose snapshot is due (epoch ms, a multiple of the interval)
+    history: frozenset[str] = frozenset()  # snapshot mode: tags whose readings the tail keeps per minute
+    history_ms: int = 0  # how long those minutes are kept
 
 
 @dataclass(slots=True)
@@ -148,6 +164,7 @@ class Store:
         self._points: dict[int, tuple[str, str, str]] = {}  # pid -> (tag, unit, type)
         self.data_dir = data_dir
         self._published: dict[str, int] = {}  # uplink -> its published mark, as last read or written
+        self._pruned: dict[str, int] = {}  # uplink -> when its old minute aggregates were last pruned
         self.evidence: Evidence | None = None  # its writer; None: read-only
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
@@ -184,7 +201,7 @@ class Store:
         # FULL: a commit is on disk before we go on. NORMAL could roll back the last commits
         # on power loss, and with them sequence numbers already used on the wire.
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + history.SCHEMA)
         check = self.db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
@@ -641,6 +658,9 @@ class Store:
         boundary and last chunk folded (NULL while the tail is live); `fold_to` the live
         boundary being folded towards across calls (its state is pruned to it)."""
         up, step = req.uplink, req.snapshot_interval
+        if req.history and (now := now_ms()) - self._pruned.get(up, 0) >= history.PRUNE_EVERY:
+            history.prune(self.db, up, now - req.history_ms)
+            self._pruned[up] = now
         row = self.db.execute("SELECT at, head_at, head_chunk, fold_to FROM snapshots WHERE uplink=?",
                               (up,)).fetchone()
         if row is None:  # a new snapshot uplink starts at the due boundary: nothing before it was missed
@@ -655,7 +675,8 @@ class Store:
                 self.db.execute("INSERT OR REPLACE INTO snapshot_state SELECT uplink, ?, pid, ts, value, quality, reason "
                                 "FROM snapshot_state WHERE uplink=? AND side=?", (HEAD, up, TAIL))
             side = TAIL if head_at is None else HEAD
-            reached, used, last = self._fold(up, side, due, step, budget, 0 if side == TAIL else head_chunk)
+            reached, used, last = self._fold(up, side, due, step, budget, 0 if side == TAIL else head_chunk,
+                                             req.history)
             budget -= used
             if side == HEAD:
                 head_chunk = last
@@ -683,7 +704,7 @@ class Store:
             sent = self.db.execute("SELECT last FROM snapshot_live WHERE uplink=? AND first <= ? AND last >= ?",
                                    (up, nxt, nxt)).fetchone()
             target = nxt if sent is None else sent[0]
-            reached, used, _ = self._fold(up, TAIL, target, step, budget, 0)
+            reached, used, _ = self._fold(up, TAIL, target, step, budget, 0, req.history)
             budget -= used
             if not reached:
                 res.more = True
@@ -705,14 +726,15 @@ class Store:
         return self.last_reading_id() if first is None else first - 1
 
     def _fold(self, uplink: str, side: int, target: int, step: int, budget: int,
-              after: int) -> tuple[bool, int, int]:
+              after: int, keep: frozenset[str] = frozenset()) -> tuple[bool, int, int]:
         """Fold the uplink's pending chunks after chunk `after`, whole and in order, into its
         `side` state until a chunk holds nothing up to the grace after `target` (or none is
         left: reached) or the budget is spent (at least one chunk is folded). So a reading
         stored behind later ones by less than the grace still counts for its boundary. The
         state keeps per point its newest reading at or before the target and its newest in
-        each later interval. The tail's chunks leave its queue. Returns (reached, readings
-        folded, last chunk folded)."""
+        each later interval. The tail's chunks leave its queue, their readings of the `keep`
+        tags added to the uplink's minute aggregates (agent/pipeline/history.py). Returns
+        (reached, readings folded, last chunk folded)."""
         newest: dict[tuple[int, int], tuple] = {}  # (pid, boundary it counts for) -> newest reading
         horizon = target + snapshot_grace(step)
         used, first, last, reached = 0, None, after, True
@@ -725,6 +747,8 @@ class Store:
                 reached = False
                 break
             rows = unpack_chunk(blob)
+            if keep and side == TAIL:
+                history.add(self.db, uplink, rows, lambda pid: self._point(pid)[0] in keep)
             for r in rows:
                 key = (r[1], target if r[0] <= target else -(-r[0] // step) * step)
                 if (best := newest.get(key)) is None or r[0] >= best[0]:
@@ -764,7 +788,7 @@ class Store:
             "SELECT pid, ts, value, quality, reason FROM snapshot_state WHERE uplink=? AND side=? AND ts <= ? "
             "ORDER BY pid", (uplink, side, at))]
         for i in range(0, len(body), batch):
-            page = body[i : i + batch]
+            page = SnapshotPage(body[i : i + batch], at)
             seq = self._next_seq(uplink)
             self._enqueue(uplink, seq, "snapshot", False, len(page), at, build(seq, page), page)
         return -(-len(body) // batch), len(body)
@@ -907,6 +931,16 @@ class Store:
             }
             self._add_events([(ts, event)])
         return event
+
+    def history(self, uplink: str, tags: list[str], start_ms: int, end_ms: int,
+                step_ms: int) -> list[tuple[int, str, int, float | None, float | None, float | None, int]]:
+        """The uplink's minute aggregates summed per `step_ms` interval: (interval start, tag,
+        usable values, their sum, least, greatest, bad readings), for intervals starting within
+        start_ms..end_ms, in order."""
+        wanted = set(tags)
+        pids = {pid: tag for pid, tag in self.db.execute("SELECT pid, tag FROM points") if tag in wanted}
+        return [(at, pids[pid], *rest) for at, pid, *rest in
+                history.query(self.db, uplink, pids, start_ms, end_ms, step_ms)]
 
     # --- inspection -----------------------------------------------------------------------
     def uplink_stats(self, uplink: str) -> dict:

@@ -33,11 +33,14 @@ from urllib.parse import urlparse
 
 import orjson
 
+from agent.common.secrets import secret_file_problem
 from agent.common.timefmt import now_ms, rfc3339
 from agent.model import QUALITIES
-from agent.north.mqtt.client import Events, MQTTMessage, MqttOptions, MqttSession
+from agent.north.base import ConnectFailed, why
+from agent.north.mqtt.client import CONNECT_ERRORS, Events, MQTTMessage, MqttOptions, MqttSession
 from agent.north.mqtt.schema import SCHEMA, SEVERITIES
 from agent.north.mqtt.spec import without_credentials
+from agent.north.mqtt.uplink import password as mqtt_password
 from agent.receiver import completeness
 from agent.receiver.problems import Problems
 
@@ -654,11 +657,11 @@ class Receiver:
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
     """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]; ValueError otherwise
-    (never showing a user name or password: the receiver takes none, and would log them)."""
+    (never showing a user name or password: they would show in logs and reports)."""
     if "@" in url:
         raise ValueError(f"{without_credentials(url)!r} (shown without it): a user name or password in the "
                          "address would show in logs and reports; valid: mqtt://host:port or "
-                         "mqtts://host:port (the receiver connects without credentials)")
+                         "mqtts://host:port, with --username and --password-file")
     parsed = urlparse(url)
     if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname or parsed.path not in ("", "/"):
         raise ValueError(f"{url!r} is not a broker address; valid: mqtt://host:port or mqtts://host:port")
@@ -670,20 +673,68 @@ def parse_broker(url: str) -> tuple[str, int, bool]:
     return parsed.hostname, port, tls
 
 
+@dataclass(frozen=True)
+class Login:
+    """How the receiver proves itself to a secured broker, as the gateway does (`[uplink]`):
+    a user name and the password read from an owner-only file, TLS trust and a client
+    certificate. `password` is never logged or shown."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+def _file(flag: str, value: str | None, secret: bool = False) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(f"{flag} {value}: no such file; valid: an existing file")
+    if secret and (problem := secret_file_problem(path)):
+        raise ValueError(f"{flag} {problem}")
+    return path
+
+
+def parse_login(args: Any, tls: bool) -> Login:
+    """The --username, --password-file, --ca-file, --cert-file and --key-file options checked
+    (files exist; the password and key files readable only by their owner, or group read);
+    ValueError naming the option, the bad value and what is valid."""
+    username, password_file = args.username, args.password_file
+    if password_file is not None and not username:
+        raise ValueError("--password-file needs --username: the broker checks the pair")
+    if (args.cert_file is None) != (args.key_file is None):
+        raise ValueError("--cert-file and --key-file go together: the client certificate and its key")
+    given = [f for f, v in (("--ca-file", args.ca_file), ("--cert-file", args.cert_file)) if v is not None]
+    if given and not tls:
+        raise ValueError(f"{' and '.join(given)}: TLS settings, and the broker address is mqtt:// "
+                         f"(plain); valid: an mqtts:// broker address")
+    pw_path = _file("--password-file", password_file, secret=True)
+    try:
+        password = mqtt_password(pw_path) if pw_path is not None else None
+    except ConnectFailed as exc:
+        raise ValueError(f"--password-file: {exc}") from None
+    return Login(username or None, password, _file("--ca-file", args.ca_file),
+                 _file("--cert-file", args.cert_file), _file("--key-file", args.key_file, secret=True))
+
+
 class Link(Events):
     """A persistent MQTT session that hands messages to a queue and acks only when told."""
 
-    def __init__(self, host: str, port: int, tls: bool, client_id: str, prefix: str):
+    def __init__(self, host: str, port: int, tls: bool, client_id: str, prefix: str, login: Login = Login()):
         self.host, self.port = host, port
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
         self.gen = 0
         self.online = False
         self.ever_connected = False
+        self.refusal = ""  # the broker's last answer to a refused connection (a wrong password...)
         self.accepting = True
         self.topics = [(f"{prefix.rstrip('/')}/+/+/{k}", 1) for k in KINDS]
         self.session = MqttSession(MqttOptions(
-            host=host, port=port, client_id=client_id, tls=tls, clean_session=False, manual_ack=True,
-            reconnect=(1, 10)), self)
+            host=host, port=port, client_id=client_id, tls=tls, ca_file=login.ca_file,
+            cert_file=login.cert_file, key_file=login.key_file, username=login.username,
+            password=login.password, clean_session=False, manual_ack=True, reconnect=(1, 10)), self)
         self._failures = 0
 
     def start(self) -> None:
@@ -694,7 +745,9 @@ class Link(Events):
         self.session.close()  # the session (and what is queued for it) stays at the broker
 
     def refused(self, reason: str) -> None:
-        log.warning("broker refused the connection", extra={"fields": {"reason": reason}})
+        if reason != self.refusal:
+            log.warning("broker refused the connection", extra={"fields": {"reason": reason}})
+        self.refusal = reason
 
     def connected(self, session_present: bool) -> None:
         self.gen += 1
@@ -772,13 +825,23 @@ def receive(args: Any) -> int:
             print(f"hazgate receive: --{flag.replace('_', '-')} {v}: valid: a number of seconds above 0", file=sys.stderr)
             return EXIT_USAGE
     try:
+        login = parse_login(args, tls)
+    except ValueError as exc:
+        print(f"hazgate receive: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         db = open_db(args.db)
         receiver = Receiver(db, args.topic_prefix)
         client_id = client_id_for(db, args.db)
     except sqlite3.Error as exc:
         print(f"hazgate receive: --db {args.db}: cannot use: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    link = Link(host, port, tls, client_id, args.topic_prefix)
+    try:
+        link = Link(host, port, tls, client_id, args.topic_prefix, login)
+    except CONNECT_ERRORS as exc:  # paho reads the CA, certificate and key files here
+        db.close()
+        print(f"hazgate receive: --ca-file, --cert-file, --key-file: cannot use them: {why(exc)}", file=sys.stderr)
+        return EXIT_USAGE
 
     stop = threading.Event()
     old_handlers = {}
@@ -847,7 +910,8 @@ def receive(args: Any) -> int:
         print(f"hazgate receive: {failed}", file=sys.stderr)
         return EXIT_FAIL
     if not link.ever_connected:
-        print(f"hazgate receive: never reached the broker at {args.broker}", file=sys.stderr)
+        refused = f": it refused the connection: {link.refusal}" if link.refusal else ""
+        print(f"hazgate receive: never reached the broker at {args.broker}{refused}", file=sys.stderr)
         return EXIT_FAIL
     if args.fail_on_gaps and receiver.any_gaps():
         return EXIT_FAIL

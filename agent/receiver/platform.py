@@ -28,7 +28,8 @@ import sqlite3
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,20 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "limit": (_scalar, "a number, string, true/false or null"),
         "event": (lambda v: type(v) is dict, "an object"),
     }
+    declaration = {
+        **common, "id": event["id"], "ts": event["ts"], "ts_ms": event["ts_ms"], "event": event["event"],
+        "subject": (lambda v: _text(v) and v != "", "a non-empty string"),
+        "kind": (lambda v: v in ("point", "interlock"), "point or interlock"),
+        "state": (lambda v: v in ("stopped", "restored", "expired"), "stopped, restored or expired"),
+        "by": text, "reason": text, "note": text, "since": time_check, "until": event["ts"],
+        **dict.fromkeys(("name", "target_code", "hazard_source", "equipment"), opt),
+    }
+    number = (lambda v: v is None or _number(v), "a number or null")
+    registry = {
+        **common, "tag": record["tag"], "kind": text, "in_service": (lambda v: type(v) is bool, "true or false"),
+        **dict.fromkeys(("name", "unit", "target_code", "hazard_source", "equipment", "device"), opt),
+        **dict.fromkeys(("ll", "l", "h", "hh", "range_low", "range_high"), number),
+    }
     envelope = {
         **common,
         "payload": ((lambda v: type(v) is list) if plain_json else _text,
@@ -206,7 +221,8 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "count": (lambda v: _int(v) and v >= 0, "a whole number"),
         "sent_at": time_check,
     }
-    return {"record": record, "event": event, "envelope": envelope}
+    return {"record": record, "event": event, "declaration": declaration, "registry": registry,
+            "envelope": envelope}
 
 
 def check(template: Any, value: Any, rules: dict[str, tuple[Any, str]], where: str,
@@ -366,9 +382,13 @@ class PlatformReceiver:
         self.kinds = [_kind("readings", body.readings)]
         if body.events is not None:
             self.kinds.append(_kind("events", body.events))
+        if body.registry is not None:  # its records name the gateway, its readings may not: not an identity
+            self.kinds.append(replace(_kind("registry", body.registry), record_gateway=None))
         rules = variable_rules(body.time_format, len(body.codec.steps) == 1)
         self.rules = {"readings": rules["record"], "events": rules["event"],
+                      "declarations": rules["declaration"], "registry": rules["registry"],
                       "envelope": rules["envelope"]}
+        self.declarations = body.declarations_table  # a declaration's record in an events message
         self.set_controls(controls)
         db.executescript(DB_SCHEMA)
         self.gateways = self._load()
@@ -479,8 +499,18 @@ class PlatformReceiver:
             return [], False
         rules = self.rules[kind.name]
         for i, record in enumerate(payload):
-            check(kind.templates.record_table, record, rules, f"records[{i}]", p)
+            if kind.name == "events" and self.declarations is not None and self._is_declaration(record):
+                check(self.declarations, record, self.rules["declarations"], f"records[{i}]", p)
+            else:
+                check(kind.templates.record_table, record, rules, f"records[{i}]", p)
         return payload, False
+
+    def _is_declaration(self, record: Any) -> bool:
+        """A record that fits the declaration template better than the event one."""
+        as_declaration, as_event = Problems(), Problems()
+        check(self.declarations, record, self.rules["declarations"], "", as_declaration)
+        check(self.kinds[1].templates.record_table, record, self.rules["events"], "", as_event)
+        return len(as_declaration) < len(as_event)
 
     def _bad(self, gw: PlatformGateway, data_id: Any, seq: Any, received: str, body: bytes,
              problems: list[str], undecodable: bool) -> Reply:
@@ -508,7 +538,7 @@ class PlatformReceiver:
         gw.messages += 1
         if kind.name == "events":
             gw.events += len(records)
-        else:
+        elif kind.name == "readings":
             gw.records += len(records)
         rows = [(gw.name, data_id, seq, kind.name, i, self._get(r, kind.tag), self._get(r, kind.ts),
                  self._get(r, kind.value), orjson.dumps(r).decode()) for i, r in enumerate(records)]
@@ -602,8 +632,8 @@ class PlatformServer:
         if self.scheme == "http":
             spec = self.receiver.spec
             paths = {self.path}
-            if isinstance(spec, HttpSpec) and spec.events_url:
-                paths.add(urlparse(spec.events_url).path or "/")
+            if isinstance(spec, HttpSpec):
+                paths.update(urlparse(url).path or "/" for url in (spec.events_url, spec.registry_url) if url)
             app = web.Application(client_max_size=MAX_BODY)
             for path in paths:
                 app.router.add_post(path, self._http)
@@ -695,6 +725,36 @@ def platform_spec(uplinks: list, name: str) -> HttpSpec | TcpSpec:
     return platforms[name]
 
 
+async def serve_until(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+                      last_message: Callable[[], float], listen: str, duration: float | None,
+                      idle_exit: float | None) -> str | None:
+    """Serve from `start` until `duration` seconds, `idle_exit` seconds after the last message
+    (`last_message`: its monotonic time), or SIGTERM/SIGINT, then `stop`; why it could not
+    listen, or None."""
+    started = time.monotonic()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+    except OSError as exc:
+        return f"cannot listen on {listen}: {exc.strerror or exc}"
+    try:
+        while not stopping.is_set():
+            now = time.monotonic()
+            if duration is not None and now - started >= duration:
+                break
+            if idle_exit is not None and now - last_message() >= idle_exit:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), TICK)
+    finally:
+        await stop()
+    return None
+
+
 def receive_platform(listen: str, spec: HttpSpec | TcpSpec, db_path: str,
                      controls: Controls = Controls(), duration: float | None = None,
                      idle_exit: float | None = None, report: str | None = None,
@@ -709,31 +769,8 @@ def receive_platform(listen: str, spec: HttpSpec | TcpSpec, db_path: str,
         print(f"hazgate receive: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.monotonic()
-
-    async def serve() -> str | None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        try:
-            await server.start()
-        except OSError as exc:
-            return f"cannot listen on {listen}: {exc.strerror or exc}"
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                if duration is not None and now - started >= duration:
-                    break
-                if idle_exit is not None and now - server.last_message >= idle_exit:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), TICK)
-        finally:
-            await server.stop()
-        return None
-
-    failed = asyncio.run(serve())
+    failed = asyncio.run(serve_until(server.start, server.stop, lambda: server.last_message, listen,
+                                     duration, idle_exit))
     lines = receiver.lines()
     for line in lines:
         print(line)

@@ -34,6 +34,7 @@ from agent.common.running import AppliedConfig, mark_running, mark_stopped, save
 from agent.common.secrets import CertInfo, check_certificates
 from agent.config.gateway import GatewayConfig
 from agent.config.loader import load_config
+from agent.north.adapters import protocol_of
 from agent.service.health import (
     DEFAULT_STALE,
     Exposition,
@@ -77,10 +78,15 @@ def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
                        ("gateway.enterprise_code", old.enterprise_code, new.enterprise_code),
                        ("gateway.data_dir", old.data_dir, new.data_dir),
                        ("uplink.topic_prefix", old.mqtt and old.mqtt.topic_prefix, new.mqtt and new.mqtt.topic_prefix),
-                       ("uplinks", [u.name for u in old.uplinks], [u.name for u in new.uplinks])):
+                       ("uplinks", _uplinks(old), _uplinks(new))):
         if a != b:
             out.append(f"{what} changed from {a!r} to {b!r}: restart the service to apply it")
     return out
+
+
+def _uplinks(cfg: GatewayConfig) -> list[str]:
+    """The uplinks by name and protocol: a reload keeps each uplink object, so neither may change."""
+    return [f"{u.name} ({protocol_of(u)})" for u in cfg.uplinks]
 
 
 def plan_reload(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
@@ -354,9 +360,10 @@ class Service:
             problems.append(f"store refuses writes: {agent.store_error}")
         if agent.writer.held_dropped:
             problems.append(f"{agent.writer.held_dropped} readings dropped from memory since start")
+        reasons = {u.name: u.stats.last_error for u in agent.uplinks}
         for name, since in self._uplink_down_since.items():
             if now - since > UPLINK_DOWN_PROBLEM:
-                problems.append(f"uplink {name} down for {now - since:.0f}s")
+                problems.append(f"uplink {name} down for {now - since:.0f}s: {reasons.get(name) or 'connecting'}")
         for u in agent.uplinks:  # a far end that takes messages and never acknowledges them
             s, age = u.stats, u.stats.oldest_unacked_age(now)
             if s.ack_deadline and age > s.ack_deadline:

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from agent.common.running import AppliedConfig, running_pid, stopped_cleanly
+from agent.common.timefmt import rfc3339
 from agent.config.gateway import GatewayConfig
+from agent.pipeline.declarations import Ledger
 from agent.tools.store_view import age_text, applied_note, open_store
 
 HEARTBEAT_STALE_MS = 15_000
@@ -53,6 +55,8 @@ def status(config: GatewayConfig | AppliedConfig) -> int:
     for name, where in cfg.uplinks:
         u = st["uplinks"].get(name)
         link = state.get(f"uplink:{name}:state", "unknown") if running else "down (agent not running)"
+        if running and link == "down" and (reason := state.get(f"uplink:{name}:reason")):
+            link = f"down: {reason}"
         print(f"uplink:  {name} {link} ({where}); since {age_text(state.get(f'uplink:{name}:changed'))}")
         if u is None:
             print("         not in the store yet (starts with the agent)")
@@ -72,7 +76,27 @@ def status(config: GatewayConfig | AppliedConfig) -> int:
         extra = f" ({reason})" if reason else ""
         print(f"  {dev:<20} {link}{as_of}{extra}; last good read {age_text(last_good)}")
     _print_active(active, as_of)
+    _print_declared(cfg.data_dir)
     return 0
+
+
+def _print_declared(data_dir: Path) -> None:
+    """The declared stops in force (`hazgate declare`), oldest first."""
+    try:
+        ledger = Ledger(data_dir, create=False)
+        try:
+            stops = sorted(ledger.active().values(), key=lambda d: d.at_ms)
+        finally:
+            ledger.close()
+    except (sqlite3.Error, OSError) as exc:
+        print(f"declared: cannot read the declarations in {data_dir}: {exc}")
+        return
+    print(f"declared: {len(stops)} stops in force")
+    now = time.time() * 1000
+    for d in stops:
+        until = "" if d.until_ms is None else f"; until {rfc3339(d.until_ms)}" + (
+            " EXPIRED" if now >= d.until_ms else "")
+        print(f"  {d.subject:<20} by {d.by} since {age_text(d.at_ms)}: {d.reason}{until}")
 
 
 def _no_heartbeat(data_dir: Path) -> str:

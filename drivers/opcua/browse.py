@@ -1,4 +1,4 @@
-"""`hazgate browse` for OPC UA: a server's server's address space, so a technician can build the point table.
+"""`hazgate browse` for OPC UA: a server's address space, so a technician can build the point table.
 
 Lists objects and variables below a node (default: the Objects folder) level by level with
 batched Browse and Read calls: the NodeId to write in the `address` column (`nsu=` form, which
@@ -27,7 +27,8 @@ POINT_TYPE = {
 }
 OBJECTS = ua.NodeId(ua.ObjectIds.ObjectsFolder)
 MASK = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
-CSV_COLUMNS = ("tag", "name", "address", "type", "unit", "kind", "eng_min", "eng_max", "deadband", "ll", "l", "h", "hh")
+CSV_COLUMNS = ("tag", "name", "address", "type", "unit", "kind", "eng_min", "eng_max", "deadband",
+               "hazard_source", "equipment", "target_code", "ll", "l", "h", "hh")
 
 
 @dataclass
@@ -181,7 +182,7 @@ def write_csv(path: Path, found: list[Found]) -> tuple[int, int]:
                 fh.write(f"# {f.address},{f.name}: {why} is not a point type; left out\n")
                 skipped += 1
                 continue
-            w.writerow([tag_of(f, used), f.name, f.address, f.point_type, "", "other"] + [""] * 7)
+            w.writerow([tag_of(f, used), f.name, f.address, f.point_type, "", "other"] + [""] * (len(CSV_COLUMNS) - 6))
             points += 1
     return points, skipped
 

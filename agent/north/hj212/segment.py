@@ -11,6 +11,7 @@ Flag: bit 0 `A` (a reply is wanted), bit 1 `D` (split packet), bits 2-7 the prot
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,7 +36,13 @@ EXE_RTN = {1: "done", 2: "failed, reason unknown", 3: "request conditions wrong"
            4: "communication timeout", 5: "system busy", 6: "system fault", 100: "no data"}
 
 _HEAD = ("QN", "ST", "CN", "PW", "MN", "Flag", "PNUM", "PNO")
+_PW = re.compile(r"PW=[^;&]*")
 _INT_HEAD = frozenset({"Flag", "PNUM", "PNO"})
+
+
+def masked(text: str) -> str:
+    """A frame or data segment as it may be shown or logged: its PW replaced by ***."""
+    return _PW.sub("PW=***", text)
 
 
 def make_flag(reply: bool, version: int = VERSION_2017) -> int:

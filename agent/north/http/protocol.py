@@ -10,7 +10,7 @@ from typing import Any
 from agent.north.base import Uplink, UplinkContext
 from agent.north.http.spec import Header, HttpSpec
 from agent.north.platform import PLATFORM_KEYS, PLATFORM_LIMITS
-from agent.north.protocol import UplinkEntry, UplinkProtocol
+from agent.north.protocol import UplinkEntry, UplinkProtocol, own_key
 
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 SECRET = "secret:"
@@ -22,12 +22,11 @@ def _build(e: UplinkEntry, item: dict, values: dict) -> HttpSpec | None:
     if values.get("ca_file") is not None and str(values.get("url", "")).startswith("http:"):
         e.err(("ca_file",), "ca_file", "the url is http://, so no certificate is checked; "
               "valid: an https:// url with ca_file, or no ca_file")
-    events = item.get("events")
     if not e.clean or body is None or ack is None or headers is None:
         return None
     return HttpSpec(name=values["name"], url=values["url"], body=body, delivery=delivery, ack=ack,
-                    ca_file=values.get("ca_file"), headers=headers,
-                    events_url=events.get("url") if isinstance(events, dict) else None)
+                    ca_file=values.get("ca_file"), headers=headers, events_url=own_key(item, "events", "url"),
+                    registry_url=own_key(item, "registry", "url"))
 
 
 def _headers(e: UplinkEntry, raw: Any) -> tuple[Header, ...] | None:

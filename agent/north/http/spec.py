@@ -31,6 +31,7 @@ class HttpSpec:
     ca_file: Path | None = None  # trust for the platform's certificate; None: the system CAs
     headers: tuple[Header, ...] = ()
     events_url: str | None = None  # where events go, when not to `url`
+    registry_url: str | None = None  # where the point registration goes, when not to `url`
 
     @property
     def describe(self) -> str:

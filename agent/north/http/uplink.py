@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from datetime import tzinfo
 from urllib.parse import urlparse
@@ -21,16 +20,16 @@ from urllib.parse import urlparse
 import aiohttp
 
 from agent.common.secrets import read_secret
-from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.ack import NO_ANSWER, Verdict, judge
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import BACKOFF_MAX
 from agent.north.http.spec import HttpSpec
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import Pacing, PlatformUplink, SerialLink, client_tls, open_stream
 
 log = logging.getLogger("hazgate.uplink")
 
 MAX_REPLY = 1 << 20  # bytes of a reply read at most
-CONNECTION_KEYS = ("url", "ca_file", "headers", "events_url", "delivery", "ack")
+CONNECTION_KEYS = ("url", "ca_file", "headers", "events_url", "registry_url", "delivery", "ack")
 
 
 def describe(url: str) -> str:
@@ -40,54 +39,18 @@ def describe(url: str) -> str:
     return f"{u.scheme}://{u.hostname}{port}{u.path}"
 
 
-class HttpLink:
+class HttpLink(SerialLink):
     """One aiohttp session; messages POSTed one after the other, in the order sent."""
 
     def __init__(self, spec: HttpSpec, session: aiohttp.ClientSession, pacing: Pacing,
                  on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]):
-        self.spec, self.session, self.pacing = spec, session, pacing
-        self.on_ack, self.on_reject = on_ack, on_reject
-        self.lost = asyncio.Event()
-        self.reason = ""  # why it was lost, for the uplink's last error
-        self._queue: deque[tuple[int, str, bytes]] = deque()
-        self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._worker = asyncio.ensure_future(guarded(self._work(), self.spec.name, self.lost))
+        super().__init__(spec.name, pacing, on_ack, on_reject)
+        self.spec, self.session = spec, session
         self._closing: asyncio.Future | None = None
 
-    def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
-        if self.lost.is_set():
-            return False
-        self._queue.append((seq, kind, payload))
-        self._wake.set()
-        return True
-
-    def opened(self) -> None:
-        """No session message: the platform sees only numbered messages."""
-
-    async def _work(self) -> None:
-        while not self.lost.is_set():
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            seq, kind, payload = self._queue[0]
-            verdict = await self._post(kind, payload)
-            if verdict.outcome == NO_ANSWER:
-                self.pacing.failed(verdict.reason)
-                self.reason = verdict.reason
-                self.lost.set()
-                return
-            self._queue.popleft()
-            if verdict.outcome == ACCEPT:
-                self.pacing.accepted()
-                self.on_ack(seq)
-            else:
-                self.pacing.failed(verdict.reason, refused=True)
-                self.on_reject(seq, verdict.reason)
-
-    async def _post(self, kind: str, payload: bytes) -> Verdict:
-        url = self.spec.events_url if kind == "events" and self.spec.events_url else self.spec.url
+    async def _exchange(self, kind: str, payload: bytes) -> Verdict:
+        own = {"events": self.spec.events_url, "meta": self.spec.registry_url}.get(kind)
+        url = own or self.spec.url
         try:
             async with self.session.post(url, data=payload, allow_redirects=False,
                                          headers={"Content-Type": "application/json"}) as resp:
@@ -102,18 +65,13 @@ class HttpLink:
             return Verdict(NO_ANSWER, f"{describe(url)}: {why(exc)}")
 
     async def close(self, grace: float) -> None:
-        self._worker.cancel()
+        for task in self._tasks:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self.session.close(), grace)
 
-    def abandon(self) -> None:
-        """From a worker thread: stop the requests and close the session on the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left open
-            self._loop.call_soon_threadsafe(self._shut)
-
     def _shut(self) -> None:
-        self.lost.set()
-        self._worker.cancel()
+        self._cancel()
         if self._closing is None:
             self._closing = asyncio.ensure_future(self.session.close())
 
@@ -134,7 +92,7 @@ class HttpConnector:
             try:
                 headers[h.name] = read_secret(h.secret)
             except (OSError, UnicodeDecodeError) as exc:
-                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}") from None
+                raise ConnectFailed(f"header {h.name}: cannot read {h.secret}: {why(exc)}", "file") from None
         return headers
 
     async def connect(self, on_ack: Callable[[int], None],

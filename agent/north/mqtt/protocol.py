@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from agent.north.mqtt.spec import MqttSpec, MqttUplinkSpec
 from agent.north.mqtt.uplink import MqttUplink
-from agent.north.protocol import UplinkEntry, UplinkProtocol
+from agent.north.protocol import UplinkEntry, UplinkProtocol, own_key
 from agent.north.templated import TEMPLATED_KEYS
 
 BROKER_KEYS = {
@@ -15,7 +15,7 @@ BROKER_KEYS = {
     "password_file": ("path", False), "publish_interval": ("duration:50ms..1h", False),
     "batch_size": ("int:1..10000", False), "keepalive": ("duration:1s..65535s", False),
 }
-TEMPLATED = ("topic", "envelope", "record", "events", "codec", "time_format")
+TEMPLATED = ("topic", "envelope", "record", "events", "declarations", "registry", "codec", "time_format")
 
 
 def broker_spec(values: dict) -> MqttSpec:
@@ -45,9 +45,9 @@ def _build(e: UplinkEntry, item: dict, values: dict) -> MqttUplinkSpec | None:
         body = e.body()
     if not e.clean or (templated and body is None):
         return None
-    events = item.get("events")
     return MqttUplinkSpec(name=values["name"], mqtt=broker_spec(values), topic=values.get("topic"),
-                          body=body, events_topic=events.get("topic") if isinstance(events, dict) else None)
+                          body=body, events_topic=own_key(item, "events", "topic"),
+                          registry_topic=own_key(item, "registry", "topic"))
 
 
 MQTT = UplinkProtocol(

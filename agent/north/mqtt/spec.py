@@ -54,6 +54,7 @@ class MqttUplinkSpec:
     topic: str | None = None  # readings (and, without events_topic, events) go here
     body: BodySpec | None = None  # None: hazgate.uplink/1
     events_topic: str | None = None
+    registry_topic: str | None = None  # the point registration's topic, when not `topic`
 
     @property
     def describe(self) -> str:

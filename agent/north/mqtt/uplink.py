@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
+from agent.common.secrets import read_secret
 from agent.common.timefmt import now_ms
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.base import ConnectFailed, Probe, UplinkContext, failed_step, why
 from agent.north.drain import Drain, DrainSettings
 from agent.north.mqtt.client import CONNECT_ERRORS, Events, MqttOptions, MqttSession
 from agent.north.mqtt.schema import (
@@ -37,6 +39,7 @@ ACK_KEEPALIVES = 3  # keepalives a PUBACK may take before the connection is drop
 CONNECT_TIMEOUT = 10.0
 CONNECTING_EXTRA = 30.0  # on top of keepalive while connecting (connect + CONNACK + back-off)
 KINDS = ("readings", "events", "meta", "status")
+PROBE_SUFFIX = "-check"  # a probe's client id: the gateway's and this
 
 
 class Uplink1Body:
@@ -102,8 +105,9 @@ class MqttLink:
     """One paho connection: message ids mapped back to the seq of the message they carried."""
 
     def __init__(self, opts: MqttOptions, topics: dict[str, str], body: Uplink1Body,
-                 on_ack: Callable[[int], None], loop: asyncio.AbstractEventLoop):
+                 on_ack: Callable[[int], None], loop: asyncio.AbstractEventLoop, farewell: bool = True):
         self.topics, self.body, self.on_ack = topics, body, on_ack
+        self.farewell = farewell  # close() publishes the retained `offline` status
         self.lost = asyncio.Event()
         self.connected = asyncio.Event()
         self.refusal = ""
@@ -128,18 +132,43 @@ class MqttLink:
     def restate_status(self) -> None:
         self._publish("status", self.body.status("online"), True, None)
 
+    async def answered(self) -> None:
+        """Until the broker accepted the connection (CONNACK) or it ended."""
+        waits = [asyncio.ensure_future(self.connected.wait()), asyncio.ensure_future(self.lost.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def close(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.farewell:
+            await loop.run_in_executor(None, self.session.close)
+            return
         payload = self.body.status("offline")
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.session.publish_and_wait, self.topics["status"], payload, True, grace)
+        await loop.run_in_executor(None, self.session.publish_and_wait, self.topics["status"], payload, True, grace)
 
     def abandon(self) -> None:
         self.session.abandon()
 
 
+def password(path: Path) -> str:
+    """The broker password from its file (never logged); ConnectFailed saying why it cannot be read."""
+    try:
+        return read_secret(path).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConnectFailed(f"cannot read the password file {path}: {why(exc)}; restore it "
+                            f"(readable only by the agent: chmod 600)", "file") from None
+
+
 class MqttConnector:
-    def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body, topics: dict[str, str]):
-        self.spec, self.ctx, self.body, self.topics = spec, ctx, body, topics
+    """Connections to the broker. A probe's (`hazgate uplink check`) has a client id of its
+    own, so that it never takes the running agent's session over, and no last will."""
+
+    def __init__(self, spec: MqttSpec, ctx: UplinkContext, body: Uplink1Body, topics: dict[str, str],
+                 probe: bool = False):
+        self.spec, self.ctx, self.body, self.topics, self.probe = spec, ctx, body, topics, probe
         # the broker (never a credential) and the topics under it: what one acknowledged there
         # another broker has not had
         root = topics["status"].rpartition("/")[0]
@@ -147,26 +176,37 @@ class MqttConnector:
         self.connect_allowance = spec.keepalive + CONNECTING_EXTRA
 
     def _options(self) -> MqttOptions:
+        """The session's options, the password read now; ConnectFailed when it cannot be."""
         s = self.spec
         return MqttOptions(
-            host=s.host, port=s.port, client_id=self.ctx.gateway, tls=s.tls, ca_file=s.ca_file,
-            cert_file=s.cert_file, key_file=s.key_file, username=s.username,
-            password=s.password_file.read_text().strip() if s.username and s.password_file else None,
-            keepalive=int(s.keepalive), will=(self.topics["status"], self.body.status("offline"), True),
+            host=s.host, port=s.port, client_id=self.ctx.gateway + (PROBE_SUFFIX if self.probe else ""),
+            tls=s.tls, ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file, username=s.username,
+            password=password(s.password_file) if s.username and s.password_file else None,
+            keepalive=int(s.keepalive),
+            will=None if self.probe else (self.topics["status"], self.body.status("offline"), True),
             max_inflight=WINDOW)
 
     async def connect(self, on_ack: Callable[[int], None], on_reject: Callable[[int, str], None]) -> MqttLink:
+        """A connected link; ConnectFailed (retried with back-off) when the broker cannot be
+        reached or refuses us, and when a file read at connect (the password, a TLS file) is
+        gone or unreadable: restoring it is enough, the uplink keeps trying."""
         # MQTT has no refusal of one message: PUBACK or nothing
         loop = asyncio.get_running_loop()
-        link = MqttLink(self._options(), self.topics, self.body, on_ack, loop)
+        try:
+            link = MqttLink(self._options(), self.topics, self.body, on_ack, loop, farewell=not self.probe)
+        except CONNECT_ERRORS as exc:  # paho's TLS set-up reads the CA, certificate and key files
+            raise ConnectFailed(f"TLS files (ca_file, cert_file, key_file): {why(exc)}", "file") from None
         try:
             await loop.run_in_executor(None, link.session.connect)
-            await asyncio.wait_for(link.connected.wait(), CONNECT_TIMEOUT)
-            return link
+            await asyncio.wait_for(link.answered(), CONNECT_TIMEOUT)
+            if link.connected.is_set():
+                return link
+            step = "login" if link.refusal else "closed"
+            reason = link.refusal or "the broker closed the connection before accepting it"
         except CONNECT_ERRORS as exc:
-            reason = link.refusal or str(exc) or type(exc).__name__
+            step, reason = failed_step(exc), link.refusal or str(exc) or type(exc).__name__
         await loop.run_in_executor(None, link.abandon)
-        raise ConnectFailed(reason)
+        raise ConnectFailed(reason, "login" if link.refusal else step)
 
 
 class MqttUplink:
@@ -182,12 +222,16 @@ class MqttUplink:
         self.drain = Drain(self.name, ctx, self._settings(self.spec), self.body, self._connector(self.spec))
         self.stats = self.drain.stats
 
-    def _connector(self, spec: MqttSpec) -> MqttConnector:
+    def _topics(self, spec: MqttSpec) -> dict[str, str]:
         ctx, listed = self.ctx, self.listed
         topics = {k: topic(spec.topic_prefix, ctx.enterprise, ctx.gateway, k) for k in KINDS}
         if listed.topic is not None:  # templated: the platform's topics
-            topics.update(readings=listed.topic, events=listed.events_topic or listed.topic)
-        return MqttConnector(spec, ctx, self.status_body, topics)
+            topics.update(readings=listed.topic, events=listed.events_topic or listed.topic,
+                          meta=listed.registry_topic or listed.topic)
+        return topics
+
+    def _connector(self, spec: MqttSpec) -> MqttConnector:
+        return MqttConnector(spec, self.ctx, self.status_body, self._topics(spec))
 
     @staticmethod
     def _settings(spec: MqttSpec) -> DrainSettings:
@@ -204,11 +248,11 @@ class MqttUplink:
         self.drain.events_stored()
 
     async def points_changed(self) -> None:
-        """The retained meta describes the new point set: restate it now."""
-        if self.body is self.status_body:
-            await self.drain.restate()
-        else:
+        """The retained meta (or the registration) describes the new point set: restate it now."""
+        if self.body is not self.status_body:
             self.body.points_changed()
+        if self.body.meta is not None:  # hazgate.uplink/1's meta, or a point registration
+            await self.drain.restate()
 
     def status_changed(self) -> None:
         """Publish the retained `online` status again: the clock or an uplink changed state."""
@@ -232,3 +276,13 @@ class MqttUplink:
         if self.stats.state == "up":
             return self.spec.publish_interval
         return self.drain.connector.connect_allowance
+
+    def probe(self) -> Probe:
+        """A connection as the uplink makes one, accepted only with the login and client
+        certificate the broker wants; nothing published, no will."""
+        spec = self.spec
+        connector = MqttConnector(spec, self.ctx, self.status_body, self._topics(spec), probe=True)
+        what = ["user " + spec.username] if spec.username else []
+        what += ["client certificate"] if spec.cert_file else []
+        return Probe(connector, spec.host, spec.port, spec.tls,
+                     " and ".join(what) if what else "anonymous access")

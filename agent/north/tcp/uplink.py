@@ -14,15 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import tzinfo
 
-from agent.north.ack import ACCEPT, NO_ANSWER, Verdict, judge
-from agent.north.base import ConnectFailed, UplinkContext
+from agent.north.ack import NO_ANSWER, REFUSE, Verdict, judge
+from agent.north.base import ConnectFailed, UplinkContext, why
 from agent.north.drain import BACKOFF_MAX
 from agent.north.framing import Deframer, FrameTooLarge, FramingError, frame
-from agent.north.platform import Pacing, PlatformUplink, client_tls, guarded, open_stream, why
+from agent.north.platform import (
+    Pacing,
+    PlatformUplink,
+    SerialLink,
+    client_tls,
+    guarded,
+    open_stream,
+)
 from agent.north.tcp.spec import TcpSpec
 
 log = logging.getLogger("hazgate.uplink")
@@ -61,7 +67,7 @@ class _Stream:
             await asyncio.wait_for(self.writer.wait_closed(), grace)
 
 
-class TcpLink:
+class TcpLink(SerialLink):
     """Messages framed and written one after the other, each awaiting its reply frame.
 
     `stream` is the persistent connection (None: a connection per message, opened with
@@ -72,34 +78,12 @@ class TcpLink:
     def __init__(self, spec: TcpSpec, connect: Callable[[], Awaitable[_Stream]],
                  stream: _Stream | None, pacing: Pacing, on_ack: Callable[[int], None],
                  on_reject: Callable[[int, str], None]):
-        self.spec, self._connect, self._stream, self.pacing = spec, connect, stream, pacing
-        self.on_ack, self.on_reject = on_ack, on_reject
-        self.lost = asyncio.Event()
-        self.reason = ""  # why it was lost, for the uplink's last error
-        self._queue: deque[tuple[int, bytes]] = deque()
-        self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        super().__init__(spec.name, pacing, on_ack, on_reject)
+        self.spec, self._connect, self._stream = spec, connect, stream
         self._waiting = False  # persistent: a frame is out and its reply not yet taken
         self._replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
-        self._tasks = [asyncio.ensure_future(guarded(self._work(), self.spec.name, self.lost))]
         if stream is not None:
             self._tasks.append(asyncio.ensure_future(guarded(self._read(stream), self.spec.name, self.lost)))
-
-    def send(self, seq: int, kind: str, payload: bytes, retain: bool) -> bool:
-        if self.lost.is_set():
-            return False
-        self._queue.append((seq, payload))
-        self._wake.set()
-        return True
-
-    def opened(self) -> None:
-        """No session message: the platform sees only numbered messages."""
-
-    def _lose(self, reason: str) -> None:
-        if not self.lost.is_set():
-            self.pacing.failed(reason)
-            self.reason = reason
-            self.lost.set()
 
     async def _read(self, stream: _Stream) -> None:
         try:
@@ -119,35 +103,15 @@ class TcpLink:
             else:
                 self._lose(f"{self.spec.host}:{self.spec.port}: {why(exc)}")
 
-    async def _work(self) -> None:
-        while not self.lost.is_set():
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            seq, payload = self._queue[0]
-            try:
-                data = frame(payload, self.spec.delimiter)
-            except FramingError as exc:  # this message can never go: refuse it, move on
-                self._queue.popleft()
-                self.on_reject(seq, f"cannot be framed: {exc}")
-                continue
-            verdict = await self._exchange(data)
-            if verdict.outcome == NO_ANSWER:
-                self._lose(verdict.reason)
-                return
-            self._queue.popleft()
-            if verdict.outcome == ACCEPT:
-                self.pacing.accepted()
-                self.on_ack(seq)
-            else:
-                self.pacing.failed(verdict.reason, refused=True)
-                self.on_reject(seq, verdict.reason)
-
-    async def _exchange(self, data: bytes) -> Verdict:
-        """One frame out, its reply frame back, judged by the ack rule."""
+    async def _exchange(self, kind: str, payload: bytes) -> Verdict:
+        """One frame out, its reply frame back, judged by the ack rule; a message that cannot
+        be framed is refused (it can never go)."""
         spec = self.spec
         where = f"{spec.host}:{spec.port}"
+        try:
+            data = frame(payload, spec.delimiter)
+        except FramingError as exc:
+            return Verdict(REFUSE, f"cannot be framed: {exc}")
         try:
             if self._stream is None:
                 stream = await self._connect()
@@ -179,16 +143,6 @@ class TcpLink:
         self._cancel()
         if self._stream is not None:
             await self._stream.close(grace)
-
-    def _cancel(self) -> None:
-        self.lost.set()
-        for task in self._tasks:
-            task.cancel()
-
-    def abandon(self) -> None:
-        """From a worker thread: stop and drop the connection on the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left open
-            self._loop.call_soon_threadsafe(self._shut)
 
     def _shut(self) -> None:
         self._cancel()

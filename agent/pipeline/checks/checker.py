@@ -8,7 +8,8 @@ What is checked (event kinds are documented in docs/uplink.md, section 6):
   oxygen low (`l`) and high (`h`).
 - `detector_fault`: a gas detector that cannot alarm: its fault point is on, it reads outside
   -5 %..105 % of its range, it has flat-lined while other points move, or it gives no good data.
-- `interlock_bypass` (on / off / overdue), `interlock_out_of_service`, `interlock_trip`
+- `declaration` (stopped / restored / expired): `hazgate declare`'s word, see declared.py.
+- `interlock_bypass` (on / off / overdue, declared / undeclared), `interlock_out_of_service`, `interlock_trip`
   (tripped / spurious / reset), `unprotected_excursion` (a protected value beyond its trip limit
   while the interlock is bypassed or out of service: critical) and `interlock_unknown` (a state or
   process point of the interlock gives no good data).
@@ -33,11 +34,13 @@ from typing import Any
 
 from agent.common.timefmt import now_ms, rfc3339
 from agent.model import Point, Reading
+from agent.pipeline.checks.declared import DeclarationChecks
 from agent.pipeline.checks.detectors import Detector, DetectorChecks
 from agent.pipeline.checks.interlocks import InterlockChecks, InterlockState
 from agent.pipeline.checks.limits import LEVEL_NUM, LimitAlarm, LimitChecks, alarm_deadband
 from agent.pipeline.checks.rules import Rules, fault_points, gas_class
 from agent.pipeline.checks.watched import USABLE_UNCERTAIN, Op, Watched
+from agent.pipeline.declarations import Declaration
 
 log = logging.getLogger("hazgate.checks")
 
@@ -47,7 +50,7 @@ HELD_MAX = 50_000  # events kept in memory while the store refuses writes
 LOG_LEVELS = {"critical": logging.CRITICAL, "alarm": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
 
 
-class Checker(LimitChecks, DetectorChecks, InterlockChecks):
+class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
     """Synchronous, in-memory checks; `process` is called with every poll's readings."""
 
     def __init__(self, rules: Rules, points: list[Point], active: list[tuple[str, str, str, int, dict]] | None = None,
@@ -99,6 +102,9 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks):
                 w.interlocks += (il,)
         self.events: list[tuple[int, dict]] = []
         self.ops: dict[str, Op] = {}
+        self.declared: dict[str, Declaration] = {}  # subject -> its stop in force (`declare`)
+        self.expired: set[str] = set()  # subjects whose stop passed its `until` (escalated once)
+        self.announced: set[int] = set()  # declaration ids raised by this checker
         self._poll = 0
         # the two most recent movements by different points: (mono, tag)
         self._m1_t, self._m1_tag, self._m2_t = float("-inf"), "", float("-inf")
@@ -123,6 +129,7 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks):
                 if what == "bypass":
                     il.bypass, il.overdue = start, int(data.get("overdue", 0))
                     il.bypass_tag = data.get("tag", "")
+                    il.declared = bool(data.get("declared", False))
                     il.bypass_mono = now - max(0, wall - start) / 1000.0  # the age counts from the real start
                 elif what == "out_of_service":
                     il.oos = start
@@ -137,6 +144,9 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks):
                     ok = ps is not None
                 else:
                     ok = False
+            elif part[0] == "declaration" and len(part) == 3:
+                self.expired.add(subject)  # `declare` drops it when the stop is no longer in force
+                ok = True
             if not ok:  # the rules or point tables changed: the condition is no longer watched
                 log.warning("dropping a saved active condition that no longer applies",
                             extra={"fields": {"key": key, "since": rfc3339(start)}})
@@ -227,4 +237,6 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks):
         if touched:
             for il in touched:
                 self._interlock(il, now)
+        if self.declared:
+            self._declarations_due()
         return bool(self.events or self.ops)

@@ -35,7 +35,8 @@ class DetectorChecks:
     def _detector(self, det: Detector, good: bool, v: Any, ts: int, now: float) -> None:
         active = det.active
         if not good:
-            self._condition(det, "no_data", True, ts, {"reason": det.w.reason or "bad quality"})
+            if det.w.reason != "declared_stop":  # read under a stop that has just ended: not a fault
+                self._condition(det, "no_data", True, ts, {"reason": det.w.reason or "bad quality"})
             return
         if active:
             self._condition(det, "no_data", False, ts, {})
@@ -61,7 +62,7 @@ class DetectorChecks:
 
     def _condition(self, det: Detector, cause: str, on: bool, ts: int, fields: dict, start: int | None = None) -> None:
         active = det.active
-        if on == (cause in active):
+        if on == (cause in active) or (on and det.w.tag in self.declared):  # a declared stop raises none
             return
         w = det.w
         key = f"detector:{w.tag}:{cause}"

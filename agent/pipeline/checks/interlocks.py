@@ -27,7 +27,7 @@ class ProtectState:
 
 class InterlockState:
     __slots__ = ("rule", "id", "bypass_w", "in_service_w", "tripped_w", "protects", "all_w", "stamp",
-                 "bypass", "bypass_mono", "bypass_tag", "overdue", "oos", "trip", "trip_state",
+                 "bypass", "bypass_mono", "bypass_tag", "overdue", "declared", "oos", "trip", "trip_state",
                  "unknown", "unknown_tags", "trip_window", "base")
 
     def __init__(self, rule: Interlock, watched: dict[str, Watched], deadbands: dict[str, float], trip_window: float):
@@ -44,6 +44,7 @@ class InterlockState:
         self.bypass_mono = 0.0
         self.bypass_tag = ""
         self.overdue = 0
+        self.declared = False  # the bypass is covered by a declared stop of the interlock
         self.oos = 0  # start ms while out of service
         self.trip = 0  # start ms while tripped
         self.trip_state = ""
@@ -114,9 +115,11 @@ class InterlockChecks:
         if known:
             if on_w is not None and not il.bypass:
                 il.bypass, il.bypass_mono, il.overdue, il.bypass_tag = on_w.ts, now, 0, on_w.tag
-                self._il_event(il, on_w.ts, "interlock_bypass", "warning", "on", "bypass",
-                               {"tag": on_w.tag, "value": True, "bypass_max_s": rule.bypass_max},
-                               on_w.ts, {"tag": on_w.tag, "overdue": 0})
+                il.declared = il.id in self.declared
+                self._il_event(il, on_w.ts, "interlock_bypass", "warning" if il.declared else "critical", "on",
+                               "bypass", {"tag": on_w.tag, "value": True, "bypass_max_s": rule.bypass_max,
+                                          **self._il_declaration(il)},
+                               on_w.ts, {"tag": on_w.tag, "overdue": 0, "declared": il.declared})
             elif on_w is None and il.bypass:
                 ts = max(w.ts for w in bw)
                 self._il_event(il, ts, "interlock_bypass", "info", "off", "bypass",
@@ -130,7 +133,24 @@ class InterlockChecks:
                 self._il_event(il, ts, "interlock_bypass", "alarm", "overdue", "bypass",
                                {"tag": il.bypass_tag or bw[0].tag, "value": round(age, 3), "limit": rule.bypass_max,
                                 "age_s": round(age, 3), "repeat": il.overdue, "bypass_repeat_s": rule.bypass_repeat},
-                               il.bypass, {"tag": il.bypass_tag, "overdue": il.overdue})
+                               il.bypass, {"tag": il.bypass_tag, "overdue": il.overdue, "declared": il.declared})
+
+    def _il_declaration(self, il: InterlockState) -> dict:
+        """A bypass event's `declared` and, when declared, who declared it, why and until when."""
+        d = self.declared.get(il.id)
+        if d is None:
+            return {"declared": False}
+        return {"declared": True, "declaration": d.id, "by": d.by, "reason": d.reason,
+                "until": rfc3339(d.until_ms) if d.until_ms else None}
+
+    def _il_declared(self, il: InterlockState, ts: int) -> None:
+        """A declared stop began or ended while the interlock is bypassed: the bypass is declared
+        now (a warning), or undeclared (critical)."""
+        il.declared = il.id in self.declared
+        self._il_event(il, ts, "interlock_bypass", "warning" if il.declared else "critical",
+                       "declared" if il.declared else "undeclared", "bypass",
+                       {"tag": il.bypass_tag, "value": True, **self._il_declaration(il)}, il.bypass,
+                       {"tag": il.bypass_tag, "overdue": il.overdue, "declared": il.declared})
 
     def _il_service(self, il: InterlockState) -> None:
         """Out of service (the in_service point says false)."""
