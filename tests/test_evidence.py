@@ -17,6 +17,7 @@ import agent.pipeline.store as store_mod
 from agent.config.loader import load_config
 from agent.model import Reading
 from agent.pipeline.checks.checker import Checker
+from agent.pipeline.declarations import Declaration, in_force
 from agent.pipeline.evidence import EVIDENCE_NAME, DayClock
 from agent.pipeline.store import Store
 from agent.tools.report_figures import build
@@ -59,8 +60,10 @@ class FakeWall:
         return self.ms
 
 
-def play_hour(cfg, t0: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One hour polled every 10 s through the checks into the store, at wall time t0.."""
+def play_hour(cfg, t0: int, monkeypatch: pytest.MonkeyPatch,
+              declare: tuple[tuple[int, str, str], ...] = ()) -> None:
+    """One hour polled every 10 s through the checks into the store, at wall time t0..; `declare`:
+    (ms after t0, stop | restore, subject), handed to the checks as the ledger would."""
     wall = FakeWall(t0)
     monkeypatch.setattr(store_mod, "now_ms", wall)
     monkeypatch.setattr(evidence_mod, "now_ms", wall)
@@ -68,8 +71,14 @@ def play_hour(cfg, t0: int, monkeypatch: pytest.MonkeyPatch) -> None:
     checker = Checker(cfg.rules, cfg.all_points(), clock=lambda: wall.ms / 1000, wall=wall)
     store = Store(cfg.data_dir, timezone=cfg.timezone)
     pids = store.pids([(p.tag, p.unit, p.type) for p in points.values()])
+    rows: list[Declaration] = []
     for at in range(0, HOUR + 1, 10_000):
         wall.ms = ts = t0 + at
+        for n, (when, action, subject) in enumerate(declare):
+            if when == at:
+                since = next((d.since_ms for d in rows if d.subject == subject), ts) if action == "restore" else ts
+                rows.append(Declaration(n + 1, subject, action, "permit 18", "Wang Li", ts, None, "", since, False))
+                checker.declare(rows, in_force(rows))
         values = {"BYP": BYPASS[0] <= at < BYPASS[1], "TT": 50.0, "GT": 2.0 + (at // 10_000) % 3,
                   "GT_F": FAULT[0] <= at < FAULT[1]}
         readings = [Reading(points[t], ts, v, "good", None) for t, v in values.items()]
@@ -125,6 +134,26 @@ def test_eviction_of_readings_leaves_the_evicted_days_figures(tmp_path: Path, mo
     assert pruned["points"][0]["stored"] == 0
     assert pruned["interlocks"][0]["episodes"] == []
     assert day < DayClock(cfg.timezone).span(store_mod.now_ms())[0]
+
+
+def test_declared_stops_split_the_bypass_and_count_for_the_detector(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(write_config(tmp_path))
+    _, lo, _ = DayClock(cfg.timezone).span(store_mod.now_ms() - 3 * 86_400_000)
+    t0 = lo + 10 * HOUR
+    play_hour(cfg, t0, monkeypatch, declare=((700_000, "stop", "IL-1"), (800_000, "restore", "IL-1"),
+                                             (2_000_000, "stop", "GT"), (2_300_000, "restore", "GT")))
+    f = figures(cfg, t0)
+    (il,) = f["interlocks"]
+    assert il["seconds"]["bypassed_declared"] == pytest.approx(100, abs=10), il
+    assert il["seconds"]["bypassed_undeclared"] == pytest.approx(200, abs=10), il
+    assert [(e["state"], e["declaration"]) for e in il["episodes"]] == [
+        ("bypassed_undeclared", None), ("bypassed_declared", 1), ("bypassed_undeclared", None)]
+    assert il["in_service_share"] == pytest.approx(3300 / 3600, abs=10 / 3600)  # a bypass, declared or not
+    (gt,) = f["detectors"]
+    assert gt["seconds"]["declared_stop"] == pytest.approx(300, abs=10), gt
+    assert gt["alive_share"] == pytest.approx(3570 / 3600, abs=10 / 3600)  # a declared stop counts as alive
+    assert "declared_stop" in [e["state"] for e in gt["episodes"]]
 
 
 def test_inservice_daily_event_for_the_day_before_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,7 +80,9 @@ INTERVAL_EVENTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "interlock_unknown": ("interlock", ("raised",), ("cleared",)),
     "detector_fault": ("detector", ("raised",), ("cleared",)),
     "gas_alarm": ("detector", ("raised", "escalated", "deescalated"), ("cleared",)),
+    "declaration": ("", ("stopped", "expired"), ("restored",)),  # an interlock's or a point's, by its body
 }
+DECLARED = {"interlock": "declared", "detector": "declared_stop"}  # the interval a declared stop records
 INTERLOCK_STATE = {"interlock_bypass": "bypassed", "interlock_out_of_service": "out_of_service",
                    "interlock_trip": "tripped", "interlock_unknown": "unknown"}
 
@@ -293,19 +295,23 @@ class Evidence:
         """Open, update or end the interval each interlock and detector event concerns."""
         for ts, body in events:
             spec = INTERVAL_EVENTS.get(body.get("kind", ""))
-            if spec is None or "start" not in body:
+            began = body.get("start") or body.get("since")  # a declaration's: since
+            if spec is None or not began:
                 continue
             kind, opens, ends = spec
             ev_kind, state = body["kind"], body.get("state")
             if state not in opens and state not in ends:
                 continue
-            if kind == "interlock":
+            if ev_kind == "declaration":  # a declared stop: of an interlock (its bypass is declared) or a point
+                kind = "interlock" if body.get("interlock") else "detector"
+                subject, what = body.get("interlock") or body.get("tag"), DECLARED[kind]
+            elif kind == "interlock":
                 subject, what = body.get("interlock"), INTERLOCK_STATE[ev_kind]
             else:
                 subject, what = body.get("tag"), body.get("cause", "alarm") if ev_kind == "detector_fault" else "alarm"
             if not subject:
                 continue
-            key = (kind, subject, what, ms_of(body["start"]))
+            key = (kind, subject, what, ms_of(began))
             row = db.execute("SELECT detail FROM ev.intervals WHERE kind=? AND subject=? AND state=? AND start=?",
                              key).fetchone()
             detail = merge_detail(orjson.loads(row[0]) if row and row[0] else {}, body)
@@ -324,7 +330,8 @@ class Evidence:
 
 def merge_detail(detail: dict, body: dict) -> dict:
     """What an interval keeps of its events: the bypass tag and whether it went overdue, the
-    trip's kind (tripped or spurious), a gas alarm's highest level and value."""
+    trip's kind (tripped or spurious), a gas alarm's highest level and value, a declared stop's
+    declaration (id, by, reason, until) and whether it expired."""
     kind, state = body["kind"], body["state"]
     if kind == "interlock_bypass":
         detail.setdefault("tag", body.get("tag"))
@@ -334,6 +341,11 @@ def merge_detail(detail: dict, body: dict) -> dict:
             detail["overdue"] = True
     elif kind == "interlock_trip" and state in ("tripped", "spurious"):
         detail["trip"] = state
+    elif kind == "declaration":
+        for key in ("declaration", "by", "reason", "until"):  # the stop's, not the restore's
+            detail.setdefault(key, body.get(key))
+        if state == "expired":
+            detail["expired"] = True
     elif kind == "gas_alarm":
         level = body.get("alarm_level") or 0
         detail["level"] = max(detail.get("level", 0), level)

@@ -27,10 +27,21 @@ DETECTOR_CAUSE = {"fault": "fault", "flatline": "flatline", "under_range": "out_
 NOT_RUNNING = "not_running"  # internal: the agent was not running
 
 
-def bypass_state(detail: dict) -> str:
-    """A bypass interval is declared when a declaration covered it. Declarations (issue 16) plug
-    in here: the interval's detail then names the declaration that covered it."""
-    return "bypassed_declared" if detail.get("declaration") else "bypassed_undeclared"
+def split_bypass(bypass: Span, declared: list[Span]) -> list[Span]:
+    """A bypass cut by the interlock's declared stops: declared where one covers it (its detail
+    then names the declaration), undeclared elsewhere."""
+    out, at = [], bypass.start
+    for d in sorted(declared, key=lambda d: d.start):
+        lo, hi = max(d.start, at), min(d.end, bypass.end)
+        if lo >= hi:
+            continue
+        if lo > at:
+            out.append(Span("bypassed_undeclared", at, lo, bypass.detail, False))
+        out.append(Span("bypassed_declared", lo, hi, {**bypass.detail, **d.detail}, bypass.open and hi == bypass.end))
+        at = hi
+    if at < bypass.end or not out:
+        out.append(Span("bypassed_undeclared", at, bypass.end, bypass.detail, bypass.open))
+    return out
 
 
 @dataclass
@@ -79,8 +90,10 @@ def subjects(db: sqlite3.Connection, rules: Rules, points: list[Point], frm: int
                                               detail, end is None))
     out = []
     for il in rules.interlocks:
-        spans = [Span(bypass_state(s.detail) if s.state == "bypassed" else s.state, s.start, s.end, s.detail, s.open)
-                 for s in recorded.get(("interlock", il.id), [])]
+        raw = recorded.get(("interlock", il.id), [])
+        declared = [s for s in raw if s.state == "declared"]
+        spans = [piece for s in raw if s.state != "declared"
+                 for piece in (split_bypass(s, declared) if s.state == "bypassed" else [s])]
         out.append(Subject("interlock", il.id, spans, [],
                            resolve(frm, to, spans, running, INTERLOCK_ORDER, "unknown", "in_service")))
     for p in detector_points(points, rules):
