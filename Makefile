@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/hazgate demo
 
 test: $(STAMP)
-	@missing=""; for c in mosquitto socat faketime; do \
+	@missing=""; for c in mosquitto socat faketime chromium; do \
 	  command -v $$c >/dev/null 2>&1 || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing the test peers:$$missing"; \

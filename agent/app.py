@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 from agent import __version__
@@ -59,7 +60,7 @@ class Agent:
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
         self._all_points = cfg.all_points()  # one list per config: uplinks index it once
-        self.store = AsyncStore(cfg.data_dir)
+        self.store = AsyncStore(cfg.data_dir, cfg.timezone)
         self.started_ms = now_ms()
         self.clock = ClockWatch(cfg.clock, self._clock_stepped, self._clock_sync_changed)
         self.writer = Writer(self.store, cfg.all_points(), self._gateway_event_now)
@@ -78,6 +79,7 @@ class Agent:
         self.restarts: dict[str, TaskRestarts] = {}  # by task name: core tasks that ended and were restarted
         self._background: set[asyncio.Task] = set()
         self.opened = asyncio.Event()  # the store is open and the points registered (READY=1)
+        self._daily_done: date | None = None  # the local day whose inservice_daily was asked for
 
     def _points(self) -> list:
         """The point set now: the same list until a reload changes it (uplink bodies rebuild
@@ -209,7 +211,8 @@ class Agent:
                     (d.device.name, d.link, d.reason, d.last_good_ms) for d in self.devices])
                 # an unsynchronized clock cannot tell a reading's age: only the size bound applies
                 max_age = limits.max_age if self.clock.synchronized else UNKNOWN_AGE_S
-                events = await self.store.call("enforce_limits", limits.max_bytes, max_age)
+                events = await self.store.call("enforce_limits", limits.max_bytes, max_age, limits.evidence_age)
+                await self._inservice_daily()
             except sqlite3.Error:
                 continue  # the writer reports a store that refuses writes
             for ev in events:
@@ -217,6 +220,20 @@ class Agent:
                     "count": ev["count"], "from": ev["from_ts"], "to": ev["to_ts"], "reason": ev["reason"]}})
             if events:
                 self.events_stored()
+
+    async def _inservice_daily(self) -> None:
+        """Once a day at `[checks] inservice_daily` (local time), the previous day's rates as an
+        `inservice_daily` event; at start too when that time has passed (the store sends a
+        day's once)."""
+        at = self.cfg.inservice_daily
+        now = datetime.now(self.cfg.timezone).astimezone(self.cfg.timezone)
+        if at is None or (now.hour, now.minute) < at or self._daily_done == now.date():
+            return
+        event = await self.store.call("inservice_daily", self.cfg.rules, self._all_points, now_ms())
+        self._daily_done = now.date()
+        if event is not None:
+            log.info("inservice_daily", extra={"fields": {"day": event["day"], "plant": event["plant"]}})
+            self.events_stored()
 
     async def start(self) -> None:
         for dev in self.cfg.devices:

@@ -178,6 +178,14 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return registry(_load(args.config), args.uplink, args.format, args.output)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agent.tools.report import report
+
+    return report(_load(args.config), args.from_, args.to, Path(args.output), Path(args.json) if args.json else None)
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     if args.listen is None:
         if args.broker is None:
@@ -316,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="file to write (default: standard output)")
     p.set_defaults(func=cmd_registry)
 
+    p = sub.add_parser("report", help="the evidence report: interlocks and detectors in service, readings "
+                       "stored and delivered, as an HTML page (and JSON)")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--from", dest="from_", required=True, metavar="DATE",
+                   help="start: a local day (2026-11-01) or an RFC 3339 time")
+    p.add_argument("--to", required=True, metavar="DATE", help="end: a local day (included) or an RFC 3339 time")
+    p.add_argument("-o", "--output", required=True, help="the HTML page to write")
+    p.add_argument("--json", default=None, help="also the figures as JSON to this file")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("simulate", help="serve a simulated plant from a scenario file")
     p.add_argument("-s", "--scenario", required=True)
     p.set_defaults(func=cmd_simulate, log_level_default="info")
@@ -347,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--idle-exit", type=float, default=None, help="stop after this many seconds without a message")
     p.add_argument("--fail-on-gaps", action="store_true", help="exit 1 if sequence gaps remain")
-    p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file")
+    p.add_argument("--report", default=None, help="also write the per-gateway report as JSON to this file; "
+                   "FILE.html (with --broker): the completeness page per gateway and point from --db instead")
     p.set_defaults(func=cmd_receive, log_level_default="info")
 
     p = sub.add_parser("uplink", help="uplink commissioning: check connects to the platforms")

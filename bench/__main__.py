@@ -1,6 +1,6 @@
-"""`make bench`: every figure of issues 9, 15 and 20 beside its baseline measured in the same run.
+"""`make bench`: every figure of issues 9, 15, 18 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report] [--profile]
                               [--markdown FILE] [--json FILE]
 
 Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
@@ -13,7 +13,8 @@ int16, every value ramping, so every poll reports every point) on 5 ports, a 100
 for live data during back-fill, and 20 event points stepping across an hh limit every second.
 One Mosquitto and one counting subscriber (in this process) serve all but the outage phase.
 The uplinks phase (bench/uplinks.py) adds an HTTP and a TCP reference platform (`hazgate
-receive --listen`) beside the broker.
+receive --listen`) beside the broker. The report phase (bench/evidence_report.py) builds `hazgate
+report` from a 30-day evidence record of 1 000 points and 10 interlocks (under a minute).
 The simulator, the broker and the subscriber share the two cores with the process measured:
 CPU figures come from /proc/<pid>/stat of that process alone, rates are what the machine
 delivered with everything running.
@@ -32,7 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, durable, live, outage, reconnect, stages, uplinks
+from bench import backfill, durable, evidence_report, live, outage, reconnect, stages, uplinks
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
 from bench.profile import by_stage, summary
@@ -50,7 +51,7 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
@@ -255,6 +256,12 @@ def main() -> int:
                                 f"{fmt_s(r.p(u, 0.5))} / {fmt_s(r.p(u, 0.99))}", "", "", "p99 ≤ 2 s",
                                 verdict(r.p(u, 0.99) <= 2.0 and not r.missed[u])))
             print(text(rows[first:]), flush=True)
+
+        if "report" in only:
+            print("report: hazgate report for 30 days x 1 000 points x 10 interlocks", flush=True)
+            report_rows = evidence_report.run()
+            print(text(report_rows), flush=True)
+            rows += report_rows
 
         if "stages" in only:
             print("stages: per-reading cost of each agent stage, in this process", flush=True)

@@ -32,6 +32,7 @@ class GatewayConfig:
     rules: Rules = field(default_factory=Rules)  # interlocks, detector and alarm settings
     timezone: tzinfo | None = None  # `[gateway] timezone` (None: the system's)
     warnings: list[Problem] = field(default_factory=list)  # what `validate` shows and `run` logs
+    inservice_daily: tuple[int, int] | None = (0, 5)  # [checks] inservice_daily: (hour, minute) local; None: off
 
     @property
     def mqtt(self) -> MqttSpec | None:

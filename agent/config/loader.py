@@ -21,6 +21,7 @@ from agent.north.adapters import point_warnings
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
 from agent.north.registry import missing
+from agent.pipeline.evidence import EVIDENCE_AGE_S
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
 from drivers.registry import PROTOCOLS
@@ -39,14 +40,27 @@ COMMON_DEVICE_KEYS = {
     "poll_interval": ("duration:10ms..1d", True), "points": ("path", True),
     "timeout": ("duration:10ms..10m", False), "integrity_interval": ("duration:1s..1d", False),
 }
-CHECKS_KEYS = {"rules": ("path", False)}
-STORE_KEYS = {"max_size": ("size:1MiB..1TiB", False), "max_age": ("duration:10s..3650d", False)}
+CHECKS_KEYS = {"rules": ("path", False), "inservice_daily": ("str", False)}
+DAILY_AT = (0, 5)  # `[checks] inservice_daily`: the daily in-service event's local time
+STORE_KEYS = {"max_size": ("size:1MiB..1TiB", False), "max_age": ("duration:10s..3650d", False),
+              "evidence_max_age": ("duration:1d..3650d", False)}
 CLOCK_KEYS = {"sync_source": ("enum:" + "|".join(SOURCES), False), "sync_file": ("path", False),
               "step_threshold": ("duration:100ms..1h", False)}
 HEALTH_KEYS = {"listen": ("str", False)}
 TOP_KEYS = ("gateway", "uplink", "uplinks", "devices", "checks", "store", "clock", "health")
 TIMEOUT, TIMEOUT_POLLS = 2.0, 5  # a device without `timeout` waits 2 s, or 5 polls when that is less
 TIMEOUT_MAX_POLLS = 10  # a written `timeout` must be below this many poll intervals
+
+
+def parse_daily(text: str) -> tuple[int, int] | None:
+    """`[checks] inservice_daily`: HH:MM local time, or "off"."""
+    if text == "off":
+        return None
+    hour, _, minute = text.partition(":")
+    if len(hour) == 2 and len(minute) == 2 and hour.isdigit() and minute.isdigit() and int(hour) < 24 and int(minute) < 60:
+        return int(hour), int(minute)
+    raise ValueError(f"{text!r} is not a time of day; valid: HH:MM such as \"00:05\" (local time, [gateway] timezone) "
+                     "or \"off\"")
 
 
 def default_timeout(poll_interval: float) -> float:
@@ -106,6 +120,12 @@ def load_config(path: str | Path, table_pending: str | None = None) -> GatewayCo
     checks = r.section(data.get("checks", {}), ("checks",), CHECKS_KEYS)
     if checks.get("rules") is not None and (why := _not_a_file(checks["rules"])):
         r.err(("checks", "rules"), "checks.rules", why)
+    daily: tuple[int, int] | None = DAILY_AT
+    if "inservice_daily" in checks:
+        try:
+            daily = parse_daily(checks["inservice_daily"])
+        except ValueError as exc:
+            r.err(("checks", "inservice_daily"), "checks.inservice_daily", str(exc))
 
     st = r.section(data.get("store", {}), ("store",), STORE_KEYS)
     ck = r.section(data.get("clock", {}), ("clock",), CLOCK_KEYS)
@@ -131,8 +151,9 @@ def load_config(path: str | Path, table_pending: str | None = None) -> GatewayCo
     return GatewayConfig(
         path=path, gateway_id=gw["id"], enterprise_code=gw["enterprise_code"], timezone=timezone,
         data_dir=gw["data_dir"], uplinks=uplinks, devices=devices, rules_file=checks.get("rules"), rules=rules,
-        store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0)),
-        clock=ClockConfig(**ck), health_listen=listen, warnings=problems.warnings,
+        store=StoreBounds(max_bytes=st.get("max_size", 1 << 30), max_age=st.get("max_age", 30 * 86400.0),
+                          evidence_age=st.get("evidence_max_age", EVIDENCE_AGE_S)),
+        clock=ClockConfig(**ck), health_listen=listen, warnings=problems.warnings, inservice_daily=daily,
     )
 
 

@@ -33,15 +33,19 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from agent.common.timefmt import now_ms, rfc3339
-from agent.model import QUALITY_NAME
+from agent.model import QUALITY_NAME, Point
 from agent.pipeline import history
+from agent.pipeline.checks.rules import Rules
 from agent.pipeline.chunks import CHUNK_ROWS, pack_chunk, unpack_chunk
+from agent.pipeline.evidence import EVIDENCE_AGE_S, EVIDENCE_NAME, DayClock, Evidence, read_runs
+from agent.pipeline.evidence_rates import daily_event
 
 DB_NAME = "hazgate.db"
 SEQ_MARK = "seq.published"  # the default uplink's mark; others: seq.published.<name>
@@ -90,7 +94,7 @@ CREATE TABLE outbox(
   uplink TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, retain INTEGER NOT NULL,
   created INTEGER NOT NULL, count INTEGER NOT NULL, oldest INTEGER, payload BLOB NOT NULL,
   rejects INTEGER NOT NULL DEFAULT 0, aside INTEGER NOT NULL DEFAULT 0, reason TEXT,
-  PRIMARY KEY(uplink, seq))
+  backfill INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(uplink, seq))
 """
 
 
@@ -100,6 +104,7 @@ class StoreBounds:
 
     max_bytes: int = 1 << 30
     max_age: float = 30 * 86400.0
+    evidence_age: float = EVIDENCE_AGE_S  # the evidence record (agent/pipeline/evidence.py) is kept this long
 
 
 # A builder turns (seq, rows) into the message payload; rows as selected by the take_* method.
@@ -154,17 +159,21 @@ class DrainResult:
 class Store:
     """Synchronous store; use from one thread at a time (AsyncStore runs it on its own thread)."""
 
-    def __init__(self, data_dir: Path, readonly: bool = False):
+    def __init__(self, data_dir: Path, readonly: bool = False, timezone: tzinfo | None = None):
         self.path = data_dir / DB_NAME
         self._pids: dict[tuple[str, str, str], int] = {}
         self._points: dict[int, tuple[str, str, str]] = {}  # pid -> (tag, unit, type)
         self.data_dir = data_dir
         self._published: dict[str, int] = {}  # uplink -> its published mark, as last read or written
         self._pruned: dict[str, int] = {}  # uplink -> when its old minute aggregates were last pruned
+        self.evidence: Evidence | None = None  # its writer; None: read-only
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            self.has_evidence = Evidence.attach(self.db, data_dir, readonly=True)
             return
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.has_evidence = True
+        self.evidence = Evidence(DayClock(timezone), now_ms())
         self.set_aside: Path | None = None  # where a corrupt store was moved, if it was
         try:
             self._open()
@@ -199,6 +208,22 @@ class Store:
             raise sqlite3.DatabaseError(f"database disk image is corrupt: {check}")
         self._migrate_uplinks()
         self._migrate_readings()
+        self._attach_evidence()
+
+    def _attach_evidence(self) -> None:
+        """The evidence record beside the store; a corrupt one is moved aside and started anew
+        (the store itself is not its fault)."""
+        try:
+            Evidence.attach(self.db, self.data_dir, readonly=False)
+        except sqlite3.DatabaseError as exc:
+            if "corrupt" not in str(exc) and "not a database" not in str(exc):
+                raise
+            if any(name == "ev" for _, name, _ in self.db.execute("PRAGMA database_list")):
+                self.db.execute("DETACH DATABASE ev")
+            moved = _move_aside(self.data_dir / EVIDENCE_NAME)
+            log.error("evidence record was corrupt: moved aside, starting a new one", extra={"fields": {
+                "moved_to": str(moved), "error": str(exc)}})
+            Evidence.attach(self.db, self.data_dir, readonly=False)
 
     def _migrate_readings(self) -> None:
         """A store written by hazgate 0.1 keeps one row per reading in `readings`: pack what it
@@ -216,7 +241,10 @@ class Store:
         uplink `mqtt`, its sequence continuing, with everything it still held pending for it.
         A new store starts with that uplink too; `set_uplinks` makes the configured set."""
         old = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='outbox'").fetchone()
-        if old and "uplink" in [r[1] for r in self.db.execute("PRAGMA table_info(outbox)")]:
+        columns = [r[1] for r in self.db.execute("PRAGMA table_info(outbox)")] if old else []
+        if "uplink" in columns:
+            if "backfill" not in columns:  # a store written before the evidence record
+                self.db.execute("ALTER TABLE outbox ADD COLUMN backfill INTEGER NOT NULL DEFAULT 0")
             return
         with self._tx():
             if not old:
@@ -277,12 +305,7 @@ class Store:
 
     def _set_aside(self, why: str) -> None:
         """Move a corrupt store (and its WAL) aside for forensics; the agent starts a new one."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            src = self.path.with_name(self.path.name + suffix)
-            if src.exists():
-                src.rename(self.path.with_name(f"{self.path.name}.corrupt-{stamp}{suffix}"))
-        self.set_aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        self.set_aside = _move_aside(self.path)
         log.error("store was corrupt: moved aside, starting a new one", extra={"fields": {
             "moved_to": str(self.set_aside), "error": why}})
 
@@ -330,6 +353,9 @@ class Store:
         return seq
 
     def close(self) -> None:
+        if self.evidence is not None:
+            with contextlib.suppress(sqlite3.Error), self._tx():
+                self.evidence.flush(self.db, self._tag, force=True)
         self.db.close()
 
     @contextlib.contextmanager
@@ -357,6 +383,9 @@ class Store:
         """Periodic liveness record for `hazgate status`: time now and each device's state."""
         with self._tx():
             self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('heartbeat', ?)", (now_ms(),))
+            if self.evidence is not None:
+                self.evidence.beat(self.db)
+            self._flush_evidence()
             for dev in devices:
                 self._upsert_device(*dev)
 
@@ -396,7 +425,19 @@ class Store:
             # readings stored since the store was created: an audit figure (and the benchmarks')
             self.db.execute("INSERT INTO state(key, value) VALUES ('stored_readings', ?) "
                             "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value", (len(rows),))
+            if self.evidence is not None:
+                self.evidence.stored(rows)
+                self._flush_evidence()
             return self.last_reading_id()
+
+    def _flush_evidence(self) -> None:
+        """The evidence counts kept in memory go to disk in this transaction, when due."""
+        if self.evidence is not None:
+            self.evidence.flush(self.db, self._tag)
+
+    def _tag(self, key: int | str) -> str:
+        """A point's tag from its id (or the tag itself)."""
+        return key if isinstance(key, str) else self._point(key)[0]
 
     def _add_chunk(self, rows: list, pids: dict[str, int] | None = None) -> None:
         stamps, keys, values, qualities, reasons = zip(*rows, strict=True)
@@ -447,9 +488,28 @@ class Store:
         forgets one. upserts: (key, kind, subject, start_ms, data); deletes: keys."""
         with self._tx():
             self._add_events(events)
+            if self.evidence is not None:
+                self.evidence.conditions(self.db, events)
             self.db.executemany("INSERT OR REPLACE INTO active(key, kind, subject, start, data) VALUES (?,?,?,?,?)",
                                 ((k, kind, subj, start, orjson.dumps(data)) for k, kind, subj, start, data in upserts))
             self.db.executemany("DELETE FROM active WHERE key = ?", ((k,) for k in deletes))
+
+    def inservice_daily(self, rules: Rules, points: list[Point], now: int) -> dict | None:
+        """The `inservice_daily` event for the local day before `now`, once: stored for the
+        uplinks and returned; None when that day's was sent already, or the agent did not run
+        that day (a new gateway does not report the days before it)."""
+        if self.evidence is None:
+            return None
+        days = self.evidence.days
+        day, lo, hi = days.span(days.span(now)[1] - 1)
+        if int(self.get_state("inservice_daily_day", 0)) >= day:
+            return None
+        event = daily_event(self.db, rules, points, day, lo, hi, now) if read_runs(self.db, lo, hi) else None
+        with self._tx():
+            if event is not None:
+                self._add_events([(now, event)])
+            self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES ('inservice_daily_day', ?)", (day,))
+        return event
 
     def active(self) -> list[tuple[str, str, str, int, dict]]:
         """Active conditions, oldest first: (key, kind, subject, start_ms, data)."""
@@ -467,11 +527,15 @@ class Store:
         return max(row[0], self._read_mark(uplink) + 1)
 
     def _enqueue(self, uplink: str, seq: int, kind: str, retain: bool, count: int, oldest: int | None,
-                 payload: bytes) -> None:
+                 payload: bytes, body: list[tuple] | None = None, backfill: bool = False) -> None:
+        """`body`: the records the message carries (ts, tag, ...), for the evidence record."""
         self.db.execute(
-            "INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload) VALUES (?,?,?,?,?,?,?,?)",
-            (uplink, seq, kind, int(retain), now_ms(), count, oldest, payload),
+            "INSERT INTO outbox(uplink, seq, kind, retain, created, count, oldest, payload, backfill) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (uplink, seq, kind, int(retain), now_ms(), count, oldest, payload, int(backfill)),
         )
+        if body and self.evidence is not None:
+            self.evidence.taken(uplink, seq, body)
         self.db.execute("UPDATE uplinks SET next_seq=? WHERE name=?", (seq + 1, uplink))
 
     def take_readings(self, build: Builder, limit: int, after_id: int = 0, upto_id: int | None = None,
@@ -506,7 +570,8 @@ class Store:
         if not body:
             return None
         seq = self._next_seq(uplink)
-        self._enqueue(uplink, seq, "readings", False, len(body), min(r[0] for r in body), build(seq, body))
+        self._enqueue(uplink, seq, "readings", False, len(body), min(r[0] for r in body), build(seq, body),
+                      body, upto_id is not None)
         if whole:
             self.db.execute("DELETE FROM pending WHERE uplink=? AND chunk >= ? AND chunk <= ?",
                             (uplink, whole[0], whole[-1]))
@@ -727,7 +792,7 @@ class Store:
         for i in range(0, len(body), batch):
             page = SnapshotPage(body[i : i + batch], at)
             seq = self._next_seq(uplink)
-            self._enqueue(uplink, seq, "snapshot", False, len(page), at, build(seq, page))
+            self._enqueue(uplink, seq, "snapshot", False, len(page), at, build(seq, page), page)
         return -(-len(body) // batch), len(body)
 
     def _merge_head(self, uplink: str, head_chunk: int) -> None:
@@ -766,6 +831,11 @@ class Store:
             self._ack(uplink, seqs)
 
     def _ack(self, uplink: str, seqs: list[int]) -> None:
+        if self.evidence is not None:
+            self.evidence.acked(uplink, self.db.execute(
+                "SELECT seq, count, backfill, oldest FROM outbox WHERE uplink=? AND kind != 'events' AND seq IN "
+                f"({','.join('?' * len(seqs))})", (uplink, *seqs)))
+            self._flush_evidence()
         self.db.executemany("DELETE FROM outbox WHERE uplink=? AND seq=?", ((uplink, s) for s in seqs))
         self.db.execute("UPDATE uplinks SET last_ack_seq=MAX(COALESCE(last_ack_seq, 0), ?), last_ack_at=? "
                         "WHERE name=?", (max(seqs), now_ms(), uplink))
@@ -779,6 +849,8 @@ class Store:
             if row is None or row[0] < max_rejects:
                 return None
             self.db.execute("UPDATE outbox SET aside=1 WHERE uplink=? AND seq=?", (uplink, seq))
+            if self.evidence is not None:
+                self.evidence.set_aside(uplink, seq)  # its points are credited to none if it goes later
             ts = now_ms()
             event = {"id": f"uplink-rejected-{uplink}-{seq}", "kind": "uplink_rejected", "severity": "alarm",
                      "state": "set_aside", "ts": rfc3339(ts), "source": "gateway", "uplink": uplink,
@@ -804,12 +876,16 @@ class Store:
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * page_size
 
-    def enforce_limits(self, max_bytes: int, max_age_s: float) -> list[dict]:
+    def enforce_limits(self, max_bytes: int, max_age_s: float, evidence_age_s: float = EVIDENCE_AGE_S) -> list[dict]:
         """Evict the oldest readings beyond the size or age bound; events are never evicted.
+        The evidence record loses what is older than `evidence_age_s`.
 
         Every eviction is itself stored as an event (and counted), so loss is never silent.
         Returns the eviction events raised.
         """
+        if self.evidence is not None:
+            with self._tx():
+                self.evidence.prune(self.db, evidence_age_s, now_ms())
         raised = []
         cutoff = now_ms() - int(max_age_s * 1000)
         # age: the oldest chunks in insertion order, up to the first one holding a young reading
@@ -840,6 +916,10 @@ class Store:
                 "WHERE p.chunk <= ? GROUP BY p.uplink", (upto_id,)))
             self.db.executemany("UPDATE uplinks SET evicted = evicted + ? WHERE name = ?",
                                 ((n, name) for name, n in lost.items()))
+            if self.evidence is not None:
+                self.evidence.evicted(self.db.execute(
+                    "SELECT p.uplink, c.oldest, c.count - p.taken FROM pending p JOIN chunks c ON c.id = p.chunk "
+                    "WHERE p.chunk <= ?", (upto_id,)))
             self.db.execute("DELETE FROM pending WHERE chunk <= ?", (upto_id,))
             self.db.execute("DELETE FROM chunks WHERE id <= ?", (upto_id,))
             count = max(lost.values(), default=0)
@@ -907,6 +987,16 @@ class Store:
             "stored_readings": int(self.get_state("stored_readings", 0)),
             "uplinks": per,
         }
+
+
+def _move_aside(path: Path) -> Path:
+    """Move a corrupt database (and its WAL) aside for forensics; returns where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.rename(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
+    return path.with_name(f"{path.name}.corrupt-{stamp}")
 
 
 def snapshot_grace(step: int) -> int:

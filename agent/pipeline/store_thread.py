@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,13 +36,14 @@ class AsyncStore:
     at most the one call running, however many uplinks drain a back-fill.
     """
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, timezone: tzinfo | None = None):
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
         self._thread = threading.Thread(target=self._work, name="store", daemon=True)
         self._thread.start()
         self._store: Store | None = None
         self._data_dir = data_dir
+        self._timezone = timezone  # the evidence record's days are local days
         self.ready = asyncio.Event()
         self.opened_upto = 0  # the newest reading id when the store was opened: earlier runs' readings
 
@@ -66,7 +68,7 @@ class AsyncStore:
     async def open(self, uplinks: list[tuple[str, bool]] | None = None) -> None:
         """Open the store with the configured uplinks, (name, carries events), before anyone
         may use it; raises sqlite3.Error or OSError when it cannot be opened."""
-        store = await self._run_raw(ORDINARY, Store, self._data_dir)
+        store = await self._run_raw(ORDINARY, Store, self._data_dir, False, self._timezone)
         try:
             if uplinks is not None:
                 await self._run_raw(ORDINARY, store.set_uplinks, uplinks)

@@ -41,6 +41,7 @@ from agent.north.mqtt.client import CONNECT_ERRORS, Events, MQTTMessage, MqttOpt
 from agent.north.mqtt.schema import SCHEMA, SEVERITIES
 from agent.north.mqtt.spec import without_credentials
 from agent.north.mqtt.uplink import password as mqtt_password
+from agent.receiver import completeness
 from agent.receiver.problems import Problems
 
 log = logging.getLogger("hazgate.receive")
@@ -795,15 +796,19 @@ class Link(Events):
 
 # --- the command --------------------------------------------------------------------------
 
-def _write_report(path: str, args: Any, receiver: Receiver, started: float) -> None:
-    body = {
-        "generated_at": rfc3339(now_ms()), "broker": args.broker, "db": str(Path(args.db).resolve()),
-        "topic_prefix": args.topic_prefix, "run_seconds": round(time.monotonic() - started, 3),
-        "received_this_run": receiver.received, "gaps": receiver.any_gaps(),
-        "gateways": receiver.report(),
-    }
+def _write_report(path: str, args: Any, receiver: Receiver, started: float, db: sqlite3.Connection) -> None:
+    """The per-gateway report as JSON, or for a FILE.html the completeness page from the database."""
+    if path.endswith(".html"):
+        text = completeness.page(completeness.figures(db)).encode()
+    else:
+        text = orjson.dumps({
+            "generated_at": rfc3339(now_ms()), "broker": args.broker, "db": str(Path(args.db).resolve()),
+            "topic_prefix": args.topic_prefix, "run_seconds": round(time.monotonic() - started, 3),
+            "received_this_run": receiver.received, "gaps": receiver.any_gaps(),
+            "gateways": receiver.report(),
+        }, option=orjson.OPT_INDENT_2) + b"\n"
     tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+    tmp.write_bytes(text)
     os.replace(tmp, path)
 
 
@@ -897,8 +902,8 @@ def receive(args: Any) -> int:
         print("no gateway has sent anything yet")
     if args.report:
         try:
-            _write_report(args.report, args, receiver, started)
-        except OSError as exc:
+            _write_report(args.report, args, receiver, started, db)
+        except (OSError, sqlite3.Error) as exc:
             failed = failed or f"cannot write the report {args.report}: {exc}"
     db.close()
     if failed:
