@@ -164,7 +164,7 @@ def test_a_deleted_password_file_is_a_connect_failure_retried_with_back_off(brok
           "hazgate status naming the missing password file")
     attempts = until(lambda: len(re.findall(r"connect failed'.*password file", agent.output())) >= 3 and
                      re.findall(r"retry_in=([\d.]+)", agent.output()), 30, "three connect attempts")
-    assert float(attempts[-1]) >= 1.0, attempts  # backing off, not spinning
+    assert min(float(x) for x in attempts) >= 0.1, attempts  # backing off (0.1-1 s), not spinning
     code, report = healthz(port)
     assert not any(p.startswith("task ") for p in report["problems"]), report
     assert "task ended" not in agent.output()
