@@ -94,7 +94,7 @@ def test_a_registered_protocol_is_read_built_and_made_without_the_config_naming_
 def test_its_keys_limits_and_checks_are_its_own(echo: None) -> None:
     _, problems = load(TOML.format(port=7, batch=0, extra='colour = "red"'))
     assert problems == [
-        "gateway.toml:10: uplinks.colour: unknown key; valid keys here: ack, batch, ca_file, codec, declarations, "
+        "gateway.toml:10: uplinks.colour: unknown key; valid keys here: ack, batch, ca_file, codec, daily, declarations, "
         "envelope, events, host, interval, iv, iv_file, key_derivation, key_file, max_rejects, name, "
         "port, protocol, record, registry, send, time_format, timeout",
         "gateway.toml:7: uplinks.batch: 0 is out of range; valid: 1-10000",

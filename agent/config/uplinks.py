@@ -29,8 +29,8 @@ from agent.north.protocol import UplinkProtocol
 from agent.north.registry import REGISTRY_VARIABLES
 from agent.north.template import ENVELOPE_VARIABLES, RECORD_VARIABLES, Template, compile_template
 from agent.north.templated import (
-    DECLARATION_VARIABLES,
     EVENT_VARIABLES,
+    OWN_RECORDS,
     BodySpec,
     MessageTemplates,
     payload_paths,
@@ -39,7 +39,7 @@ from agent.north.templated import (
 
 UplinkSpec = Any  # the spec type of its protocol (agent/north/*/spec.py)
 NAME = re.compile(r"[A-Za-z0-9-]+")
-TABLES = ("envelope", "record", "events", "declarations", "registry")
+TABLES = ("envelope", "record", "events", "registry", *OWN_RECORDS)
 ACK_KEYS = ("status", "field", "equals")
 SNAPSHOT_MIN_INTERVAL = 1.0  # seconds: the shortest snapshot cadence
 
@@ -252,12 +252,11 @@ def _body(e: _Entry) -> BodySpec | None:
     registry = _kind_table(e, "registry", REGISTRY_VARIABLES)
     if events is None and "events" in item or registry is None and "registry" in item:
         return None
-    declarations = _declarations(e, item.get("declarations"), events is not None)
-    if codec is None or readings is None or (declarations is None and "declarations" in item):
+    own = {name: _own_record(e, name, events is not None) for name in OWN_RECORDS if name in item}
+    if codec is None or readings is None or None in own.values():
         return None
-    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format,
-                    declarations=declarations, declarations_table=item.get("declarations", {}).get("record")
-                    if declarations is not None else None, registry=registry)
+    return BodySpec(codec=codec, readings=readings, events=events, time_format=time_format, registry=registry,
+                    own_records={OWN_RECORDS[name][0]: (t, item[name]["record"]) for name, t in own.items()})
 
 
 def _kind_table(e: _Entry, name: str, variables: frozenset[str]) -> MessageTemplates | None:
@@ -283,24 +282,23 @@ def _kind_table(e: _Entry, name: str, variables: frozenset[str]) -> MessageTempl
     return _templates(e, raw, f"{name}.", variables)
 
 
-def _declarations(e: _Entry, raw: Any, has_events: bool) -> Template | None:
-    """`[uplinks.declarations]`: the record a declaration event takes in the events message."""
-    if raw is None:
-        return None
+def _own_record(e: _Entry, name: str, has_events: bool) -> Template | None:
+    """`[uplinks.declarations]`, `[uplinks.daily]`: the record such an event takes in the events
+    message instead of `[uplinks.events.record]`."""
+    raw, (_kind, variables) = e.item[name], OWN_RECORDS[name]
     if not isinstance(raw, dict) or set(raw) != {"record"}:
-        e.err(("declarations",), "declarations", "must hold just [uplinks.declarations.record]; valid: "
-              "a table of the platform's declaration fields, e.g. IS_USE = \"{state}\"")
+        e.err((name,), name, f"must hold just [uplinks.{name}.record]; valid: a table of the platform's "
+              "fields, e.g. " + ('IS_USE = "{state}"' if name == "declarations" else 'RATE = "{plant}"'))
         return None
     if not has_events:
-        e.err(("declarations", "record"), "declarations", "declarations go in the events messages, and this uplink "
-              "has no [uplinks.events]; valid: declare [uplinks.events] too")
+        e.err((name, "record"), name, f"{name} go in the events messages, and this uplink has no "
+              "[uplinks.events]; valid: declare [uplinks.events] too")
         return None
-    template, problems = compile_template(raw["record"], DECLARATION_VARIABLES, "declarations.record")
+    template, problems = compile_template(raw["record"], variables, f"{name}.record")
     for problem in problems:
         key, _, msg = problem.partition(": ")
         e.err(_key_loc(key), key, msg)
     return template
-
 
 def _ack(e: _Entry, raw: Any) -> AckRule | None:
     if raw is None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -54,6 +54,12 @@ DECLARATION_VARIABLES = frozenset({
     "id", "subject", "kind", "state", "reason", "by", "since", "until", "note", "ts", "ts_ms", "name",
     "target_code", "hazard_source", "equipment", "gateway", "enterprise", "event",
 })
+# `[uplinks.daily.record]`: the daily `inservice_daily` event in the events message
+DAILY_VARIABLES = frozenset({
+    "id", "day", "from", "to", "plant", "interlocks", "detectors", "ts", "ts_ms", "gateway", "enterprise", "event",
+})
+# the events that may have a record of their own: [uplinks.TABLE.record] -> (event kind, its variables)
+OWN_RECORDS = {"declarations": ("declaration", DECLARATION_VARIABLES), "daily": ("inservice_daily", DAILY_VARIABLES)}
 TIME_FORMATS = ("rfc3339", "epoch_ms")
 TEMPLATED_KEYS = {"codec": ("list", False), "time_format": ("str", False)}  # [[uplinks]] keys of a templated body
 # strftime directives that mean the same on every platform Python runs on
@@ -114,8 +120,9 @@ class BodySpec:
     readings: MessageTemplates
     events: MessageTemplates | None = None  # None: this uplink carries no events
     time_format: str = "rfc3339"
-    declarations: Template | None = None  # the record of a declaration event; None: as any event
-    declarations_table: dict | None = None  # the TOML table it came from (the reference receiver checks it)
+    # event kind -> its own record (OWN_RECORDS) and the TOML table it came from (the reference
+    # receiver checks it); other events take the events record
+    own_records: dict[str, tuple[Template, dict]] = field(default_factory=dict)
     registry: MessageTemplates | None = None  # point registration, the uplink's description message
 
 
@@ -240,8 +247,13 @@ class TemplatedBody:
         for event in rows:
             point = index.get(event.get("tag") or "", {})
             ts_ms = _event_ms(event.get("ts"))
-            if spec.declarations is not None and event.get("kind") == "declaration":
-                records.append(spec.declarations.render(self._declaration(event, point, time, ts_ms)))
+            own = spec.own_records.get(event.get("kind", ""))
+            if own is not None:
+                values = (self._declaration(event, point, time) if event["kind"] == "declaration"
+                          else self._daily(event, time))
+                values.update(ts_ms=ts_ms, ts=None if ts_ms is None else time(ts_ms), event=event,
+                              gateway=self.ctx.gateway, enterprise=self.ctx.enterprise)
+                records.append(own[0].render(values))
                 continue
             values = {f: event.get(f, point.get(f)) for f in _EVENT_FIELDS}
             values.update(ts_ms=ts_ms, ts=None if ts_ms is None else time(ts_ms), event=event,
@@ -249,8 +261,17 @@ class TemplatedBody:
             records.append(templates.record.render(values))
         return self._envelope(spec, templates, time, seq, records)
 
-    def _declaration(self, event: dict, point: dict, time: TimeFormatter, ts_ms: int | None) -> dict:
-        """A declaration event's record variables; its times in the uplink's time format."""
+    @staticmethod
+    def _daily(event: dict, time: TimeFormatter) -> dict:
+        """The daily in-service event's own variables; its times in the uplink's time format."""
+        values = {f: event.get(f) for f in ("id", "day", "plant", "interlocks", "detectors")}
+        for key in ("from", "to"):
+            ms = _event_ms(event.get(key))
+            values[key] = None if ms is None else time(ms)
+        return values
+
+    def _declaration(self, event: dict, point: dict, time: TimeFormatter) -> dict:
+        """A declaration event's own variables; its times in the uplink's time format."""
         values = {f: event.get(f) for f in ("id", "subject", "state", "reason", "by", "note")}
         for key in ("since", "until"):
             ms = _event_ms(event.get(key))
@@ -258,8 +279,6 @@ class TemplatedBody:
         values.update({f: point.get(f) for f in ("name", "target_code", "hazard_source", "equipment")})
         if "interlock" in event:
             values["name"] = event.get("name")
-        values.update(kind="interlock" if "interlock" in event else "point", ts_ms=ts_ms,
-                      ts=None if ts_ms is None else time(ts_ms), event=event, gateway=self.ctx.gateway,
-                      enterprise=self.ctx.enterprise)
+        values["kind"] = "interlock" if "interlock" in event else "point"
         return values
 

@@ -221,8 +221,16 @@ def variable_rules(time_format: str, plain_json: bool) -> dict[str, dict[str, tu
         "count": (lambda v: _int(v) and v >= 0, "a whole number"),
         "sent_at": time_check,
     }
-    return {"record": record, "event": event, "declaration": declaration, "registry": registry,
-            "envelope": envelope}
+    daily = {
+        **common, "id": event["id"], "ts": event["ts"], "ts_ms": event["ts_ms"], "event": event["event"],
+        "day": (lambda v: _text(v) and re.fullmatch(r"\d{4}-\d\d-\d\d", v) is not None, "a YYYY-MM-DD day"),
+        "from": time_check, "to": time_check,
+        "plant": (lambda v: v is None or (_number(v) and not isinstance(v, bool) and 0 <= v <= 1), "a share 0..1 or null"),
+        "interlocks": (lambda v: type(v) is dict, "an object: id -> share"),
+        "detectors": (lambda v: type(v) is dict, "an object: tag -> share"),
+    }
+    return {"record": record, "event": event, "declaration": declaration, "inservice_daily": daily,
+            "registry": registry, "envelope": envelope}
 
 
 def check(template: Any, value: Any, rules: dict[str, tuple[Any, str]], where: str,
@@ -386,9 +394,9 @@ class PlatformReceiver:
             self.kinds.append(replace(_kind("registry", body.registry), record_gateway=None))
         rules = variable_rules(body.time_format, len(body.codec.steps) == 1)
         self.rules = {"readings": rules["record"], "events": rules["event"],
-                      "declarations": rules["declaration"], "registry": rules["registry"],
-                      "envelope": rules["envelope"]}
-        self.declarations = body.declarations_table  # a declaration's record in an events message
+                      "registry": rules["registry"], "envelope": rules["envelope"]}
+        # events with a record of their own in the events messages: (its table, its variables' rules)
+        self.own_records = [(table, rules[kind]) for kind, (_t, table) in body.own_records.items()]
         self.set_controls(controls)
         db.executescript(DB_SCHEMA)
         self.gateways = self._load()
@@ -497,20 +505,23 @@ class PlatformReceiver:
         if type(payload) is not list:
             p.add("payload", f"decodes to {type(payload).__name__}, not a list of records")
             return [], False
-        rules = self.rules[kind.name]
+        shapes = [(kind.templates.record_table, self.rules[kind.name])]
+        if kind.name == "events":
+            shapes += self.own_records
         for i, record in enumerate(payload):
-            if kind.name == "events" and self.declarations is not None and self._is_declaration(record):
-                check(self.declarations, record, self.rules["declarations"], f"records[{i}]", p)
-            else:
-                check(kind.templates.record_table, record, rules, f"records[{i}]", p)
+            table, rules = shapes[0] if len(shapes) == 1 else self._best_fit(record, shapes)
+            check(table, record, rules, f"records[{i}]", p)
         return payload, False
 
-    def _is_declaration(self, record: Any) -> bool:
-        """A record that fits the declaration template better than the event one."""
-        as_declaration, as_event = Problems(), Problems()
-        check(self.declarations, record, self.rules["declarations"], "", as_declaration)
-        check(self.kinds[1].templates.record_table, record, self.rules["events"], "", as_event)
-        return len(as_declaration) < len(as_event)
+    @staticmethod
+    def _best_fit(record: Any, shapes: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+        """The record template (events, or a declaration's or daily event's own) it fits best."""
+        def misfits(shape: tuple[dict, dict]) -> int:
+            found = Problems()
+            check(shape[0], record, shape[1], "", found)
+            return len(found)
+
+        return min(shapes, key=misfits)
 
     def _bad(self, gw: PlatformGateway, data_id: Any, seq: Any, received: str, body: bytes,
              problems: list[str], undecodable: bool) -> Reply:

@@ -15,7 +15,7 @@ BROKER_KEYS = {
     "password_file": ("path", False), "publish_interval": ("duration:50ms..1h", False),
     "batch_size": ("int:1..10000", False), "keepalive": ("duration:1s..65535s", False),
 }
-TEMPLATED = ("topic", "envelope", "record", "events", "declarations", "registry", "codec", "time_format")
+TEMPLATED = ("topic", "envelope", "record", "events", "declarations", "daily", "registry", "codec", "time_format")
 
 
 def broker_spec(values: dict) -> MqttSpec:
