@@ -28,7 +28,9 @@ test: $(STAMP)
 	  else echo "the tests need$$missing: run 'sudo apt-get install -y$$missing', then make test again"; exit 2; fi; fi
 	$(BIN)/ruff check agent drivers tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -n 3  # mostly waiting on peers: three workers on two cores
+	# mostly waiting on peers: three workers on two cores; one test (or one module sharing a
+	# scripted run, xdist_group) at a time to whichever worker is free, longest first (conftest.py)
+	$(BIN)/python -m pytest -q -n 3 --dist loadgroup --no-loadscope-reorder
 
 # quick mode, a few minutes; `make bench BENCH="--full"` for the issue's durations,
 # BENCH="--profile" to see where the agent's time goes (py-spy), `python -m bench -h` for more

@@ -30,6 +30,8 @@ import pytest
 from conftest import HAZGATE, ROOT, Broker, Proc
 from plant import DeviceSpec, Plant, PointSpec, Subscriber, parse_ts, write_plant
 
+# one scripted plant run shared by most of the module: one worker runs the module, early
+pytestmark = [pytest.mark.xdist_group("checks_e2e"), pytest.mark.long(55)]
 INTERVAL = 0.2  # poll interval of every device here
 TIMEOUT = 0.3  # and its timeout
 BUDGET = 1.0  # publish time allowed on top of the poll interval: store, build, broker, subscriber; a

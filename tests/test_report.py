@@ -38,6 +38,8 @@ from test_checks_e2e import (
     wait_until_scenario,
 )
 
+# one scripted run shared by the module: one worker runs them all, early
+pytestmark = [pytest.mark.xdist_group("report"), pytest.mark.long(45)]
 FROM, TO = 2.0, 32.0  # the report's window, scenario seconds
 BYPASS = (10.0, 16.0)
 FAULT = (20.0, 23.0)
@@ -150,7 +152,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         broker.stop()
 
 
-@pytest.mark.long(45)
 def test_figures_match_the_script_within_one_poll(run: Run) -> None:
     f = run.figures
     window = TO - FROM
@@ -191,7 +192,6 @@ def test_figures_match_the_script_within_one_poll(run: Run) -> None:
     assert f["plant_in_service_share"] == day["plant"]
 
 
-@pytest.mark.long(45)
 def test_the_page_holds_every_interlock_and_detector(run: Run) -> None:
     for ident in ("SIS-R101-TZ01", "SIS-T201-PZ02", "GT101", "GT102"):
         assert f"data-id='{ident}'" in run.html_text, ident
@@ -207,7 +207,6 @@ b.setAttribute('data-errors',window.__errors.join('|'));
 b.setAttribute('data-timelines',[...document.querySelectorAll('svg.timeline')].map(s=>s.dataset.id+':'+s.querySelectorAll('rect').length).join(','));},0));</script>"""
 
 
-@pytest.mark.long(45)
 def test_the_page_renders_in_headless_chromium(run: Run) -> None:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -231,7 +230,6 @@ def test_the_page_renders_in_headless_chromium(run: Run) -> None:
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.long(45)
 def test_hazgate_receive_report_finds_the_same_completeness(run: Run) -> None:
     got = {p["tag"]: p for p in run.received["points"]}
     assert set(got) == {p["tag"] for p in run.figures["points"]}

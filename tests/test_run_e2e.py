@@ -1,7 +1,7 @@
 """`hazgate run` end to end: simulated PLCs -> agent subprocess -> real Mosquitto -> paho.
 
-Loopback only; every wait is bounded. The whole file takes about two minutes, most of it the
-60 s cadence run.
+Loopback only; every wait is bounded. The whole file takes about a minute and a half, a third
+of it the cadence run.
 """
 
 from __future__ import annotations
@@ -162,9 +162,9 @@ def test_plc_stopped_goes_bad_and_recovers_while_the_other_keeps_cadence(broker,
         print(f"PLC B: {len(ts)} polls, gaps {min(gaps):.3f}-{max(gaps):.3f}s")
 
 
-@pytest.mark.long(60)
-def test_cadence_does_not_drift_over_a_minute(broker, procs, tmp_path: Path) -> None:
-    interval, run_for = 0.1, 60.0
+@pytest.mark.long(32)
+def test_cadence_does_not_drift_over_half_a_minute(broker, procs, tmp_path: Path) -> None:
+    interval, run_for = 0.1, 30.0
     dev = DeviceSpec("plc-fast", simple_points("F"), poll_interval="100ms", timeout="200ms")
     plant = write_plant(tmp_path, broker.url, [dev], publish_interval="1s")
     plant.start_simulator(procs, "plc-fast")
