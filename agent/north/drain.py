@@ -50,6 +50,7 @@ EVENTS_BATCH = 100  # events per message (at most the uplink's batch)
 BACKLOG_INFLIGHT_BYTES = 600_000  # about two back-fill messages on the wire at once
 DRAIN_BUDGET = 8000  # readings numbered per store call: the store thread's turns stay short for events
 FIRST_LIVE_LOOK = 0.1  # seconds between looks for the first live readings after connecting
+LET_GO = 5.0  # seconds at most to record a lost session's acknowledgements and drop its link
 SET_ASIDE = "record_set_aside"  # the gateway event reporting records left out of a message
 SHOWN = 200  # characters of a set-aside record in the error log
 
@@ -335,14 +336,23 @@ class Drain:
                 self._link = None
                 self._carried = {seq: first for seq, (_n, _sent, first) in self._in_flight.items()}
                 self._in_flight.clear()  # the stats keep their oldest: still unacknowledged
-                await self._record_acks()
-                if self._refusals:  # recorded before anything is sent again
-                    await asyncio.gather(*self._refusals, return_exceptions=True)
-                    self._refusals = []
-                await asyncio.get_running_loop().run_in_executor(None, link.abandon)
+                try:  # bounded: a stop must not wait on a store or a protocol library that hangs
+                    await asyncio.wait_for(self._let_go(link), LET_GO)
+                except TimeoutError:
+                    log.warning("the lost link was not let go within the bound; going on",
+                                extra={"fields": {"uplink": self.name, "seconds": LET_GO}})
             self._set_state("down", self._drop_reason or link.reason or "connection lost")
             self._drop_reason = ""
             delay = self.backoff.next_delay()
+
+    async def _let_go(self, link: Link) -> None:
+        """After a session: what was acknowledged and refused recorded (before anything is sent
+        again), the link's connection dropped."""
+        await self._record_acks()
+        if self._refusals:
+            await asyncio.gather(*self._refusals, return_exceptions=True)
+            self._refusals = []
+        await asyncio.get_running_loop().run_in_executor(None, link.abandon)
 
     async def _record_acks(self) -> None:
         """Delivered: record it, so they are not sent again (and which meta the far end has)."""
