@@ -171,12 +171,12 @@ def test_read_only_data_dir_at_start_polls_on_and_recovers(tmp_path: Path, broke
         agent.stop()
 
 
-@pytest.mark.long(40)
+@pytest.mark.long(57)
 def test_long_outage_against_the_size_limit_keeps_memory_flat(tmp_path: Path, broker, procs) -> None:
     dev = DeviceSpec("big", many_points(500), poll_interval="100ms", timeout="90ms")
     broker.stop()
     plant = write_plant(tmp_path / "plant", broker.url, [dev])
-    add_store_limits(plant.config, "1MiB")  # the least max_size: evictions come soonest and often
+    add_store_limits(plant.config, "2MiB")
     plant.start_simulator(procs, "big")
     agent = plant.start_agent(procs)
     deadline = time.monotonic() + 40
@@ -184,11 +184,11 @@ def test_long_outage_against_the_size_limit_keeps_memory_flat(tmp_path: Path, br
         time.sleep(0.2)
     assert "buffer eviction" in agent.output(), agent.output()[-2000:]
     early = rss_kb(agent.pid)
-    time.sleep(12)  # more than ten evictions later
+    time.sleep(20)  # more than ten evictions later
     late = rss_kb(agent.pid)
     assert late <= early * 1.10, f"RSS grew from {early} kB to {late} kB during the outage"
     db_file = plant.data_dir / "hazgate.db"
-    assert db_file.stat().st_size < 2 * 2**20
+    assert db_file.stat().st_size < 4 * 2**20
     broker.start()
     with Subscriber(broker.port, plant.topic_filter) as sub:
         sub.wait_until(lambda: sum(1 for m in sub.of_kind("events")
