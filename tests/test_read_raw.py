@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from commissionkit import one_plc_gateway, serve
-from conftest import HAZGATE, ROOT, Proc, free_port
+from commissionkit import served_plc
+from conftest import HAZGATE, ROOT, Proc
 
 HEADER = "tag,address,type,byte_order,scale,eng_min,eng_max,unit\n"
 # what the PLC holds: 12.5 as a CDAB float, 50.0 in tenths, -3.75 and 250.0 as CDAB floats
@@ -28,34 +28,13 @@ GATEWAY_TABLE = HEADER + ("LT1,hr:0,float32,ABCD,,0,20,m\n"
                           "FT1,hr:6,float32,DCBA,,0,500,m3/h\n")
 
 
-def _configs(folder: Path, port: int) -> tuple[Path, Path]:
-    (folder / "plc.csv").write_text(PLC_TABLE, encoding="utf-8")
-    (folder / "gw.csv").write_text(GATEWAY_TABLE, encoding="utf-8")
-    scenario = folder / "scenario.toml"
-    scenario.write_text(f"""[[plcs]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-points = "plc.csv"
-
-[plcs.signals]
-LT1 = {{ const = 12.5 }}
-TT1 = {{ const = 50.0 }}
-PT1 = {{ const = -3.75 }}
-FT1 = {{ const = 250.0 }}
-""", encoding="utf-8")
-    gateway = one_plc_gateway(folder, port)
-    return scenario, gateway
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
-    port = free_port()
-    scenario, gateway = _configs(tmp_path, port)
-    serve(procs, tmp_path, scenario, port)
-    return gateway
+    return served_plc(tmp_path, procs, PLC_TABLE, GATEWAY_TABLE, """LT1 = { const = 12.5 }
+TT1 = { const = 50.0 }
+PT1 = { const = -3.75 }
+FT1 = { const = 250.0 }
+""")
 
 
 def test_read_raw_shows_words_byte_orders_and_hints(gateway: Path) -> None:

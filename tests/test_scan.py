@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from commissionkit import one_plc_gateway, serve
-from conftest import HAZGATE, ROOT, Proc, free_port
+from commissionkit import served_plc
+from conftest import HAZGATE, ROOT, Proc
 
 PLC_TABLE = ("tag,address,type,byte_order\n"
              "LT1,hr:0,float32,CDAB\n"
@@ -25,36 +25,14 @@ SERVED_HR = "hr:0-3, hr:7-11, hr:13-26"
 SERVED_IR = "ir:0-2, ir:4-16"
 
 
-def _configs(folder: Path, port: int) -> tuple[Path, Path]:
-    (folder / "plc.csv").write_text(PLC_TABLE, encoding="utf-8")
-    (folder / "gw.csv").write_text("tag,address,type\nX,hr:0,uint16\n", encoding="utf-8")
-    scenario = folder / "scenario.toml"
-    refuse = ", ".join(f'"{a}"' for a in REFUSE)
-    scenario.write_text(f"""[[plcs]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 7
-points = "plc.csv"
-refuse = [{refuse}]
-
-[plcs.signals]
-LT1 = {{ const = 12.5 }}
-TT1 = {{ const = -2 }}
-PT1 = {{ const = 4660 }}
-IR1 = {{ const = 9 }}
-""", encoding="utf-8")
-    gateway = one_plc_gateway(folder, port)
-    return scenario, gateway
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
-    port = free_port()
-    scenario, gateway = _configs(tmp_path, port)
-    serve(procs, tmp_path, scenario, port)
-    return gateway
+    refuse = ", ".join(f'"{a}"' for a in REFUSE)
+    return served_plc(tmp_path, procs, PLC_TABLE, "tag,address,type\nX,hr:0,uint16\n", """LT1 = { const = 12.5 }
+TT1 = { const = -2 }
+PT1 = { const = 4660 }
+IR1 = { const = 9 }
+""", unit=7, plc_keys=f"refuse = [{refuse}]\n")
 
 
 def scan(gateway: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from commissionkit import one_plc_gateway, serve
-from conftest import HAZGATE, ROOT, Proc, free_port
+from commissionkit import served_plc
+from conftest import HAZGATE, ROOT, Proc
 
 INTERVAL = 0.25
 WATCHED_FOR = 3.0
@@ -33,33 +33,12 @@ GATEWAY_TABLE = ("tag,address,type,byte_order,eng_min,eng_max,unit\n"
 ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Za-z0-9])")
 
 
-def _configs(folder: Path, port: int) -> tuple[Path, Path]:
-    (folder / "plc.csv").write_text(PLC_TABLE, encoding="utf-8")
-    (folder / "gw.csv").write_text(GATEWAY_TABLE, encoding="utf-8")
-    scenario = folder / "scenario.toml"
-    scenario.write_text(f"""[[plcs]]
-name = "plc"
-protocol = "modbus-tcp"
-host = "127.0.0.1"
-port = {port}
-unit = 1
-points = "plc.csv"
-
-[plcs.signals]
-LT1 = {{ ramp = [1.0, 9.0], period = "2s" }}
-TT1 = {{ const = 50.0 }}
-PT1 = {{ const = 7 }}
-""", encoding="utf-8")
-    gateway = one_plc_gateway(folder, port, f"{int(INTERVAL * 1000)}ms")
-    return scenario, gateway
-
-
 @pytest.fixture
 def gateway(tmp_path: Path, procs: list[Proc]) -> Path:
-    port = free_port()
-    scenario, gateway = _configs(tmp_path, port)
-    serve(procs, tmp_path, scenario, port)
-    return gateway
+    return served_plc(tmp_path, procs, PLC_TABLE, GATEWAY_TABLE, """LT1 = { ramp = [1.0, 9.0], period = "2s" }
+TT1 = { const = 50.0 }
+PT1 = { const = 7 }
+""", poll_interval=f"{int(INTERVAL * 1000)}ms")
 
 
 def _drain(fd: int, until: float, out: bytearray) -> bool:

@@ -20,7 +20,7 @@ from agent.model import Point
 from agent.north.adapters import point_warnings
 from agent.north.mqtt.protocol import BROKER_KEYS, broker_spec
 from agent.north.mqtt.spec import MqttUplinkSpec, without_credentials
-from agent.north.registry import missing
+from agent.north.registry import missing, registry_of
 from agent.pipeline.evidence import EVIDENCE_AGE_S
 from agent.pipeline.store import StoreBounds
 from drivers.base import DeviceSpec, ProtocolSpec
@@ -289,7 +289,7 @@ def _registry_gaps(r: TomlReader, raw: Any, listed: list, points: list) -> None:
     """A warning for each variable a `[uplinks.registry.record]` uses that some points lack."""
     for i, item in enumerate(raw if isinstance(raw, list) else []):
         spec = next((u for u in listed if isinstance(item, dict) and u.name == item.get("name")), None)
-        registry = getattr(getattr(spec, "body", None), "registry", None)
+        registry = registry_of(spec)
         if registry is None:
             continue
         for variable, tags in missing(registry.record, points).items():

@@ -24,6 +24,12 @@ IDENTITY = ("name", "target_code", "hazard_source", "equipment")
 MEASURE = ("unit", "range_low", "range_high")
 
 
+def registry_of(spec: Any) -> Any:
+    """The uplink spec's `[uplinks.registry]` templates (MessageTemplates), or None: an uplink
+    of another body, or one that registers nothing."""
+    return getattr(getattr(spec, "body", None), "registry", None)
+
+
 def point_values(p: Point) -> dict[str, Any]:
     """A point's own registry variables (None where its table leaves the cell empty)."""
     return {"tag": p.tag, "kind": p.kind, "name": p.name or None, "unit": p.unit or None,

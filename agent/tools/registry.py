@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from agent.config.gateway import GatewayConfig
-from agent.north.registry import registry_records
+from agent.north.registry import registry_of, registry_records
 from agent.pipeline.declarations import Ledger
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -22,7 +22,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 def registry(cfg: GatewayConfig, uplink: str, fmt: str, output: str | None) -> int:
     spec = next((u for u in cfg.uplinks if u.name == uplink), None)
-    with_registry = [u.name for u in cfg.uplinks if getattr(getattr(u, "body", None), "registry", None)]
+    with_registry = [u.name for u in cfg.uplinks if registry_of(u) is not None]
     if spec is None or uplink not in with_registry:
         why = "no such uplink" if spec is None else "this uplink declares no [uplinks.registry]"
         print(f"hazgate registry: --uplink {uplink!r}: {why} in {cfg.path}; valid: "
@@ -35,7 +35,7 @@ def registry(cfg: GatewayConfig, uplink: str, fmt: str, output: str | None) -> i
     except (sqlite3.Error, OSError) as exc:
         print(f"hazgate registry: cannot read the declarations in {cfg.data_dir}: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    records = registry_records(spec.body.registry.record, cfg.all_points(), cfg.device_of(), cfg.gateway_id,
+    records = registry_records(registry_of(spec).record, cfg.all_points(), cfg.device_of(), cfg.gateway_id,
                                cfg.enterprise_code, declared)
     data = _csv(records) if fmt == "csv" else orjson.dumps(records, option=orjson.OPT_INDENT_2) + b"\n"
     if output is None:
