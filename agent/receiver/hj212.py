@@ -43,7 +43,14 @@ from agent.north.hj212.segment import (
     masked,
 )
 from agent.north.hj212.spec import Hj212Spec
-from agent.receiver.platform import EXIT_FAIL, EXIT_OK, EXIT_USAGE, open_db, serve_until
+from agent.receiver.platform import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    open_db,
+    serve_until,
+    transaction,
+)
 
 log = logging.getLogger("hazgate.receive")
 
@@ -229,11 +236,10 @@ class Hj212Platform:
         if self.db.execute("SELECT 1 FROM hj212_uploads WHERE qn=? AND pno=?", (qn, pno)).fetchone():
             self.counts.duplicates += 1
             return
-        self.db.execute("BEGIN")  # an upload and its values together
-        self.db.execute("INSERT INTO hj212_uploads VALUES (?,?,?,?,?)", (qn, pno, s.cn, s.cp.data_time, received))
-        self.db.executemany("INSERT INTO hj212_values VALUES (?,?,?,?,?,?)", (
-            (qn, pno, s.cp.data_time, code, f.get("Rtd"), f.get("Flag")) for code, f in s.cp.codes.items()))
-        self.db.execute("COMMIT")
+        with transaction(self.db):  # an upload and its values together
+            self.db.execute("INSERT INTO hj212_uploads VALUES (?,?,?,?,?)", (qn, pno, s.cn, s.cp.data_time, received))
+            self.db.executemany("INSERT INTO hj212_values VALUES (?,?,?,?,?,?)", (
+                (qn, pno, s.cp.data_time, code, f.get("Rtd"), f.get("Flag")) for code, f in s.cp.codes.items()))
         self.counts.uploads += 1
         self.counts.values += len(s.cp.codes)
 

@@ -28,7 +28,7 @@ import sqlite3
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -532,7 +532,7 @@ class PlatformReceiver:
         log.warning("undecodable message" if undecodable else "template violation", extra={
             "fields": {"gateway": gw.name, "data_id": data_id, "seq": seq,
                        "problems": "; ".join(problems[:3])}})
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT INTO platform_violations VALUES (?,?,?,?,?,?)",
                             (gw.name, data_id if isinstance(data_id, str) else None, seq, received,
                              "; ".join(problems), body))
@@ -553,7 +553,7 @@ class PlatformReceiver:
             gw.records += len(records)
         rows = [(gw.name, data_id, seq, kind.name, i, self._get(r, kind.tag), self._get(r, kind.ts),
                  self._get(r, kind.value), orjson.dumps(r).decode()) for i, r in enumerate(records)]
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT INTO platform_messages VALUES (?,?,?,?,?,?)",
                             (gw.name, data_id, seq, kind.name, received, len(records)))
             self.db.executemany("INSERT INTO platform_records VALUES (?,?,?,?,?,?,?,?,?)", rows)
@@ -563,7 +563,7 @@ class PlatformReceiver:
         row = (gw.name, *(getattr(gw, k) for k in COUNTERS), gw.first, gw.highest, gw.last_received)
         sql = "INSERT OR REPLACE INTO platform_gateways VALUES (?,?,?,?,?,?,?,?,?,?,?)"
         if commit:
-            with self.db:
+            with transaction(self.db):
                 self.db.execute(sql, row)
         else:
             self.db.execute(sql, row)
@@ -591,6 +591,19 @@ class PlatformReceiver:
 
     def any_gaps(self) -> bool:
         return any(gw.gaps() for gw in self.gateways.values())
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN ... COMMIT (ROLLBACK on an exception): the connection is in autocommit mode
+    (`open_db`), where `with db:` would commit each statement on its own."""
+    db.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def open_db(path: str | Path) -> sqlite3.Connection:
