@@ -353,7 +353,8 @@ class Agent:
         if devices:  # bounded: a read stuck in a driver is abandoned, not waited for
             await asyncio.wait(devices, timeout=STOP_TIMEOUT)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(u.stop() for u in self.uplinks)), STOP_TIMEOUT)
+            async with asyncio.timeout(STOP_TIMEOUT):
+                await asyncio.gather(*(u.stop() for u in self.uplinks))
         for t in self.tasks:
             t.cancel()
         rest = [*self.tasks, *self._background]

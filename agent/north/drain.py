@@ -90,6 +90,7 @@ class Drain:
         self.stats = UplinkStats(ack_warning=settings.ack_warning, ack_deadline=settings.ack_deadline)
         self.backoff = Backoff()
         self.wake = asyncio.Event()  # something to publish (an ack freed the window, a message waits)
+        self._stopped = False  # stop() is done: no new session, the current one ends
         self._events_waiting = False  # events stored: the next store call goes before the writer's
         self._store_warned = False
         # While the store refuses writes, live readings held in memory go out directly, numbered
@@ -323,7 +324,7 @@ class Drain:
         """Forever: connect, drain, and on loss start again. Cancel to stop."""
         await self.store.ready.wait()
         delay = 0.0  # the first connection at once; after a loss, the back-off's
-        while True:
+        while not self._stopped:  # a cancel is the usual end; this one holds when a library swallowed it
             link = await self._connect(delay)
             self._link = link
             if self.stats.state == "down" and self.stats.published:
@@ -337,10 +338,13 @@ class Drain:
                 self._carried = {seq: first for seq, (_n, _sent, first) in self._in_flight.items()}
                 self._in_flight.clear()  # the stats keep their oldest: still unacknowledged
                 try:  # bounded: a stop must not wait on a store or a protocol library that hangs
-                    await asyncio.wait_for(self._let_go(link), LET_GO)
+                    async with asyncio.timeout(LET_GO):
+                        await self._let_go(link)
                 except TimeoutError:
                     log.warning("the lost link was not let go within the bound; going on",
                                 extra={"fields": {"uplink": self.name, "seconds": LET_GO}})
+            if self._stopped:
+                return
             self._set_state("down", self._drop_reason or link.reason or "connection lost")
             self._drop_reason = ""
             delay = self.backoff.next_delay()
@@ -364,17 +368,23 @@ class Drain:
             await self._note_meta()
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Clean shutdown: let in-flight messages be acknowledged, then the link's goodbye."""
-        link = self.link
-        if link is None:
-            return
-        deadline = time.monotonic() + grace
-        while self._in_flight and not link.lost.is_set() and time.monotonic() < deadline:
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), deadline - time.monotonic())
-        await self._record_acks()
-        await link.close(grace)
+        """Clean shutdown: let in-flight messages be acknowledged, then the link's goodbye.
+        The session (still open meanwhile, for those acknowledgements) ends after it."""
+        try:
+            link = self.link
+            if link is None:
+                return
+            deadline = time.monotonic() + grace
+            while self._in_flight and not link.lost.is_set() and time.monotonic() < deadline:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(deadline - time.monotonic()):
+                        await self.wake.wait()
+            await self._record_acks()
+            await link.close(grace)
+        finally:
+            self._stopped = True
+            self.wake.set()
 
     async def _session(self, link: Link) -> None:
         link.opened()
@@ -387,7 +397,7 @@ class Drain:
         for seq in sorted(self._mem_msgs):  # sent from memory before the drop, not acknowledged
             if not self._send(link, seq, "readings", self._mem_msgs[seq], False):
                 return
-        while not link.lost.is_set():
+        while not link.lost.is_set() and not self._stopped:
             self.stats.beat = time.monotonic()
             if self._overdue(link):
                 return

@@ -235,8 +235,7 @@ async def open_stream(host: str, port: int, tls: ssl.SSLContext | None,
                       within: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection (with its TLS handshake), or ConnectFailed saying why."""
     try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None),
-            within)
+        async with asyncio.timeout(within):
+            return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise ConnectFailed(f"{host}:{port}: {why(exc)}", failed_step(exc)) from None

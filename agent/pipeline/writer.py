@@ -105,7 +105,8 @@ class Writer:
         if wait > 0 and len(self._pending) < WRITE_CHUNK:
             self._full.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._full.wait()
 
     async def run(self) -> None:
         """Group commit: what was polled up to the deadline goes in one transaction, at most

@@ -274,7 +274,8 @@ class Hj212Platform:
             writer.write(pack(segment.text()))
             await writer.drain()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asking.done.wait(), within)
+                async with asyncio.timeout(within):
+                    await asking.done.wait()
         finally:
             del self._asking[qn]
         return _joined(asking.answer)

@@ -773,7 +773,8 @@ async def serve_until(start: Callable[[], Awaitable[None]], stop: Callable[[], A
             if idle_exit is not None and now - last_message() >= idle_exit:
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), TICK)
+                async with asyncio.timeout(TICK):
+                    await stopping.wait()
     finally:
         await stop()
     return None

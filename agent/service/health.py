@@ -223,7 +223,8 @@ class StoreStats:
                 self._store.close()
 
         with contextlib.suppress(RuntimeError, TimeoutError):  # bounded: a stuck disk must not hold the stop
-            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._pool, shut), 2.0)
+            async with asyncio.timeout(2.0):
+                await asyncio.get_running_loop().run_in_executor(self._pool, shut)
         self._pool.shutdown(wait=False)
 
 
@@ -371,7 +372,8 @@ class HealthServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+                async with asyncio.timeout(READ_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                 return
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -391,7 +393,8 @@ class HealthServer:
             head_out = (f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\nContent-Type: {ctype}\r\n"
                         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
             writer.write(head_out.encode() + (b"" if method == "HEAD" else body))
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
         except (ConnectionError, TimeoutError):
             pass
         except Exception:  # never let a scrape take the agent down
@@ -402,4 +405,5 @@ class HealthServer:
             else:
                 writer.close()
             with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()

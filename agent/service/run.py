@@ -153,7 +153,8 @@ class Service:
             log.info("stopping", extra={"fields": {"signal": "TERM/INT"}})
             self.notifier.stopping("stopping: finishing in-flight work and closing the store")
             with contextlib.suppress(TimeoutError):  # a reload in progress finishes first
-                await asyncio.wait_for(self._lock.acquire(), STOP_WAIT_FOR_RELOAD)
+                async with asyncio.timeout(STOP_WAIT_FOR_RELOAD):
+                    await self._lock.acquire()
             for t in self._helpers:
                 t.cancel()
             await asyncio.gather(*self._helpers, return_exceptions=True)
@@ -171,7 +172,8 @@ class Service:
         told_waiting = False
         while not agent.opened.is_set():
             try:
-                await asyncio.wait_for(agent.opened.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await agent.opened.wait()
             except TimeoutError:
                 if not told_waiting:
                     notifier.status(f"waiting for the store in {self.cfg.data_dir}: polling on, "

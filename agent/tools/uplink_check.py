@@ -73,8 +73,8 @@ def _tls(probe: Probe) -> str:
 
 
 async def _resolve(host: str, port: int) -> list[str]:
-    infos = await asyncio.wait_for(
-        asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), DNS_TIMEOUT)
+    async with asyncio.timeout(DNS_TIMEOUT):
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -98,8 +98,8 @@ async def check_one(name: str, probe: Probe) -> Verdict:
     passed.append("address")
     started = time.monotonic()
     try:
-        link = await asyncio.wait_for(probe.connector.connect(lambda _seq: None, lambda _seq, _why: None),
-                                      CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            link = await probe.connector.connect(lambda _seq: None, lambda _seq, _why: None)
     except ConnectFailed as exc:
         step = STEP_OF.get(exc.step, "tcp")
         if step == "file":

@@ -58,6 +58,9 @@ UNIT_BACKOFF_MIN, UNIT_BACKOFF_MAX = 1.0, 30.0
 PORT_BACKOFF_MIN, PORT_BACKOFF_MAX = 0.5, 30.0
 FAILS_BEFORE_BACKOFF = 2
 LOW_WAIT_MAX = 2.0  # longest a failing unit's request yields the line to answering units
+# a port's lock outlives its closing program by a moment: look again before calling it busy
+BUSY_LOOKS, BUSY_LOOK_EVERY = 3, 0.1
+BUSY = "is busy: another program has it open (a terminal, a second gateway)"
 
 
 class GarbledAnswer(ModbusException):
@@ -97,7 +100,7 @@ def port_problem(port: str, s: dict) -> str | None:
             return (f"serial port {port} does not exist; valid: the RS-485 adapter's device, "
                     "e.g. /dev/ttyUSB0 (list them with: ls /dev/ttyUSB* /dev/ttyS*)")
         if errno in (11, 16) or "exclusively lock" in text:
-            return f"serial port {port} is busy: another program has it open (a terminal, a second gateway)"
+            return f"serial port {port} {BUSY}"
         if errno == 13:
             return f"serial port {port}: permission denied; valid: run hazgate as a user in the 'dialout' group"
         return f"serial port {port} cannot be opened: {text}"
@@ -164,8 +167,8 @@ class SerialBus:
         async with self._turns:
             if low:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._turns.wait_for(lambda: not self._busy and not self._urgent),
-                                           LOW_WAIT_MAX)
+                    async with asyncio.timeout(LOW_WAIT_MAX):
+                        await self._turns.wait_for(lambda: not self._busy and not self._urgent)
                 await self._turns.wait_for(lambda: not self._busy)
             else:
                 self._urgent += 1
@@ -193,6 +196,11 @@ class SerialBus:
             return False
         s = self.settings
         problem = port_problem(self.port, s)
+        for _ in range(BUSY_LOOKS - 1):
+            if problem is None or not problem.endswith(BUSY):
+                break
+            await asyncio.sleep(BUSY_LOOK_EVERY)
+            problem = port_problem(self.port, s)
         if problem is None:
             client = checked_client(self._client())
             if await client.connect():

@@ -48,7 +48,8 @@ class ModbusTcpDriver:
 
     async def _connect_once(self) -> None:
         try:
-            ok = await asyncio.wait_for(self.client.connect(), self.device.timeout + 1)
+            async with asyncio.timeout(self.device.timeout + 1):
+                ok = await self.client.connect()
         except (TimeoutError, OSError, ModbusException) as exc:
             ok, self._last_error = False, f"connect failed: {exc or type(exc).__name__}"
         else:

@@ -329,7 +329,8 @@ class OpcUaDriver:
                 await client.set_security(POLICIES[o.security_policy], cert, key, server_certificate=server_der,
                                           mode=getattr(ua.MessageSecurityMode, o.security_mode))
             client.connection_lost_callback = self._on_connection_lost
-            await asyncio.wait_for(client.connect(), 2 * self.device.timeout + 1)
+            async with asyncio.timeout(2 * self.device.timeout + 1):
+                await client.connect()
         except BaseException:
             await self._dispose(client)
             raise
@@ -341,7 +342,8 @@ class OpcUaDriver:
     async def _trusted_server_certificate(self, client: Client) -> bytes:
         """The server's certificate for our policy and mode, checked against server_certificate."""
         o = self.opts
-        endpoints = await asyncio.wait_for(client.connect_and_get_server_endpoints(), self.device.timeout + 1)
+        async with asyncio.timeout(self.device.timeout + 1):
+            endpoints = await client.connect_and_get_server_endpoints()
         policy_uri = POLICIES[o.security_policy].URI
         mode = getattr(ua.MessageSecurityMode, o.security_mode)
         match = [ep for ep in endpoints if ep.SecurityPolicyUri == policy_uri and ep.SecurityMode == mode]
@@ -491,7 +493,8 @@ class OpcUaDriver:
     @staticmethod
     async def _dispose(client: Client) -> None:
         try:
-            await asyncio.wait_for(client.disconnect(), DISCONNECT_TIMEOUT)
+            async with asyncio.timeout(DISCONNECT_TIMEOUT):
+                await client.disconnect()
         except Exception:  # noqa: BLE001 - the server may already be gone (TimeoutError included)
             pass
         finally:

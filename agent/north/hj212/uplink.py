@@ -151,7 +151,8 @@ class Hj212Link(SerialLink):
             self._answered.clear()
             await self._write(payload)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._answered.wait(), overtime)
+                async with asyncio.timeout(overtime):
+                    await self._answered.wait()
             if self._verdict is not None:
                 self._qn = None
                 return self._verdict
@@ -163,7 +164,8 @@ class Hj212Link(SerialLink):
         self._cancel()
         self.writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), grace)
+            async with asyncio.timeout(grace):
+                await self.writer.wait_closed()
 
     def _shut(self) -> None:
         self._cancel()

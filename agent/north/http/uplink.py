@@ -67,8 +67,9 @@ class HttpLink(SerialLink):
     async def close(self, grace: float) -> None:
         for task in self._tasks:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(self.session.close(), grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.session.close()
 
     def _shut(self) -> None:
         self._cancel()
@@ -102,7 +103,8 @@ class HttpConnector:
         _, writer = await open_stream(spec.host, spec.port, self.tls, spec.delivery.timeout)
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), spec.delivery.timeout)
+            async with asyncio.timeout(spec.delivery.timeout):
+                await writer.wait_closed()
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.tls if self.tls else True, limit=1),
             timeout=aiohttp.ClientTimeout(total=spec.delivery.timeout), headers=headers,

@@ -198,7 +198,8 @@ class MqttConnector:
             raise ConnectFailed(f"TLS files (ca_file, cert_file, key_file): {why(exc)}", "file") from None
         try:
             await loop.run_in_executor(None, link.session.connect)
-            await asyncio.wait_for(link.answered(), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await link.answered()
             if link.connected.is_set():
                 return link
             step = "login" if link.refusal else "closed"

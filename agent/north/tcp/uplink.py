@@ -64,7 +64,8 @@ class _Stream:
     async def close(self, grace: float) -> None:
         self.writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), grace)
+            async with asyncio.timeout(grace):
+                await self.writer.wait_closed()
 
 
 class TcpLink(SerialLink):
@@ -117,13 +118,15 @@ class TcpLink(SerialLink):
                 stream = await self._connect()
                 try:
                     await stream.write(data)
-                    reply = await asyncio.wait_for(stream.next_frame(), spec.delivery.timeout)
+                    async with asyncio.timeout(spec.delivery.timeout):
+                        reply = await stream.next_frame()
                 finally:
                     await stream.close(1.0)
             else:
                 self._waiting = True
                 await self._stream.write(data)
-                got = await asyncio.wait_for(self._replies.get(), spec.delivery.timeout)
+                async with asyncio.timeout(spec.delivery.timeout):
+                    got = await self._replies.get()
                 if isinstance(got, Exception):
                     raise got
                 reply = got

@@ -69,7 +69,8 @@ class CheckStage:
 
     async def _load(self) -> list:
         try:
-            await asyncio.wait_for(self.store.ready.wait(), STORE_WAIT)
+            async with asyncio.timeout(STORE_WAIT):
+                await self.store.ready.wait()
             return await self.store.call("active")
         except (TimeoutError, sqlite3.Error) as exc:
             log.error("checks start without the saved active alarms and bypasses: the store is not available",
