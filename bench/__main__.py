@@ -1,6 +1,6 @@
 """`make bench`: every figure of issues 9, 15, 18 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report,startup] [--profile]
                               [--markdown FILE] [--json FILE]
 
 Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
@@ -33,7 +33,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, durable, evidence_report, live, outage, reconnect, stages, uplinks
+from bench import (
+    backfill,
+    durable,
+    evidence_report,
+    live,
+    outage,
+    reconnect,
+    stages,
+    startup,
+    uplinks,
+)
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
 from bench.profile import by_stage, summary
@@ -51,15 +61,16 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report",
+          "startup")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
-         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10}
+         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10, "starts": 3}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
         "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
-        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20}
+        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20, "starts": 5}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -255,6 +266,25 @@ def main() -> int:
                 rows.append(Row(s, f"{uplinks.PROTOCOL[u]}: platform back → first live delivery p50 / p99{missed}",
                                 f"{fmt_s(r.p(u, 0.5))} / {fmt_s(r.p(u, 0.99))}", "", "", "p99 ≤ 2 s",
                                 verdict(r.p(u, 0.99) <= 2.0 and not r.missed[u])))
+            print(text(rows[first:]), flush=True)
+
+        if "startup" in only:
+            first = len(rows)
+            print(f"startup: hazgate validate and hazgate run to the first acknowledged message, {n_points} points, "
+                  f"{P['starts']} times each", flush=True)
+            st = startup.run(ctx, units, P["starts"])
+            results["startup"] = asdict(st)
+            s = f"starting up: {st.points:,} points ({P['starts']} runs, min / median / max)"
+            worst_v = max(st.validate, default=math.nan)
+            worst_a = max(st.first_ack, default=math.nan)
+            rows += [
+                Row(s, "hazgate validate (baseline: hazgate --version)", startup.describe(st.validate),
+                    startup.describe(st.validate_base), "", "≤ 1.5 s", verdict(worst_v <= 1.5 and not st.failures)),
+                Row(s, "hazgate run → first acknowledged message (baseline: raw loop's first)",
+                    startup.describe(st.first_ack), startup.describe(st.first_ack_raw), "", "≤ 3 s",
+                    verdict(worst_a <= 3.0 and len(st.first_ack) == P["starts"])),
+            ]
+            notes.extend(f"startup: {f}" for f in st.failures)
             print(text(rows[first:]), flush=True)
 
         if "report" in only:
