@@ -24,7 +24,7 @@ from agent.north.adapters import make_uplink
 from agent.north.base import UplinkContext
 from agent.pipeline.checks.stage import CheckStage
 from agent.pipeline.metered import MeteredDriver
-from agent.pipeline.scheduler import DeviceTask
+from agent.pipeline.scheduler import DeviceTask, phases
 from agent.pipeline.store_thread import AsyncStore
 from agent.pipeline.writer import STORE_RETRY, Writer
 from drivers.base import DeviceSpec
@@ -236,8 +236,9 @@ class Agent:
             self.events_stored()
 
     async def start(self) -> None:
+        phase = phases(self.cfg.devices)
         for dev in self.cfg.devices:
-            self._start_device(dev)
+            self._start_device(dev, phase[dev.name])
         self._spawn("writer", self._intake)
         self._spawn("checks", self.checks.run)
         for u in self.uplinks:
@@ -284,8 +285,9 @@ class Agent:
             record.restarted()
             delay = min(RESTART_MAX, delay * 2)
 
-    def _start_device(self, dev: DeviceSpec) -> None:
-        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock, self.declared)
+    def _start_device(self, dev: DeviceSpec, phase: float) -> None:
+        task = DeviceTask(dev, MeteredDriver(make_driver(dev)), self._sink, self._on_link, self.clock, self.declared,
+                          phase)
         self.devices.append(task)
         self._spawn(f"device:{dev.name}", task.run)
 
@@ -319,9 +321,10 @@ class Agent:
             u.reconfigure(specs[u.name])  # the set of uplinks stays (a change needs a restart)
         if plan.checks_changed:
             await self._restart_checks(new)
+        phase = phases(new.devices)
         for dev in new.devices:
             if dev.name in plan.start or dev.name in plan.restart:
-                self._start_device(dev)
+                self._start_device(dev, phase[dev.name])
         if plan.points_changed:
             for u in self.uplinks:
                 await u.points_changed()

@@ -4,6 +4,11 @@ The next poll is due one interval after the previous one was due, not after it f
 the cadence does not drift. A poll that overruns skips the cycles it missed (counted in
 `overruns`) instead of firing them in a burst, and never leaves less than half an interval
 before the next one. Nothing a device does ends its task.
+
+Devices start at spread phases (`phases`): ten PLCs polled every second are asked 100 ms apart,
+not all at once, so neither the gateway (a Pi core spends tens of milliseconds on each
+poll's readings) nor a shared line or device server takes them in one burst, and each poll's
+readings reach the store sooner after their collection.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from drivers.base import DeviceSpec, Driver
 
 log = logging.getLogger("hazgate.scheduler")
 
+PHASE_SPREAD = 1.0  # seconds at most over which the devices' first polls are spread
+
 Sink = Callable[[DeviceSpec, list[Reading], list[Reading]], Awaitable[None]]
 
 
 class DeviceTask:
     def __init__(self, device: DeviceSpec, driver: Driver, sink: Sink,
                  on_link: Callable[[str, str, str | None, int | None], Awaitable[None]] | None = None,
-                 clock: ClockWatch | None = None, declared: Collection[str] = frozenset()):
+                 clock: ClockWatch | None = None, declared: Collection[str] = frozenset(), phase: float = 0.0):
         self.device, self.driver, self.sink, self.on_link = device, driver, sink, on_link
+        self.phase = phase  # seconds from the start to the first poll
         self.clock = clock
         self.normalizer = Normalizer(device.integrity_interval, declared)
         self.link = "unknown"
@@ -39,7 +47,9 @@ class DeviceTask:
 
     async def run(self) -> None:
         interval = self.device.poll_interval
-        due = time.monotonic()
+        due = time.monotonic() + self.phase
+        if self.phase > 0:
+            await asyncio.sleep(self.phase)
         while True:
             try:
                 await self.poll_once()
@@ -88,3 +98,10 @@ class DeviceTask:
             if self.on_link:
                 await self.on_link(self.device.name, link, reason, self.last_good_ms)
         await self.sink(self.device, every, report)
+
+
+def phases(devices: list[DeviceSpec]) -> dict[str, float]:
+    """Each device's first-poll offset: the i-th of n devices starts i/n of its interval (at most
+    PHASE_SPREAD) after the first, in the configuration's order."""
+    n = len(devices)
+    return {d.name: i / n * min(d.poll_interval, PHASE_SPREAD) for i, d in enumerate(devices)}
