@@ -7,12 +7,12 @@ offers cgroup v2 with the cpu controller, `cpu.max` is set; otherwise cgroup v1'
 `cpu.cfs_quota_us` / `cpu.cfs_period_us`. Without either, writable (not root, read-only), the
 phase is skipped with the reason.
 
-Two runs in the same cgroup, one after the other:
+Three runs in the same cgroup, one after the other:
 - live: the 10 000 points at 1 s and the 20 event points at 200 ms. Missed polls are the agent's
   own count (`hazgate_device_overruns_total` on its health endpoint: cycles skipped because a
   poll ran long), read at the window's start and end, beside the polls completed;
 - back-fill: bench/backfill.py's 1 M readings drained while 100 live points and the event points
-  are polled.
+  are polled, then again with the 10 000 points polled too.
 The cgroup's throttling figures (cpu.stat) are kept for the notes; the cgroup is removed once
 the agent has ended.
 """
@@ -124,14 +124,12 @@ def _read(path: Path) -> str:
         return ""
 
 
-def device_counters(port: int) -> dict[str, int]:
-    """Sum over devices of polls and overruns, from the agent's /metrics."""
+def device_counters(port: int) -> dict[tuple[str, str], int]:
+    """(polls or overruns, device): count so far, from the agent's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310 - loopback
         body = r.read().decode()
-    out = {"polls": 0, "overruns": 0}
-    for family, _dev, value in _METRIC.findall(body):
-        out["overruns" if "overruns" in family else "polls"] += int(float(value))
-    return out
+    return {("overruns" if "overruns" in family else "polls", dev): int(float(value))
+            for family, dev, value in _METRIC.findall(body)}
 
 
 @dataclass
@@ -140,11 +138,13 @@ class Budget:
     live: Window
     due_polls: int  # polls the cadences ask for in the window
     polls: int
-    missed: int  # overruns counted by the agent in the window
+    missed: dict[str, int]  # device: overruns counted by the agent in the window, where any
     throttled_live: tuple[int, int, float]  # periods, throttled periods, seconds throttled (window)
     events: Latency
-    fill: backfill.Backfill
+    fill: backfill.Backfill  # while the 100 live points and the event points are polled
     throttled_fill: tuple[int, int, float]  # from the agent's start to its stop
+    fill_all: backfill.Backfill  # the same with the 10 000 points polled too
+    throttled_fill_all: tuple[int, int, float]
 
 
 def _delta(a: tuple[int, int, float], b: tuple[int, int, float]) -> tuple[int, int, float]:
@@ -169,9 +169,14 @@ def run(ctx: Ctx, units: list[Unit], ev: Unit, bf_live: Unit, readings: int, war
         due = round(w.seconds * (len(units) + 1 / EVENT_POLL))
         events = agent_events(ctx.plant, w.events, since=w.started + 2.0)
         f0 = cg.throttled()
-        fill = backfill.run(ctx, bf_live, ev, readings, after_s=after_s, raw=False, wrap=cg.wrap())
-        return Budget(cg.how, w, due, c1["polls"] - c0["polls"], c1["overruns"] - c0["overruns"], _delta(t0, t1),
-                      events, fill, _delta(f0, cg.throttled()))
+        fill = backfill.run(ctx, bf_live, ev, readings, after_s=after_s, raw=False, wrap=cg.wrap(), name="bbf")
+        f1 = cg.throttled()
+        fill_all = backfill.run(ctx, bf_live, ev, readings, after_s=after_s, raw=False, wrap=cg.wrap(), also=units,
+                                name="bbfall")
+        d = {k: v - c0.get(k, 0) for k, v in c1.items()}
+        missed = {dev: n for (kind, dev), n in sorted(d.items()) if kind == "overruns" and n}
+        return Budget(cg.how, w, due, sum(n for (kind, _), n in d.items() if kind == "polls"), missed,
+                      _delta(t0, t1), events, fill, _delta(f0, f1), fill_all, _delta(f1, cg.throttled()))
     finally:
         if why := cg.remove(ctx.procs):
             ctx.notes.append(why)
