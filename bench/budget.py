@@ -127,7 +127,10 @@ def _read(path: Path) -> str:
 def device_counters(port: int) -> dict[tuple[str, str], int]:
     """(polls or overruns, device): count so far, from the agent's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310 - loopback
-        body = r.read().decode()
+        return parse_counters(r.read().decode())
+
+
+def parse_counters(body: str) -> dict[tuple[str, str], int]:
     return {("overruns" if "overruns" in family else "polls", dev): int(float(value))
             for family, dev, value in _METRIC.findall(body)}
 
