@@ -29,12 +29,13 @@ from pathlib import Path
 
 from bench import backfill
 from bench.common import Procs, Unit, free_port
-from bench.events import Latency, agent_events
+from bench.events import Latency, agent_events, event_latencies
 from bench.live import Ctx, Window, run_agent
 
 QUOTA_US, PERIOD_US = 25_000, 100_000
 SHARE = QUOTA_US / PERIOD_US
 EVENT_POLL = 0.2
+EVENT_P99 = 0.150  # the target for event poll -> wire
 _METRIC = re.compile(r'^(hazgate_device_(?:overruns|polls)_total)\{device="([^"]*)"\} (\S+)$', re.M)
 
 
@@ -144,6 +145,7 @@ class Budget:
     missed: dict[str, int]  # device: overruns counted by the agent in the window, where any
     throttled_live: tuple[int, int, float]  # periods, throttled periods, seconds throttled (window)
     events: Latency
+    late_events: tuple[int, int]  # events over the target (EVENT_P99) and the distinct seconds they arrived in
     fill: backfill.Backfill  # while the 100 live points and the event points are polled
     throttled_fill: tuple[int, int, float]  # from the agent's start to its stop
     fill_all: backfill.Backfill  # the same with the 10 000 points polled too
@@ -171,6 +173,7 @@ def run(ctx: Ctx, units: list[Unit], ev: Unit, bf_live: Unit, readings: int, war
         (c0, t0), (c1, t1) = w.probes
         due = round(w.seconds * (len(units) + 1 / EVENT_POLL))
         events = agent_events(ctx.plant, w.events, since=w.started + 2.0)
+        late = [at for at, poll, _ in event_latencies(ctx.plant, w.events, since=w.started + 2.0) if poll > EVENT_P99]
         f0 = cg.throttled()
         fill = backfill.run(ctx, bf_live, ev, readings, after_s=after_s, raw=False, wrap=cg.wrap(), name="bbf")
         f1 = cg.throttled()
@@ -179,7 +182,7 @@ def run(ctx: Ctx, units: list[Unit], ev: Unit, bf_live: Unit, readings: int, war
         d = {k: v - c0.get(k, 0) for k, v in c1.items()}
         missed = {dev: n for (kind, dev), n in sorted(d.items()) if kind == "overruns" and n}
         return Budget(cg.how, w, due, sum(n for (kind, _), n in d.items() if kind == "polls"), missed,
-                      _delta(t0, t1), events, fill, _delta(f0, f1), fill_all, _delta(f1, cg.throttled()))
+                      _delta(t0, t1), events, (len(late), len({int(at) for at in late})), fill, _delta(f0, f1), fill_all, _delta(f1, cg.throttled()))
     finally:
         if why := cg.remove(ctx.procs):
             ctx.notes.append(why)
