@@ -3,11 +3,11 @@
     .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report,budget] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
+Quick mode (default) takes about seventeen minutes on a 2-core machine (the uplinks phase about
 four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
 (bench/reconnect.py) about two, the budget phase (bench/budget.py: the agent held to 25 % of one core
-by a cgroup) about three); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
-with one platform down) and takes about forty.
+by a cgroup) about two and a half); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+with one platform down) and takes about forty-five.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
 int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
