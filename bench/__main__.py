@@ -1,12 +1,14 @@
 """`make bench`: every figure of issues 9, 15, 18 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report,startup] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report,budget,
+                                                startup] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
+Quick mode (default) takes about seventeen minutes on a 2-core machine (the uplinks phase about
 four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
-(bench/reconnect.py) about two); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
-with one platform down) and takes about forty.
+(bench/reconnect.py) about two, the budget phase (bench/budget.py: the agent held to 25 % of one core
+by a cgroup) about two and a half); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+with one platform down) and takes about forty-five.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
 int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from bench import (
     backfill,
+    budget,
     durable,
     evidence_report,
     live,
@@ -61,16 +64,18 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report",
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report", "budget",
           "startup")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
-         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10, "starts": 3}
+         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10,
+         "budget_warm": 10, "budget": 60, "starts": 3}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
         "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
-        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20, "starts": 5}
+        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20,
+        "budget_warm": 10, "budget": 120, "starts": 5}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -287,6 +292,38 @@ def main() -> int:
             notes.extend(f"startup: {f}" for f in st.failures)
             print(text(rows[first:]), flush=True)
 
+        if "budget" in only:
+            first = len(rows)
+            print(f"budget: the agent in a cgroup of {budget.SHARE * 100:.0f} % of one core: {n_points} points at 1 s "
+                  f"({P['budget']} s window), then a {P['readings']:,}-reading back-fill while live", flush=True)
+            prof = work / "profile-budget.txt" if args.profile else None
+            b = budget.run(ctx, units, ev, bf_live, P["readings"], P["budget_warm"], P["budget"], P["after"], prof)
+            if isinstance(b, str):
+                print(f"budget: skipped: {b}", flush=True)
+                notes.append(f"budget phase skipped: {b}")
+            else:
+                if prof and prof.exists():
+                    profiles.append((f"Pi-class budget ({budget.SHARE * 100:.0f} % of a core), 10 000 points at 1 s",
+                                     prof, b.live))
+                results["budget"] = {"how": b.how, "live": _win(b.live), "due_polls": b.due_polls, "polls": b.polls,
+                                     "missed": b.missed, "throttled_live": b.throttled_live,
+                                     "events": asdict(b.events), "late_events": b.late_events, "backfill": asdict(b.fill),
+                                     "throttled_fill": b.throttled_fill, "backfill_all": asdict(b.fill_all),
+                                     "throttled_fill_all": b.throttled_fill_all}
+                rows += _budget_rows(b, n_points, ev, bf_live, P["budget"])
+                w, f = b.live, b.fill
+                notes += [machine_note("budget", w),
+                          f"budget ({b.how}): throttled in {b.throttled_live[1]} of {b.throttled_live[0]} periods "
+                          f"({b.throttled_live[2]:.1f} s) of the live window, {b.throttled_fill[1]} of "
+                          f"{b.throttled_fill[0]} ({b.throttled_fill[2]:.1f} s) from the back-fill agent's start "
+                          f"to its stop ({b.throttled_fill_all[1]} of {b.throttled_fill_all[0]}, "
+                          f"{b.throttled_fill_all[2]:.1f} s, with the {n_points} points live too); back-fill agent "
+                          f"CPU {f.agent_cpu_s:.1f} s ({b.fill_all.agent_cpu_s:.1f} s)"]
+                if b.missed:
+                    notes.append("budget: missed polls by device: "
+                                 + ", ".join(f"{dev} {n}" for dev, n in b.missed.items()))
+            print(text(rows[first:]), flush=True)
+
         if "report" in only:
             print("report: hazgate report for 30 days x 1 000 points x 10 interlocks", flush=True)
             report_rows = evidence_report.run()
@@ -354,9 +391,49 @@ def _busy() -> tuple[int, int]:
 
 
 def _win(w: live.Window) -> dict:
-    d = {k: v for k, v in asdict(w).items() if k not in ("events", "watched")}
+    d = {k: v for k, v in asdict(w).items() if k not in ("events", "watched", "probes")}
     d.update(rate=w.rate, acked_rate=w.acked_rate, cpu_us=w.cpu_us, cpu_share=w.cpu_share)
     return d
+
+
+def _budget_rows(b: budget.Budget, n_points: int, ev: Unit, bf_live: Unit, window: float) -> list[Row]:
+    w, f = b.live, b.fill
+    share = f"{budget.SHARE * 100:.0f} % of one core"
+    s = f"Pi-class budget ({share}): {n_points} points at 1 s + {ev.n_points} event points at {EVENT_POLL * 1000:.0f} ms"
+    short = "" if window >= 120 else f" (quick: {w.seconds:.0f} s; --full: 2 min)"
+    slow = sum(n for dev, n in b.missed.items() if dev != ev.name)
+    return [
+        Row(s, f"missed polls of the {n_points} points at 1 s (agent's overrun count) in {w.seconds:.0f} s{short}",
+            f"{slow:,}", "", "", "0 over 2 min", verdict(not slow)),
+        Row(s, f"missed polls of the event points at {EVENT_POLL * 1000:.0f} ms", f"{b.missed.get(ev.name, 0):,}"),
+        Row(s, "polls completed / due in the window", f"{b.polls:,} / {b.due_polls:,}"),
+        Row(s, f"CPU share of one core (limit {budget.SHARE * 100:.0f} %)", fmt_pct(w.cpu_share)),
+        Row(s, "CPU per reading", fmt_us(w.cpu_us)),
+        Row(s, "readings/s delivered and acknowledged", fmt_rate(w.acked_rate)),
+        Row(s, "live reading latency p50 / p99", f"{fmt_s(w.lat_p50)} / {fmt_s(w.lat_p99)}"),
+        Row(s, f"event poll → wire p50 / p99, n={b.events.n}", f"{fmt_ms(b.events.poll_p50)} / {fmt_ms(b.events.poll_p99)}",
+            "", "", f"p99 ≤ {budget.EVENT_P99 * 1000:.0f} ms", verdict(b.events.poll_p99 <= budget.EVENT_P99)),
+        Row(s, f"events over {budget.EVENT_P99 * 1000:.0f} ms (in how many distinct seconds)",
+            f"{b.late_events[0]:,} ({b.late_events[1]:,})"),
+        Row(s, "RSS at end of window (peak)", f"{fmt_mb(w.rss)} ({fmt_mb(w.hwm)})", "", "", "≤ 48 MB",
+            verdict(w.rss <= 48e6)),
+        *_fill_rows(f"Pi-class budget ({share}): {f.readings:,} back-filled while {bf_live.n_points} + "
+                    f"{ev.n_points} points are polled", f),
+        *_fill_rows(f"Pi-class budget ({share}): {f.readings:,} back-filled while {bf_live.n_points} + {n_points} + "
+                    f"{ev.n_points} points are polled", b.fill_all),
+    ]
+
+
+def _fill_rows(s: str, f: backfill.Backfill) -> list[Row]:
+    extra = f.live_during[1] - f.live_after[1]
+    return [
+        Row(s, "drain rate, readings/s acknowledged", fmt_rate(f.rate), "", "", "≥ 30 000/s", verdict(f.rate >= 30_000)),
+        Row(s, "live latency p99 during drain (baseline: after)", fmt_s(f.live_during[1]), fmt_s(f.live_after[1]),
+            f"{extra:+.2f} s", "≤ +2 s", verdict(extra <= 2.0)),
+        Row(s, f"event poll → wire p50 / p99 during drain, n={f.events_during.n}",
+            f"{fmt_ms(f.events_during.poll_p50)} / {fmt_ms(f.events_during.poll_p99)}"),
+        Row(s, "agent's peak RSS", fmt_mb(f.hwm), "", "", "≤ 48 MB", verdict(f.hwm <= 48e6)),
+    ]
 
 
 def _event_rows(section: str, a, b, baseline: str) -> list[Row]:  # noqa: ANN001

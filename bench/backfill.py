@@ -16,6 +16,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     gateway_toml,
+    hwm_bytes,
     start_agent,
     start_broker,
     start_simulator,
@@ -56,6 +58,7 @@ class Backfill:
     events_during: Latency
     events_after: Latency
     agent_exit: int | None
+    hwm: int = 0  # the agent's peak RSS, from start to the end of the live window after the drain
 
     @property
     def rate(self) -> float:
@@ -105,11 +108,16 @@ def _drain_window(sub: Subscriber, gw: str, target: int, deadline: float) -> tup
 
 
 def run(ctx: Ctx, live: Unit, ev: Unit | None, readings: int, after_s: float = 10.0,
-        drain_timeout: float = 600.0, raw: bool = True) -> Backfill:
-    units = [live] + ([ev] if ev else [])
+        drain_timeout: float = 600.0, raw: bool = True, wrap: Sequence[str] = (), also: Sequence[Unit] = (),
+        name: str = "bf") -> Backfill:
+    """Fill the store, drain it with the raw baseline (if `raw`), then with the agent (started
+    through `wrap`, polling `also` at 1 s beside `live`), and measure the live readings and
+    events during and after the drain. `name`: the agent's config, data folder and gateway id."""
+    units = [live, *also] + ([ev] if ev else [])
     polls = {ev.name: EVENT_POLL} if ev else None
-    cfg = gateway_toml(ctx.work, "bf", "GW-BF", ctx.broker_port, units, "1s", polls=polls)
-    data = ctx.work / "data-bf"
+    gw = f"GW-{name.upper()}"
+    cfg = gateway_toml(ctx.work, name, gw, ctx.broker_port, units, "1s", polls=polls)
+    data = ctx.work / f"data-{name}"
     size, fill_s = fill_store(data, cfg, readings)
 
     raw_n, raw_s, raw_cpu = 0, float("nan"), float("nan")
@@ -123,18 +131,19 @@ def run(ctx: Ctx, live: Unit, ev: Unit | None, readings: int, after_s: float = 1
 
     sub = ctx.sub
     started = time.time()
-    agent = start_agent(ctx.procs, cfg, "bf")
-    n, first, last = _drain_window(sub, "GW-BF", readings, time.monotonic() + drain_timeout)
+    agent = start_agent(ctx.procs, cfg, name, wrap)
+    n, first, last = _drain_window(sub, gw, readings, time.monotonic() + drain_timeout)
     cpu = cpu_seconds(agent.pid)
-    ctx.notes.append(f"back-fill: agent start to first back-filled reading {first - started:.1f}s; "
+    ctx.notes.append(f"back-fill{'' if name == 'bf' else f' ({gw})'}: agent start to first back-filled reading {first - started:.1f}s; "
                      f"agent CPU {cpu:.1f}s from start to the end of the drain ({cpu / (last - started) * 100:.0f}% of one core)")
     drain_end = time.time()
     time.sleep(after_s)  # live only, for the baseline latency
-    st = sub.stats("GW-BF")
+    st = sub.stats(gw)
     with sub.lock:
         during = [(x, k) for at, x, k in st.live_lat if at < drain_end]
         after = [(x, k) for at, x, k in st.live_lat if at >= drain_end]
         events = list(st.events)
+    hwm = hwm_bytes(agent.pid)
     code = ctx.procs.stop(agent)
     if code:
         ctx.notes.append(f"back-fill agent exited with {code}")
@@ -145,7 +154,7 @@ def run(ctx: Ctx, live: Unit, ev: Unit | None, readings: int, after_s: float = 1
         (weighted_quantile(after, 0.5), weighted_quantile(after, 0.99), sum(k for _, k in after)),
         agent_events(ctx.plant, events, 0.0, drain_end, since=started + 2.0) if ev else Latency(0, *(float("nan"),) * 4),
         agent_events(ctx.plant, events, drain_end, since=started + 2.0) if ev else Latency(0, *(float("nan"),) * 4),
-        code,
+        code, hwm,
     )
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -236,8 +237,9 @@ def gateway_toml(work: Path, name: str, gw_id: str, broker_port: int, units: lis
     return path
 
 
-def start_agent(procs: Procs, config: Path, name: str = "agent") -> subprocess.Popen:
-    return procs.start(name, [*HAZGATE, "--log-level", "warning", "run", "-c", str(config)])
+def start_agent(procs: Procs, config: Path, name: str = "agent", wrap: Sequence[str] = ()) -> subprocess.Popen:
+    """`hazgate run`; `wrap`: argv the command is started through (bench/budget.py's cgroup entry)."""
+    return procs.start(name, [*wrap, *HAZGATE, "--log-level", "warning", "run", "-c", str(config)])
 
 
 def store_state(data_dir: Path) -> dict:

@@ -39,18 +39,23 @@ def agent_events(plant: Plant, events: list[tuple[float, dict]], t_from: float =
                  t_to: float = float("inf"), since: float = 0.0) -> Latency:
     """Alarm events of the event points that arrived within [t_from, t_to), for changes made
     after `since` (an alarm found active at the agent's first poll is no change it saw)."""
+    each = event_latencies(plant, events, t_from, t_to, since)
+    return _lat([p for _, p, _ in each], [c for _, _, c in each])
+
+
+def event_latencies(plant: Plant, events: list[tuple[float, dict]], t_from: float = 0.0,
+                    t_to: float = float("inf"), since: float = 0.0) -> list[tuple[float, float, float]]:
+    """(arrival, poll to wire, change to wire) of each event `agent_events` counts."""
     tags = plant.change_times()
-    poll, change = [], []
+    out = []
     for at, ev in events:
         if not t_from <= at < t_to or ev.get("tag") not in tags or ev.get("kind") != "process_alarm":
             continue
         ts = datetime.fromisoformat(ev["ts"]).timestamp()
         changed = plant.last_change(ev["tag"], at, up=ev.get("state") != "cleared")
-        if changed < since:
-            continue
-        poll.append(at - ts)
-        change.append(at - changed)
-    return _lat(poll, change)
+        if changed >= since:
+            out.append((at, at - ts, at - changed))
+    return out
 
 
 def raw_readings(plant: Plant, watched: list[tuple[float, str, float, float]]) -> Latency:

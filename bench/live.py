@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class Window:
     started: float = 0.0  # wall clock when the publisher was started
     events: list = field(default_factory=list)
     watched: list = field(default_factory=list)
+    probes: tuple = ()  # what `probe` returned at the window's start and end, when given
 
     @property
     def rate(self) -> float:
@@ -101,9 +103,10 @@ class Window:
 
 
 def _measure(ctx: Ctx, who: str, gw: str, pid: int, warm: float, window: float,
-             acked_seq, polled, profile: Path | None = None) -> Window:  # noqa: ANN001
+             acked_seq, polled, profile: Path | None = None,  # noqa: ANN001
+             probe: Callable[[], object] | None = None) -> Window:
     """Wait for the first live reading, warm up, measure `window` seconds (with py-spy
-    recording the process into `profile` meanwhile, if given)."""
+    recording the process into `profile` meanwhile, if given; `probe` called at both ends)."""
     sub = ctx.sub
     if not wait_until(lambda: snapshot(sub, gw)[0] > 0, 60):
         raise RuntimeError(f"{who}: no readings arrived within 60 s")
@@ -111,12 +114,14 @@ def _measure(ctx: Ctx, who: str, gw: str, pid: int, warm: float, window: float,
     st = sub.stats(gw)
     with sub.lock:
         n_lat, n_ev, n_w = len(st.live_lat), len(st.events), len(st.watched)
+    q0 = probe() if probe else None
     live0, c0, p0, h0 = snapshot(sub, gw)[0], cpu_seconds(pid), polled(), ctx.machine_cpu()
     t0 = time.time()
     spy = record(pid, window, profile) if profile else None
     time.sleep(window)
     live1, c1, p1, h1 = snapshot(sub, gw)[0], cpu_seconds(pid), polled(), ctx.machine_cpu()
     t1 = time.time()
+    q1 = probe() if probe else None
     rss, hwm = rss_bytes(pid), hwm_bytes(pid)
     time.sleep(1.0)  # acknowledgements of the window's last messages get recorded
     if spy is not None:
@@ -134,7 +139,7 @@ def _measure(ctx: Ctx, who: str, gw: str, pid: int, warm: float, window: float,
     helpers = {k: (h1[k] - h0.get(k, 0.0)) / seconds for k in h1}
     return Window(who, seconds, live1 - live0, acked, p1 - p0, c1 - c0, rss, hwm,
                   weighted_quantile(lat, 0.50), weighted_quantile(lat, 0.99), helpers,
-                  events=events, watched=watched)
+                  events=events, watched=watched, probes=(q0, q1) if probe else ())
 
 
 def run_raw(ctx: Ctx, units: list[Unit], interval: float, warm: float, window: float,
@@ -167,18 +172,22 @@ def run_raw(ctx: Ctx, units: list[Unit], interval: float, warm: float, window: f
 
 def run_agent(ctx: Ctx, name: str, units: list[Unit], poll: str, warm: float, window: float,
               timeout: str = "900ms", extra: str = "", polls: dict[str, str] | None = None,
-              profile: Path | None = None) -> Window:
-    """`hazgate run` polling `units`, each every `poll` (or polls[unit name])."""
+              profile: Path | None = None, wrap: Sequence[str] = (), health: int = 0,
+              probe: Callable[[], object] | None = None) -> Window:
+    """`hazgate run` polling `units`, each every `poll` (or polls[unit name]); started through
+    `wrap`, with its health endpoint on loopback port `health` if given."""
     gw = f"GW-{name.upper()}"
     cfg = gateway_toml(ctx.work, name, gw, ctx.broker_port, units, poll, timeout, extra_device=extra,
                        polls=polls)
+    if health:
+        cfg.write_text(cfg.read_text() + f'\n[health]\nlisten = "127.0.0.1:{health}"\n')
     data = ctx.work / f"data-{name}"
     started = time.time()
-    p = start_agent(ctx.procs, cfg, name)
+    p = start_agent(ctx.procs, cfg, name, wrap)
     try:
         w = _measure(ctx, "agent", gw, p.pid, warm, window,
                      lambda: store_state(data)["last_ack_seq"], lambda: store_state(data)["stored_readings"],
-                     profile)
+                     profile, probe)
     except Exception:
         print(ctx.procs.log_tail(name))
         raise
