@@ -100,6 +100,8 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
             self.interlocks[rule.id] = il
             for w in il.all_w:
                 w.interlocks += (il,)
+        for w in self.watched.values():
+            w.linked = bool(w.detectors or w.fault_of or w.interlocks)
         self.events: list[tuple[int, dict]] = []
         self.ops: dict[str, Op] = {}
         self.declared: dict[str, Declaration] = {}  # subject -> its stop in force (`declare`)
@@ -221,8 +223,14 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
                     self._m1_t, self._m1_tag = now, w.tag
             else:
                 w.reason = r.reason
-            if w.alarm is not None and good:
-                self._limit(w.alarm, v, r.ts_ms, now)  # type: ignore[arg-type]
+            a = w.alarm
+            if a is not None and good:
+                if a.level == 0 and a.quiet_lo < v < a.quiet_hi:  # type: ignore[operator]
+                    a.pend = 0  # what _limit does when the level stays
+                else:
+                    self._limit(a, v, r.ts_ms, now)  # type: ignore[arg-type]
+            if not w.linked:
+                continue
             for det in w.detectors:
                 self._detector(det, good, v, r.ts_ms, now)
             if good:

@@ -14,12 +14,17 @@ DEFAULT_DEADBAND_SHARE = 0.005  # alarm deadband without a configured one: 0.5 %
 
 class LimitAlarm:
     __slots__ = ("w", "kind", "gas", "ll", "l", "h", "hh", "db", "on_delay", "level", "start",
-                 "pend", "pend_mono", "pend_ts")
+                 "pend", "pend_mono", "pend_ts", "quiet_lo", "quiet_hi")
 
     def __init__(self, w: Watched, kind: str, gas: str | None, db: float, on_delay: float):
         p = w.point
         self.w, self.kind, self.gas, self.db, self.on_delay = w, kind, gas, db, on_delay
         self.ll, self.l, self.h, self.hh = p.ll, p.l, p.h, p.hh
+        # strictly between these, an alarm at level 0 stays there (`target` is 0): the checker's
+        # fast path for the usual reading
+        inf = float("inf")
+        self.quiet_lo = max(-inf if x is None else x for x in (p.ll, p.l))
+        self.quiet_hi = min(inf if x is None else x for x in (p.h, p.hh))
         self.level = 0
         self.start = 0
         self.pend = 0
