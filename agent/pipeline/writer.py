@@ -71,7 +71,8 @@ class Writer:
         """Queue a poll's readings; never waits for the disk."""
         if not self._pending:
             self._since = time.monotonic()
-        self._pending.extend((r.ts_ms, r.point.tag, r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
+        code = QUALITY_CODE
+        self._pending += [(r.ts_ms, r.point.tag, r.value, code[r.quality], r.reason) for r in report]
         if len(self._pending) >= WRITE_CHUNK:
             self._full.set()
         overflow = len(self._pending) - HELD_MAX
