@@ -64,6 +64,7 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
         self.detectors: dict[str, Detector] = {}
         self.interlocks: dict[str, InterlockState] = {}
         deadbands: dict[str, float] = {}
+        same: dict[float, float] = {}  # one object per distinct deadband (10 000 points share a few)
 
         def watch(p: Point) -> Watched:
             w = self.watched.get(p.tag)
@@ -76,7 +77,8 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
             if p.type == "bool":
                 continue
             gas = gas_class(p, rules)
-            deadbands[p.tag] = db = alarm_deadband(p, rules)
+            db = alarm_deadband(p, rules)
+            deadbands[p.tag] = db = same.setdefault(db, db)
             if gas is not None:
                 w = watch(p)
                 s = rules.detectors.get(p.tag)
