@@ -10,7 +10,6 @@ Computed on first use: importing the package runs nothing.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import re
 import subprocess
 import tomllib
@@ -56,6 +55,8 @@ def _pyproject_version(root: Path) -> str | None:
 
 
 def _metadata_version() -> str:
+    import importlib.metadata  # here: 14 modules (zipfile, importlib.resources) a running agent never needs
+
     try:
         return importlib.metadata.version("hazgate")
     except importlib.metadata.PackageNotFoundError:

@@ -36,12 +36,11 @@ class MeteredDriver:
         else:
             self.buckets[-1] += 1
         errors = self.errors
-        for s in samples:
-            if s.quality != GOOD:
-                reason = s.reason or "unknown"
-                if reason not in errors and len(errors) >= MAX_REASONS:
-                    reason = "other"
-                errors[reason] = errors.get(reason, 0) + 1
+        for s in [s for s in samples if s.quality != GOOD]:  # one quick pass; most polls have none
+            reason = s.reason or "unknown"
+            if reason not in errors and len(errors) >= MAX_REASONS:
+                reason = "other"
+            errors[reason] = errors.get(reason, 0) + 1
         return samples
 
     def __getattr__(self, name: str) -> Any:

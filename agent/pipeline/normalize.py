@@ -26,11 +26,24 @@ def engineering(point: Point, raw: float | int | bool) -> float | bool | None:
     return value
 
 
+# how a point's raw value becomes its engineering value, decided once per point (`_conversion`)
+AS_IS, LINEAR, OTHER = 0, 1, 2
+
+
+def _conversion(p: Point) -> int:
+    if p.type == "bool" or (p.raw_min is not None and p.raw_max is not None):
+        return OTHER
+    return AS_IS if p.scale == 1.0 and p.offset == 0.0 else LINEAR
+
+
 class Normalizer:
     def __init__(self, integrity_interval: float, declared: Collection[str] = frozenset()):
         self.integrity_interval = integrity_interval
         self.declared = declared  # tags under a declared stop now (the check stage keeps it current)
+        # last reported (value, quality, reason), kept only for points with a deadband: the
+        # others are reported on every poll
         self._last: dict[str, tuple[float | bool | None, str, str | None]] = {}
+        self._conv: dict[str, int] = {}  # tag -> AS_IS, LINEAR or OTHER
         self._next_integrity = 0.0
 
     def process(self, samples: list[Sample], ts_ms: int, clock_ok: bool = True) -> tuple[list[Reading], list[Reading]]:
@@ -45,24 +58,30 @@ class Normalizer:
             self._next_integrity = now + self.integrity_interval
         every: list[Reading] = []
         report: list[Reading] = []
-        keep, send, last, stopped = every.append, report.append, self._last, self.declared
+        keep, send, last, stopped, conv = every.append, report.append, self._last, self.declared, self._conv
         for s in samples:
             p, raw, quality, reason = s.point, s.raw, s.quality, s.reason
             if raw is None or quality == BAD:
                 value = None
             else:
-                value = engineering(p, raw)
-                if value is None:
-                    quality, reason = BAD, "decode error: not a finite number"
+                how = conv.get(p.tag)
+                if how is None:
+                    how = conv[p.tag] = _conversion(p)
+                value = raw if how == AS_IS else raw * p.scale + p.offset if how == LINEAR else p.to_engineering(raw)
+                if value - value:  # NaN or an infinity (a float register holding garbage); 0 for any other
+                    value, quality, reason = None, BAD, "decode error: not a finite number"
             if quality == GOOD and not clock_ok:
                 quality, reason = UNCERTAIN, "clock_unsynchronized"
             if stopped and quality == GOOD and p.tag in stopped:
                 quality, reason = UNCERTAIN, "declared_stop"
             r = Reading(p, int(s.ts * 1000) if s.ts else ts_ms, value, quality, reason)
             keep(r)
+            if p.deadband <= 0:
+                send(r)
+                continue
             prev = last.get(p.tag)
             if (
-                full or prev is None or p.deadband <= 0 or quality == BAD
+                full or prev is None or quality == BAD
                 or prev[1] != quality or prev[2] != reason
                 or value is None or prev[0] is None
                 or abs(value - prev[0]) >= p.deadband  # type: ignore[operator]

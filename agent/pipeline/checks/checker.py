@@ -64,6 +64,7 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
         self.detectors: dict[str, Detector] = {}
         self.interlocks: dict[str, InterlockState] = {}
         deadbands: dict[str, float] = {}
+        same: dict[float, float] = {}  # one object per distinct deadband (10 000 points share a few)
 
         def watch(p: Point) -> Watched:
             w = self.watched.get(p.tag)
@@ -76,7 +77,8 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
             if p.type == "bool":
                 continue
             gas = gas_class(p, rules)
-            deadbands[p.tag] = db = alarm_deadband(p, rules)
+            db = alarm_deadband(p, rules)
+            deadbands[p.tag] = db = same.setdefault(db, db)
             if gas is not None:
                 w = watch(p)
                 s = rules.detectors.get(p.tag)
@@ -100,6 +102,8 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
             self.interlocks[rule.id] = il
             for w in il.all_w:
                 w.interlocks += (il,)
+        for w in self.watched.values():
+            w.linked = bool(w.detectors or w.fault_of or w.interlocks)
         self.events: list[tuple[int, dict]] = []
         self.ops: dict[str, Op] = {}
         self.declared: dict[str, Declaration] = {}  # subject -> its stop in force (`declare`)
@@ -221,8 +225,14 @@ class Checker(LimitChecks, DetectorChecks, InterlockChecks, DeclarationChecks):
                     self._m1_t, self._m1_tag = now, w.tag
             else:
                 w.reason = r.reason
-            if w.alarm is not None and good:
-                self._limit(w.alarm, v, r.ts_ms, now)  # type: ignore[arg-type]
+            a = w.alarm
+            if a is not None and good:
+                if a.level == 0 and a.quiet_lo < v < a.quiet_hi:  # type: ignore[operator]
+                    a.pend = 0  # what _limit does when the level stays
+                else:
+                    self._limit(a, v, r.ts_ms, now)  # type: ignore[arg-type]
+            if not w.linked:
+                continue
             for det in w.detectors:
                 self._detector(det, good, v, r.ts_ms, now)
             if good:

@@ -10,16 +10,21 @@ from agent.pipeline.checks.watched import Watched
 LEVELS = {-2: "ll", -1: "l", 1: "h", 2: "hh"}
 LEVEL_NUM = {v: k for k, v in LEVELS.items()}
 DEFAULT_DEADBAND_SHARE = 0.005  # alarm deadband without a configured one: 0.5 % of the range
+INF, NEG_INF = float("inf"), float("-inf")  # one object each, shared by every alarm's quiet band
 
 
 class LimitAlarm:
     __slots__ = ("w", "kind", "gas", "ll", "l", "h", "hh", "db", "on_delay", "level", "start",
-                 "pend", "pend_mono", "pend_ts")
+                 "pend", "pend_mono", "pend_ts", "quiet_lo", "quiet_hi")
 
     def __init__(self, w: Watched, kind: str, gas: str | None, db: float, on_delay: float):
         p = w.point
         self.w, self.kind, self.gas, self.db, self.on_delay = w, kind, gas, db, on_delay
         self.ll, self.l, self.h, self.hh = p.ll, p.l, p.h, p.hh
+        # strictly between these, an alarm at level 0 stays there (`target` is 0): the checker's
+        # fast path for the usual reading
+        self.quiet_lo = max(NEG_INF if x is None else x for x in (p.ll, p.l))
+        self.quiet_hi = min(INF if x is None else x for x in (p.h, p.hh))
         self.level = 0
         self.start = 0
         self.pend = 0

@@ -16,7 +16,7 @@ class Watched:
     """The latest reading of a point some check looks at."""
 
     __slots__ = ("point", "tag", "value", "good", "ts", "seen", "reason", "alarm", "detectors",
-                 "fault_of", "interlocks", "mv", "band", "numeric")
+                 "fault_of", "interlocks", "linked", "mv", "band", "numeric")
 
     def __init__(self, point: Point):
         self.point, self.tag = point, point.tag
@@ -30,6 +30,7 @@ class Watched:
         self.detectors: tuple[Any, ...] = ()  # detectors.Detector: this point is a gas detector
         self.fault_of: tuple[Any, ...] = ()  # the detectors whose fault output this point is
         self.interlocks: tuple[Any, ...] = ()  # interlocks.InterlockState this point belongs to
+        self.linked = False  # any of the three above is set (Checker.__init__ says, once they are)
         self.mv: float | None = None  # value at the last movement (flat-line tracking)
         self.band = 0.0
         self.numeric = point.type != "bool"
