@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import backfill, durable, evidence_report, live, outage, reconnect, stages, uplinks
+from bench import backfill, durable, evidence_report, live, outage, peer, reconnect, stages, uplinks
 from bench.common import Plant, Procs, Subscriber, Unit, free_port, start_broker, start_simulator
 from bench.events import agent_events, raw_readings
 from bench.profile import by_stage, summary
@@ -51,15 +51,17 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "peer", "report")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
-         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10}
+         "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10,
+         "peer_warm": 8, "peer": 30, "peer_drain_timeout": 120}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
         "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
-        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20}
+        "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20,
+        "peer_warm": 10, "peer": 120, "peer_drain_timeout": 300}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -256,6 +258,10 @@ def main() -> int:
                                 f"{fmt_s(r.p(u, 0.5))} / {fmt_s(r.p(u, 0.99))}", "", "", "p99 ≤ 2 s",
                                 verdict(r.p(u, 0.99) <= 2.0 and not r.missed[u])))
             print(text(rows[first:]), flush=True)
+
+        if "peer" in only:
+            peer_rows, results["peer"] = peer.run(ctx, units, P)  # prints its parts
+            rows += peer_rows
 
         if "report" in only:
             print("report: hazgate report for 30 days x 1 000 points x 10 interlocks", flush=True)

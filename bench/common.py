@@ -102,11 +102,14 @@ def mosquitto_binary() -> str:
     return found
 
 
-def start_broker(procs: Procs, port: int, name: str = "mosquitto") -> subprocess.Popen:
+def start_broker(procs: Procs, port: int, name: str = "mosquitto", persist: Path | None = None) -> subprocess.Popen:
+    """Mosquitto on 127.0.0.1:port; with `persist`, its sessions and queued messages are saved there
+    when it stops (SIGTERM) and read back when it starts again."""
     conf = procs.work / f"{name}-{port}.conf"
     # no queue limits: the counting subscriber must never lose a message to the broker
+    keep = f"persistence true\npersistence_location {persist}/\n" if persist else "persistence false\n"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-                    "max_inflight_messages 100\npersistence false\n")
+                    f"max_inflight_messages 100\n{keep}")
     p = procs.start(name, [mosquitto_binary(), "-c", str(conf)])
     wait_port(port, 30)
     return p
