@@ -1,17 +1,20 @@
 """`make bench`: every figure of issues 9, 15, 18 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,peer,report] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about fourteen minutes on a 2-core machine (the uplinks phase about
+Quick mode (default) takes about eighteen minutes on a 2-core machine (the uplinks phase about
 four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
-(bench/reconnect.py) about two); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
-with one platform down) and takes about forty.
+(bench/reconnect.py) about two, the peer phase (bench/peer.py) about three and a half, plus the
+peer's install the first time); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+with one platform down) and takes about forty-five.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
 int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
 for live data during back-fill, and 20 event points stepping across an hh limit every second.
-One Mosquitto and one counting subscriber (in this process) serve all but the outage phase.
+One Mosquitto and one counting subscriber (in this process) serve all but the outage and peer
+phases. The peer phase runs the ThingsBoard IoT Gateway beside the agent on the same units, with
+a Mosquitto and a subscriber of its own (bench/peer.py).
 The uplinks phase (bench/uplinks.py) adds an HTTP and a TCP reference platform (`hazgate
 receive --listen`) beside the broker. The report phase (bench/evidence_report.py) builds `hazgate
 report` from a 30-day evidence record of 1 000 points and 10 interlocks (under a minute).

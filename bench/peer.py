@@ -69,6 +69,23 @@ SESSION_LIMITS = {"maxPayloadSize": 65536, "maxInflightMessages": 100,
 RPC_REQUEST, RPC_RESPONSE = "v1/devices/me/rpc/request/", "v1/devices/me/rpc/response/"
 TELEMETRY = "v1/gateway/telemetry"
 HAZGATE_GW = "GW-PEER"
+PEER_TOKEN = "bench-peer"  # its access token: its MQTT user name
+COUNTER_USER = "bench-counter"
+# a ThingsBoard server does not echo a device's own RPC requests back to it; Mosquitto would (the
+# peer subscribes to v1/devices/me/rpc/request/+ for server-side calls, would take its own
+# getSessionLimits for one and answer it with an error that races the bench's answer). The
+# subscriber has a user name: Mosquitto 2.0 denies an anonymous session restored from its
+# persistence file what it queues while the client is away. hazgate connects anonymously.
+ACL = f"""topic readwrite #
+user {COUNTER_USER}
+topic readwrite #
+user {PEER_TOKEN}
+topic write #
+topic read {RPC_RESPONSE}#
+topic read v1/devices/me/attributes/#
+topic read v1/gateway/#
+topic read v2/#
+"""
 # the peer's own entry point would look for updates at https://updates.thingsboard.io (no config
 # key turns it off): this one points it at a closed loopback port, then starts the gateway as
 # thingsboard_gateway.tb_gateway.main does
@@ -162,7 +179,7 @@ def peer_config(folder: Path, broker_port: int, units: list[Unit]) -> Path:
     main = {
         "thingsboard": {
             "host": "127.0.0.1", "port": broker_port, "qos": 1,
-            "security": {"type": "accessToken", "accessToken": "bench-peer"},
+            "security": {"type": "accessToken", "accessToken": PEER_TOKEN},
             "remoteShell": False, "remoteConfiguration": False, "latencyDebugMode": False,
             "statistics": {"enable": False, "enableCustom": False, "statsSendPeriodInSeconds": 3600,
                            "customStatsSendPeriodInSeconds": 3600},
@@ -235,6 +252,7 @@ class Counter:
     def __init__(self, port: int, units: list[Unit]):
         self.lock = threading.Lock()
         self.limits_answered = 0
+        self.errors, self.error = 0, ""  # messages it could not count, the first one's error
         self._stamps: dict[str, float] = {}
         self._tag = {tag: (u.name, i) for u in units for i, (tag, *_r) in enumerate(u.tags())}
         self.hazgate = Tally({u.name: {t: i for i, (t, *_r) in enumerate(u.tags())} for u in units})
@@ -244,6 +262,7 @@ class Counter:
         c.on_connect = lambda cl, _u, _f, _rc, _p: cl.subscribe(
             [("hazchem/+/+/readings", 1), (TELEMETRY, 1), (RPC_REQUEST + "+", 1)])
         c.reconnect_delay_set(0.1, 0.2)
+        c.username_pw_set(COUNTER_USER)
         c.connect("127.0.0.1", port)
         c.loop_start()
         self.client = c
@@ -263,6 +282,13 @@ class Counter:
         return t
 
     def _on_message(self, client, _u, msg) -> None:  # noqa: ANN001
+        try:
+            self._count(client, msg)
+        except Exception as exc:  # noqa: BLE001 - a message it cannot count is reported, not fatal
+            self.errors += 1
+            self.error = self.error or f"{msg.topic}: {exc!r}"
+
+    def _count(self, client, msg) -> None:  # noqa: ANN001
         now = time.time()
         topic = msg.topic
         if topic.startswith(RPC_REQUEST):
@@ -361,13 +387,12 @@ def backlog(c: Counter, t: Tally, since: float, back: float) -> tuple[float, flo
     return arrivals[0][0] - back, done - back, max(bins.values(), default=0)
 
 
-def gap_note(who: str, points: int, what: str, a: Audit) -> str:
-    """Where the polls counted lost are missing from, for the notes."""
-    def hms(x: float) -> str:
-        return time.strftime("%H:%M:%S", time.localtime(x)) + f".{int(x % 1 * 10)}"
-    spans = ", ".join(f"{dev} {hms(x)}→{hms(y)}" for dev, x, y in a.gaps[:6])
-    more = f" and {len(a.gaps) - 6} more" if len(a.gaps) > 6 else ""
-    return f"peer phase, {who} at {points:,} points, {what}: {a.lost:,} readings lost, polls missing between {spans}{more}"
+def gap_note(who: str, points: int, what: str, a: Audit, ref: float) -> str:
+    """Where the polls counted lost are missing, in seconds from the broker's stop, for the notes."""
+    spans = ", ".join(f"{dev} {x - ref:+.1f}→{y - ref:+.1f} s" for dev, x, y in a.gaps[:4])
+    more = f" and {len(a.gaps) - 4} more" if len(a.gaps) > 4 else ""
+    return (f"peer phase, {who} at {points:,} points, {what}: {a.lost:,} readings lost; stamps on either side of "
+            f"the polls missing, from the broker's stop: {spans}{more}")
 
 
 # --- one size ---------------------------------------------------------------------------------------
@@ -420,7 +445,7 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
     n = sum(u.n_points for u in units)
     port, persist = free_port(), work / f"peer-broker-{n}"
     persist.mkdir()
-    broker = start_broker(procs, port, name="mosquitto-peer", persist=persist)
+    broker = start_broker(procs, port, name="mosquitto-peer", persist=persist, acl=ACL)
     c = Counter(port, units)
     update_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the update check fails at once
     hg_cfg = gateway_toml(work, f"peer-hazgate-{n}", HAZGATE_GW, port, units, "1s")
@@ -428,6 +453,7 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
     size = Size(n, Side(), Side())
     sides = ((size.hazgate, c.hazgate), (size.peer, c.peer))
     hg = tb = None
+    stops: list[float] = []  # when the broker was stopped
 
     def start() -> None:
         nonlocal hg, tb
@@ -454,9 +480,10 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
 
         # the broker goes for 20 s (SIGTERM: it saves what it accepted), then comes back
         t_stop = time.time()
+        stops.append(t_stop)
         procs.stop(broker)
         time.sleep(OUTAGE_S)
-        broker = start_broker(procs, port, name="mosquitto-peer", persist=persist)
+        broker = start_broker(procs, port, name="mosquitto-peer", persist=persist, acl=ACL)
         t_back = time.time()
         lo, hi = t_stop - 3, t_back + 3
         wait_until(lambda: all(audit(c, t, lo, hi).lost == 0 or settled(c, t, hi, hi) for _s, t in sides),
@@ -470,6 +497,7 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
         # the broker goes again, both gateways are SIGKILLed during the outage, all come back
         time.sleep(3)
         t_stop = time.time()
+        stops.append(t_stop)
         procs.stop(broker)
         time.sleep(KILL_AFTER)
         t_kill = time.time()
@@ -477,7 +505,7 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
             p.send_signal(signal.SIGKILL)
             p.wait(10)
             procs.stop(p)
-        broker = start_broker(procs, port, name="mosquitto-peer", persist=persist)
+        broker = start_broker(procs, port, name="mosquitto-peer", persist=persist, acl=ACL)
         t_back = time.time()
         start()
         lo = t_stop - 3
@@ -491,13 +519,16 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
             if p is not None:
                 side.exit_code = procs.stop(p)
         for who, side in (("hazgate", size.hazgate), ("the peer", size.peer)):
-            for what, a in ((f"broker gone {OUTAGE_S:g} s", side.outage), ("SIGKILL during an outage", side.kill)):
+            for what, a, ref in ((f"broker gone {OUTAGE_S:g} s", side.outage, stops[0]),
+                                 ("SIGKILL during an outage", side.kill, stops[-1])):
                 if a.gaps:
-                    size.notes.append(gap_note(who, n, what, a))
+                    size.notes.append(gap_note(who, n, what, a, ref))
         if size.hazgate.exit_code:
             size.notes.append(f"peer phase: hazgate ({n:,} points) exited with {size.hazgate.exit_code}: "
                               f"{procs.log_tail(f'peer-hazgate-{n}', 3)}")
         size.limits_answered = c.limits_answered
+        if c.errors:
+            size.notes.append(f"peer phase, {n:,} points: {c.errors} messages could not be counted ({c.error})")
         c.close()
         procs.stop(broker)
     return size
