@@ -254,7 +254,7 @@ class Counter:
         self.limits_answered = 0
         self.errors, self.error = 0, ""  # messages it could not count, the first one's error
         self._stamps: dict[str, float] = {}
-        self._tag = {tag: (u.name, i) for u in units for i, (tag, *_r) in enumerate(u.tags())}
+        self._unit = {tag: u.name for u in units for tag, *_r in u.tags()}
         self.hazgate = Tally({u.name: {t: i for i, (t, *_r) in enumerate(u.tags())} for u in units})
         self.peer = Tally({u.name: {k: i for i, k in enumerate(peer_keys(u))} for u in units})
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-peer-counter-{port}", clean_session=False)
@@ -308,8 +308,7 @@ class Counter:
             else:
                 t, n, groups = self.hazgate, 0, {}
                 for r in body["readings"]:
-                    dev, i = self._tag[r["tag"]]
-                    groups.setdefault((dev, r["ts"]), []).append(r["tag"])
+                    groups.setdefault((self._unit[r["tag"]], r["ts"]), []).append(r["tag"])
                 for (dev, ts), tags in groups.items():
                     n += t.add(now, dev, self._stamp(ts), tags)
             t.readings += n
@@ -527,6 +526,8 @@ def run_size(ctx: Ctx, py: Path, units: list[Unit], warm: float, window: float, 
             size.notes.append(f"peer phase: hazgate ({n:,} points) exited with {size.hazgate.exit_code}: "
                               f"{procs.log_tail(f'peer-hazgate-{n}', 3)}")
         size.limits_answered = c.limits_answered
+        size.notes.append(f"peer phase, {n:,} points: getSessionLimits answered {c.limits_answered} times "
+                          "(once per connection of the peer)")
         if c.errors:
             size.notes.append(f"peer phase, {n:,} points: {c.errors} messages could not be counted ({c.error})")
         c.close()
