@@ -1,19 +1,22 @@
 """`make bench`: every figure of issues 9, 15, 18 and 20 beside its baseline measured in the same run.
 
-    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,report,budget,
-                                                startup] [--profile]
+    .venv/bin/python -m bench [--full] [--only e2e,steady,backfill,outage,stages,uplinks,durable,reconnect,peer,
+                                                report,budget,startup] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about seventeen minutes on a 2-core machine (the uplinks phase about
+Quick mode (default) takes about twenty-five minutes on a 2-core machine (the uplinks phase about
 four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
-(bench/reconnect.py) about two, the budget phase (bench/budget.py: the agent held to 25 % of one core
-by a cgroup) about two and a half); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
+(bench/reconnect.py) about two, the peer phase (bench/peer.py) about three and a half, plus the
+peer's install the first time, the budget phase (bench/budget.py: the agent held to 25 % of one core
+by a cgroup) about four); --full uses the issues' durations (2 min steady load, 10 min outage, 10 min
 with one platform down) and takes about forty-five.
 
 One simulated plant serves every phase: 10 PLC units of 1 000 points (750 float32 + 250
 int16, every value ramping, so every poll reports every point) on 5 ports, a 100-point unit
 for live data during back-fill, and 20 event points stepping across an hh limit every second.
-One Mosquitto and one counting subscriber (in this process) serve all but the outage phase.
+One Mosquitto and one counting subscriber (in this process) serve all but the outage and peer
+phases. The peer phase runs the ThingsBoard IoT Gateway beside the agent on the same units, with
+a Mosquitto and a subscriber of its own (bench/peer.py).
 The uplinks phase (bench/uplinks.py) adds an HTTP and a TCP reference platform (`hazgate
 receive --listen`) beside the broker. The report phase (bench/evidence_report.py) builds `hazgate
 report` from a 30-day evidence record of 1 000 points and 10 interlocks (under a minute).
@@ -42,6 +45,7 @@ from bench import (
     evidence_report,
     live,
     outage,
+    peer,
     reconnect,
     stages,
     startup,
@@ -64,18 +68,20 @@ from bench.report import (
     verdict,
 )
 
-PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "report", "budget",
-          "startup")
+PHASES = ("e2e", "steady", "backfill", "outage", "stages", "uplinks", "durable", "reconnect", "peer", "report",
+          "budget", "startup")
 # uplinks (issue 15): up_warm/up: each steady run; up_readings: the back-fill backlog; up_before/up_down:
 # the window before the http platform goes and the one it stays gone
 QUICK = {"e2e_warm": 3, "e2e": 15, "steady_warm": 8, "steady": 30, "readings": 1_000_000, "after": 10,
          "outage_warm": 8, "outage": 60, "up_warm": 4, "up": 12, "up_readings": 200_000, "up_drain_timeout": 240,
          "up_before": 8, "up_down": 60, "durable_warm": 5, "durable": 30, "outages": 10, "outage_s": 10,
-         "budget_warm": 10, "budget": 60, "starts": 3}
+         "budget_warm": 10, "budget": 60, "starts": 3,
+         "peer_warm": 8, "peer": 30, "peer_drain_timeout": 120}
 FULL = {"e2e_warm": 5, "e2e": 60, "steady_warm": 10, "steady": 120, "readings": 1_000_000, "after": 20,
         "outage_warm": 10, "outage": 600, "up_warm": 10, "up": 60, "up_readings": 1_000_000,
         "up_drain_timeout": 900, "up_before": 30, "up_down": 600, "durable_warm": 10, "durable": 120, "outages": 10, "outage_s": 20,
-        "budget_warm": 10, "budget": 120, "starts": 5}
+        "budget_warm": 10, "budget": 120, "starts": 5,
+        "peer_warm": 10, "peer": 120, "peer_drain_timeout": 300}
 E2E_POLL, E2E_TIMEOUT = "20ms", "190ms"  # shorter than one poll takes: polls run back to back
 EVENT_POLL = 0.2
 
@@ -323,6 +329,9 @@ def main() -> int:
                     notes.append("budget: missed polls by device: "
                                  + ", ".join(f"{dev} {n}" for dev, n in b.missed.items()))
             print(text(rows[first:]), flush=True)
+        if "peer" in only:
+            peer_rows, results["peer"] = peer.run(ctx, units, P)  # prints its parts
+            rows += peer_rows
 
         if "report" in only:
             print("report: hazgate report for 30 days x 1 000 points x 10 interlocks", flush=True)

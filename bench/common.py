@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import shutil
 import signal
 import sqlite3
@@ -103,11 +104,20 @@ def mosquitto_binary() -> str:
     return found
 
 
-def start_broker(procs: Procs, port: int, name: str = "mosquitto") -> subprocess.Popen:
+def start_broker(procs: Procs, port: int, name: str = "mosquitto", persist: Path | None = None,
+                 acl: str = "") -> subprocess.Popen:
+    """Mosquitto on 127.0.0.1:port; with `persist`, its sessions and queued messages are saved there
+    when it stops (SIGTERM) and read back when it starts again; `acl`: the text of its ACL file."""
     conf = procs.work / f"{name}-{port}.conf"
     # no queue limits: the counting subscriber must never lose a message to the broker
+    keep = f"persistence true\npersistence_location {persist}/\n" if persist else "persistence false\n"
+    if persist or acl:  # started as root it would become user mosquitto, locked out of the work folder
+        keep += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+    if acl:
+        (procs.work / f"{name}-{port}.acl").write_text(acl)
+        keep += f"acl_file {procs.work / f'{name}-{port}.acl'}\n"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
-                    "max_inflight_messages 100\npersistence false\n")
+                    f"max_inflight_messages 100\n{keep}")
     p = procs.start(name, [mosquitto_binary(), "-c", str(conf)])
     wait_port(port, 30)
     return p
