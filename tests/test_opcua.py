@@ -96,11 +96,18 @@ async def test_poll_and_subscribe_values_timestamps_and_qualities(procs, tmp_pat
             assert nons.quality == "bad" and "urn:not-on-this-server" in nons.reason and NS in nons.reason, nons
         # unchanged values never repeat a timestamp: poll stamps them with the collection time (None),
         # subscribe with the server's latest confirmation (a publish response every half poll; 1 s
-        # of slack for a loaded test machine)
+        # of slack for a loaded test machine), or the collection time when no new publish came
+        # since the last poll (a loaded machine delays one now and then), but mostly the former
+        confirmed = 0
         for at, samples in log[2:]:
             for s in samples:
                 if s.point.tag in EXPECT:
-                    assert (s.ts is None) if mode == "poll" else (at - 1.0 <= s.ts <= at), (mode, at, s)
+                    assert (s.ts is None) if mode == "poll" else (s.ts is None or at - 1.0 <= s.ts <= at), \
+                        (mode, at, s)
+                    confirmed += s.ts is not None
+        if mode == "subscribe":
+            unchanged = sum(s.point.tag in EXPECT for _at, samples in log[2:] for s in samples)
+            assert confirmed >= 0.75 * unchanged, (confirmed, unchanged)
         for tag in EXPECT:
             stamps = [s.ts if s.ts is not None else at for at, samples in log for s in samples if s.point.tag == tag]
             assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), (mode, tag, stamps)
