@@ -70,6 +70,67 @@ _EVENT_FIELDS = ("id", "kind", "severity", "state", "tag", "interlock", "source"
                  "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment")
 
 TimeFormatter = Callable[[int], Any]
+# the record variables that change from one reading of a point to the next, in the order
+# _readings hands them to a plan; the others are the point's and the gateway's
+READING_ORDER = ("value", "unit", "quality", "reason", "ts", "ts_ms", "backfill")
+READING_VARIABLES = frozenset(READING_ORDER)
+
+
+Writer = Callable[[tuple], bytes]  # a reading's READING_ORDER values -> its record, JSON bytes
+
+
+def _spliced(literals: list[bytes], at: list[int]) -> Writer | None:
+    """Literals joined with the JSON of the reading's values at `at` (one fewer than the
+    literals), for up to four values; None beyond."""
+    join, dumps = b"".join, orjson.dumps
+    if len(at) == 0:
+        return lambda _reading, whole=literals[0]: whole
+    if len(at) == 1:
+        (l0, l1), (a,) = literals, at
+        return lambda r: join((l0, dumps(r[a]), l1))
+    if len(at) == 2:
+        (l0, l1, l2), (a, b) = literals, at
+        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2))
+    if len(at) == 3:
+        (l0, l1, l2, l3), (a, b, c) = literals, at
+        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2, dumps(r[c]), l3))
+    if len(at) == 4:
+        (l0, l1, l2, l3, l4), (a, b, c, d) = literals, at
+        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2, dumps(r[c]), l3, dumps(r[d]), l4))
+    return None
+
+
+def record_writer(record: Template, fixed: dict[str, Any]) -> Writer:
+    """`record` for the point whose variables are `fixed`: every entry that uses no reading
+    variable serialised once. The writer gives the bytes orjson.dumps gives for the record
+    rendered from the point's and the reading's variables."""
+    literals: list[bytes] = []
+    renders: list[tuple[Callable[[Any], Any], bool]] = []  # True: it uses the point's variables too
+    at: list[int] = []  # where entries that are exactly one reading variable take it from
+    done = [b"{"]
+    for i, entry in enumerate(record.entries):
+        head = (b"," if i else b"") + orjson.dumps(entry.key) + b":"
+        if entry.used & READING_VARIABLES:
+            literals.append(b"".join([*done, head]))
+            renders.append((entry.render, not entry.used <= READING_VARIABLES))
+            if entry.whole in READING_VARIABLES:
+                at.append(READING_ORDER.index(entry.whole))
+            done = []
+        else:
+            done.append(head + orjson.dumps(entry.render(fixed)))
+    literals.append(b"".join([*done, b"}"]))
+    if len(at) == len(renders) and (spliced := _spliced(literals, at)) is not None:
+        return spliced
+
+    def write(reading: tuple) -> bytes:
+        values = dict(zip(READING_ORDER, reading, strict=True))
+        parts = [literals[0]]
+        for literal, (render, mixed) in zip(literals[1:], renders, strict=True):
+            parts.append(orjson.dumps(render({**fixed, **values} if mixed else values)))
+            parts.append(literal)
+        return b"".join(parts)
+
+    return write
 
 
 def time_format_problem(fmt: str) -> str | None:
@@ -167,6 +228,8 @@ class TemplatedBody:
         self.ctx = ctx
         self._source: list | None = None  # the ctx.points() list the index was built from
         self._index: dict[str, dict] = {}
+        self._writers: dict[str, Writer] = {}  # tag -> its record writer, for the record and index of _written
+        self._written: tuple[Template, dict] | None = None
         self.reconfigure(spec, timezone)
 
     def reconfigure(self, spec: BodySpec, timezone: tzinfo | None = None) -> None:
@@ -210,21 +273,39 @@ class TemplatedBody:
         return self._index
 
     def _envelope(self, spec: BodySpec, templates: MessageTemplates, time: TimeFormatter, seq: int,
-                  records: list) -> bytes:
+                  records: list | bytes, count: int | None = None) -> bytes:
+        """records: the records, or (with their `count`) already serialised as a JSON array."""
         ctx = self.ctx
+        if isinstance(records, list):
+            records, count = orjson.dumps(records), len(records)
         env = templates.envelope.render({
-            "payload": spec.codec.payload(records), "data_id": uuid.uuid4().hex, "seq": seq,
-            "count": len(records), "sent_at": time(now_ms()), "gateway": ctx.gateway,
+            "payload": spec.codec.payload_json(records), "data_id": uuid.uuid4().hex, "seq": seq,
+            "count": count, "sent_at": time(now_ms()), "gateway": ctx.gateway,
             "enterprise": ctx.enterprise})
         return orjson.dumps(env)
 
+    def _writers_of(self, record: Template) -> dict[str, Writer]:
+        """tag -> its writer of `record` (record_writer), for the point index as it is now."""
+        index = self._points()
+        if self._written is None or self._written[0] is not record or self._written[1] is not index:
+            self._writers, self._written = {}, (record, index)
+        return self._writers
+
+    def _writer(self, record: Template, tag: str) -> Writer:
+        """A point's writer, made at its first reading (after _writers_of)."""
+        fixed = self._index.get(tag)
+        if fixed is None:
+            fixed = {"gateway": self.ctx.gateway, "enterprise": self.ctx.enterprise,
+                     **dict.fromkeys(_POINT_FIELDS, "")}
+        write = self._writers[tag] = record_writer(record, {**fixed, "tag": tag})
+        return write
+
     def _readings(self, spec: BodySpec, time: TimeFormatter, seq: int, rows: list[tuple],
                   backfill: bool) -> bytes:
-        """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out."""
-        index = self._points()
-        unknown = {"gateway": self.ctx.gateway, "enterprise": self.ctx.enterprise,
-                   **dict.fromkeys(_POINT_FIELDS, "")}
-        render = spec.readings.record.render
+        """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out.
+        Each record is written as JSON bytes by its point's writer (record_writer)."""
+        record = spec.readings.record
+        writers = self._writers_of(record)
         stamps: dict[int, Any] = {}
         records = []
         for ts_ms, tag, unit, ptype, value, quality, reason in rows:
@@ -233,11 +314,9 @@ class TemplatedBody:
             ts = stamps.get(ts_ms)
             if ts is None:
                 ts = stamps[ts_ms] = time(ts_ms)
-            values = dict(index.get(tag, unknown))
-            values.update(tag=tag, value=value, unit=unit, quality=quality, reason=reason, ts=ts,
-                          ts_ms=ts_ms, backfill=backfill)
-            records.append(render(values))
-        return self._envelope(spec, spec.readings, time, seq, records)
+            write = writers.get(tag) or self._writer(record, tag)
+            records.append(write((value, unit, quality, reason, ts, ts_ms, backfill)))
+        return self._envelope(spec, spec.readings, time, seq, b"[" + b",".join(records) + b"]", len(records))
 
     def _events(self, spec: BodySpec, templates: MessageTemplates, time: TimeFormatter, seq: int,
                 rows: list[dict]) -> bytes:
