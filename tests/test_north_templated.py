@@ -8,14 +8,9 @@ import orjson
 import pytest
 
 from agent.config.uplinks import parse_timezone
+from agent.north.record_writer import READING_ORDER, RecordWriter
 from agent.north.template import RECORD_VARIABLES, compile_template
-from agent.north.templated import (
-    READING_ORDER,
-    TemplatedBody,
-    record_writer,
-    time_format_problem,
-    time_formatter,
-)
+from agent.north.templated import TemplatedBody, time_format_problem, time_formatter
 from tests.platformkit import context, spec_of
 
 MS = 1_795_777_200_123  # 2026-11-27 11:00:00.123 UTC
@@ -106,8 +101,9 @@ def test_a_record_written_per_point_is_the_rendered_record(table: dict) -> None:
     assert record is not None, problems
     fixed = {"tag": "TK101_LT", "name": "Tank \"101\" 液位", "kind": "analog", "target_code": "", "hazard_source": "",
              "equipment": None, "gateway": "GW-1", "enterprise": "E-1"}
-    write = record_writer(record, fixed)
+    writer = RecordWriter(record)
+    point = writer.point(fixed)
     for value in (7.25, 1e-05, None, True, 12, "text"):
         reading = (value, "m", "good", "comm error", "2026-11-27 19:00:00", MS, False)
         values = {**fixed, **dict(zip(READING_ORDER, reading, strict=True))}
-        assert write(reading) == orjson.dumps(record.render(values))
+        assert writer.write(point, reading) == orjson.dumps(record.render(values))

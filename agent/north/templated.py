@@ -40,6 +40,7 @@ import orjson
 from agent.common.timefmt import now_ms
 from agent.north.base import UplinkContext
 from agent.north.codec import Codec
+from agent.north.record_writer import Point, RecordWriter
 from agent.north.registry import registry_records
 from agent.north.template import Template, split_placeholders
 from agent.pipeline.store import Builder
@@ -70,69 +71,6 @@ _EVENT_FIELDS = ("id", "kind", "severity", "state", "tag", "interlock", "source"
                  "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment")
 
 TimeFormatter = Callable[[int], Any]
-# the record variables that change from one reading of a point to the next, in the order
-# _readings hands them to a plan; the others are the point's and the gateway's
-READING_ORDER = ("value", "unit", "quality", "reason", "ts", "ts_ms", "backfill")
-READING_VARIABLES = frozenset(READING_ORDER)
-
-
-Writer = Callable[[tuple], bytes]  # a reading's READING_ORDER values -> its record, JSON bytes
-
-
-def _spliced(literals: list[bytes], at: list[int]) -> Writer | None:
-    """Literals joined with the JSON of the reading's values at `at` (one fewer than the
-    literals), for up to four values; None beyond."""
-    join, dumps = b"".join, orjson.dumps
-    if len(at) == 0:
-        return lambda _reading, whole=literals[0]: whole
-    if len(at) == 1:
-        (l0, l1), (a,) = literals, at
-        return lambda r: join((l0, dumps(r[a]), l1))
-    if len(at) == 2:
-        (l0, l1, l2), (a, b) = literals, at
-        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2))
-    if len(at) == 3:
-        (l0, l1, l2, l3), (a, b, c) = literals, at
-        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2, dumps(r[c]), l3))
-    if len(at) == 4:
-        (l0, l1, l2, l3, l4), (a, b, c, d) = literals, at
-        return lambda r: join((l0, dumps(r[a]), l1, dumps(r[b]), l2, dumps(r[c]), l3, dumps(r[d]), l4))
-    return None
-
-
-def record_writer(record: Template, fixed: dict[str, Any]) -> Writer:
-    """`record` for the point whose variables are `fixed`: every entry that uses no reading
-    variable serialised once. The writer gives the bytes orjson.dumps gives for the record
-    rendered from the point's and the reading's variables."""
-    literals: list[bytes] = []
-    renders: list[tuple[Callable[[Any], Any], bool]] = []  # True: it uses the point's variables too
-    at: list[int] = []  # where entries that are exactly one reading variable take it from
-    done = [b"{"]
-    for i, entry in enumerate(record.entries):
-        head = (b"," if i else b"") + orjson.dumps(entry.key) + b":"
-        if entry.used & READING_VARIABLES:
-            literals.append(b"".join([*done, head]))
-            renders.append((entry.render, not entry.used <= READING_VARIABLES))
-            if entry.whole in READING_VARIABLES:
-                at.append(READING_ORDER.index(entry.whole))
-            done = []
-        else:
-            done.append(head + orjson.dumps(entry.render(fixed)))
-    literals.append(b"".join([*done, b"}"]))
-    if len(at) == len(renders) and (spliced := _spliced(literals, at)) is not None:
-        return spliced
-
-    def write(reading: tuple) -> bytes:
-        values = dict(zip(READING_ORDER, reading, strict=True))
-        parts = [literals[0]]
-        for literal, (render, mixed) in zip(literals[1:], renders, strict=True):
-            parts.append(orjson.dumps(render({**fixed, **values} if mixed else values)))
-            parts.append(literal)
-        return b"".join(parts)
-
-    return write
-
-
 def time_format_problem(fmt: str) -> str | None:
     """Why `fmt` is not a time_format; None when it is."""
     if fmt in TIME_FORMATS:
@@ -228,8 +166,9 @@ class TemplatedBody:
         self.ctx = ctx
         self._source: list | None = None  # the ctx.points() list the index was built from
         self._index: dict[str, dict] = {}
-        self._writers: dict[str, Writer] = {}  # tag -> its record writer, for the record and index of _written
-        self._written: tuple[Template, dict] | None = None
+        self._writer: RecordWriter | None = None  # for the readings' record and the point index of _written
+        self._written: dict | None = None
+        self._point_parts: dict[str, Point] = {}  # tag -> its part of the writer (RecordWriter.point)
         self.reconfigure(spec, timezone)
 
     def reconfigure(self, spec: BodySpec, timezone: tzinfo | None = None) -> None:
@@ -284,28 +223,28 @@ class TemplatedBody:
             "enterprise": ctx.enterprise})
         return orjson.dumps(env)
 
-    def _writers_of(self, record: Template) -> dict[str, Writer]:
-        """tag -> its writer of `record` (record_writer), for the point index as it is now."""
+    def _writer_of(self, record: Template) -> RecordWriter:
+        """The record writer of `record`, for the point index as it is now."""
         index = self._points()
-        if self._written is None or self._written[0] is not record or self._written[1] is not index:
-            self._writers, self._written = {}, (record, index)
-        return self._writers
+        if self._writer is None or self._writer.record is not record or self._written is not index:
+            self._writer, self._written, self._point_parts = RecordWriter(record), index, {}
+        return self._writer
 
-    def _writer(self, record: Template, tag: str) -> Writer:
-        """A point's writer, made at its first reading (after _writers_of)."""
+    def _point_part(self, writer: RecordWriter, tag: str) -> Point:
+        """A point's part of the writer, made at its first reading (after _writer_of)."""
         fixed = self._index.get(tag)
         if fixed is None:
             fixed = {"gateway": self.ctx.gateway, "enterprise": self.ctx.enterprise,
                      **dict.fromkeys(_POINT_FIELDS, "")}
-        write = self._writers[tag] = record_writer(record, {**fixed, "tag": tag})
-        return write
+        part = self._point_parts[tag] = writer.point({**fixed, "tag": tag})
+        return part
 
     def _readings(self, spec: BodySpec, time: TimeFormatter, seq: int, rows: list[tuple],
                   backfill: bool) -> bytes:
         """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out.
-        Each record is written as JSON bytes by its point's writer (record_writer)."""
-        record = spec.readings.record
-        writers = self._writers_of(record)
+        Each record is written as JSON bytes (agent/north/record_writer.py)."""
+        writer = self._writer_of(spec.readings.record)
+        write, parts = writer.write, self._point_parts
         stamps: dict[int, Any] = {}
         records = []
         for ts_ms, tag, unit, ptype, value, quality, reason in rows:
@@ -314,8 +253,8 @@ class TemplatedBody:
             ts = stamps.get(ts_ms)
             if ts is None:
                 ts = stamps[ts_ms] = time(ts_ms)
-            write = writers.get(tag) or self._writer(record, tag)
-            records.append(write((value, unit, quality, reason, ts, ts_ms, backfill)))
+            part = parts.get(tag) or self._point_part(writer, tag)
+            records.append(write(part, (value, unit, quality, reason, ts, ts_ms, backfill)))
         return self._envelope(spec, spec.readings, time, seq, b"[" + b",".join(records) + b"]", len(records))
 
     def _events(self, spec: BodySpec, templates: MessageTemplates, time: TimeFormatter, seq: int,
