@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from operator import is_
+
 import orjson
 
 from agent.common.timefmt import now_ms, rfc3339
@@ -29,6 +33,10 @@ def encode(body: dict) -> bytes:
 
 def readings_body(env: dict, rows: list[tuple], backfill: bool) -> dict:
     """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out."""
+    return {**env, "readings": _readings(rows, backfill)}
+
+
+def _readings(rows: list[tuple], backfill: bool) -> list[dict]:
     stamps: dict[int, str] = {}
     readings = []
     for ts_ms, tag, unit, ptype, value, quality, reason in rows:
@@ -41,7 +49,36 @@ def readings_body(env: dict, rows: list[tuple], backfill: bool) -> dict:
         if reason:
             r["reason"] = reason
         readings.append(r)
-    return {**env, "readings": readings}
+    return readings
+
+
+class SharedReadings:
+    """The `readings` arrays of the last few messages, as JSON, for every uplink of this schema:
+    the store hands each uplink the very row objects it handed the others (its unpacked chunks),
+    so a second and third MQTT uplink taking the same rows reuse the first one's encoding. A
+    message is matched by its rows' identity, never by their values."""
+
+    def __init__(self, kept: int = 8):
+        self._kept: deque[tuple[list[tuple], bool, bytes]] = deque(maxlen=kept)
+        self._lock = threading.Lock()
+
+    def encoded(self, rows: list[tuple], backfill: bool) -> bytes:
+        with self._lock:
+            for kept, was_backfill, data in self._kept:
+                if was_backfill is backfill and len(kept) == len(rows) and all(map(is_, kept, rows)):
+                    return data
+        data = orjson.dumps(_readings(rows, backfill))
+        with self._lock:
+            self._kept.append((list(rows), backfill, data))
+        return data
+
+
+SHARED_READINGS = SharedReadings()
+
+
+def readings_message(env: dict, rows: list[tuple], backfill: bool) -> bytes:
+    """encode(readings_body(env, rows, backfill)), its readings encoded once for every uplink."""
+    return orjson.dumps({**env, "readings": orjson.Fragment(SHARED_READINGS.encoded(rows, backfill))})
 
 
 def events_body(env: dict, events: list[dict]) -> dict:

@@ -26,7 +26,7 @@ from agent.north.mqtt.schema import (
     envelope,
     events_body,
     meta_body,
-    readings_body,
+    readings_message,
     status_body,
     topic,
 )
@@ -54,7 +54,7 @@ class Uplink1Body:
         return envelope(self.ctx.gateway, self.ctx.enterprise, seq, now_ms())
 
     def readings(self, backfill: bool) -> Builder:
-        return lambda seq, rows: encode(readings_body(self._env(seq), rows, backfill))
+        return lambda seq, rows: readings_message(self._env(seq), rows, backfill)
 
     def build_events(self, seq: int, rows: list) -> bytes:
         return encode(events_body(self._env(seq), rows))
