@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
 from operator import is_
 
 import orjson
@@ -53,23 +52,29 @@ def _readings(rows: list[tuple], backfill: bool) -> list[dict]:
 
 
 class SharedReadings:
-    """The `readings` arrays of the last few messages, as JSON, for every uplink of this schema:
-    the store hands each uplink the very row objects it handed the others (its unpacked chunks),
-    so a second and third MQTT uplink taking the same rows reuse the first one's encoding. A
-    message is matched by its rows' identity, never by their values."""
+    """The `readings` arrays of the last `kept` messages, as JSON, for every uplink of this
+    schema: the store hands each uplink the very row objects it handed the others (its unpacked
+    chunks), so a second and third MQTT uplink taking the same rows reuse the first one's
+    encoding. A message is found by its first row's identity and matched by the identity of
+    every row, never by their values (the rows are kept, so no identity is reused meanwhile)."""
 
-    def __init__(self, kept: int = 8):
-        self._kept: deque[tuple[list[tuple], bool, bytes]] = deque(maxlen=kept)
+    def __init__(self, kept: int = 32):
+        self._kept: dict[tuple[int, bool], tuple[list[tuple], bytes]] = {}
+        self._most = kept
         self._lock = threading.Lock()
 
     def encoded(self, rows: list[tuple], backfill: bool) -> bytes:
+        key = (id(rows[0]) if rows else 0, backfill)
         with self._lock:
-            for kept, was_backfill, data in self._kept:
-                if was_backfill is backfill and len(kept) == len(rows) and all(map(is_, kept, rows)):
-                    return data
+            hit = self._kept.get(key)
+        if hit is not None and len(hit[0]) == len(rows) and all(map(is_, hit[0], rows)):
+            return hit[1]
         data = orjson.dumps(_readings(rows, backfill))
         with self._lock:
-            self._kept.append((list(rows), backfill, data))
+            self._kept.pop(key, None)
+            self._kept[key] = (list(rows), data)
+            if len(self._kept) > self._most:
+                del self._kept[next(iter(self._kept))]
         return data
 
 
