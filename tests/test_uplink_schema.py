@@ -121,6 +121,11 @@ def test_readings_encoded_once_for_every_uplink_are_each_uplinks_own() -> None:
         env = uplink_envelope("GW-1", "E1", seq, 1_795_377_097_250)
         assert readings_message(env, took, seq == 4) == encode(readings_body(env, took, seq == 4))
     shared = SharedReadings()
+    alone = shared.encoded(rows, False)
+    assert shared.encoded(rows, False) is not alone  # one user: nothing is kept
+    users = [type("Body", (), {})() for _ in range(2)]  # two live bodies
+    for user in users:
+        shared.join(user)
     first = shared.encoded(rows, False)
     assert shared.encoded(list(rows), False) is first
     assert shared.encoded(equal, False) is not first and shared.encoded(equal, False) == first

@@ -168,8 +168,10 @@ class Store:
         self._published: dict[str, int] = {}  # uplink -> its published mark, as last read or written
         self._pruned: dict[str, int] = {}  # uplink -> when its old minute aggregates were last pruned
         # chunk id -> its readings as the builders take them: every uplink reads the same new
-        # chunks within a second or so, each in several messages; a chunk never changes
+        # chunks within a second or so, each in several messages; a chunk never changes. One
+        # uplink keeps only the chunk it is reading (set_uplinks)
         self._unpacked: dict[int, list[tuple]] = {}
+        self._unpacked_kept = UNPACKED_KEPT
         self.evidence: Evidence | None = None  # its writer; None: read-only
         if readonly:  # inspection beside a running agent: WAL lets readers in at any time
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
@@ -301,6 +303,7 @@ class Store:
             self._collect()
         for name in names:
             self._create_mark(name)
+        self._unpacked_kept = UNPACKED_KEPT if len(names) > 1 else 1
 
     def _collect(self) -> None:
         """Chunks and events no uplink still needs leave the store."""
@@ -582,15 +585,15 @@ class Store:
         return seq, len(body)
 
     def _chunk_rows(self, cid: int) -> list[tuple]:
-        """A chunk's readings as (ts_ms, tag, unit, type, value, quality name, reason), kept for
-        the next UNPACKED_KEPT chunks read."""
+        """A chunk's readings as (ts_ms, tag, unit, type, value, quality name, reason), kept while
+        the next UNPACKED_KEPT chunks are read (the next one, with one uplink)."""
         rows = self._unpacked.get(cid)
         if rows is None:
             point = self._point
             blob = self.db.execute("SELECT rows FROM chunks WHERE id=?", (cid,)).fetchone()[0]
             rows = self._unpacked[cid] = [(ts, *point(pid), value, QUALITY_NAME[q], reason)
                                           for ts, pid, value, q, reason in unpack_chunk(blob)]
-            if len(self._unpacked) > UNPACKED_KEPT:
+            while len(self._unpacked) > self._unpacked_kept:
                 del self._unpacked[next(iter(self._unpacked))]
         return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from operator import is_
 
 import orjson
@@ -56,14 +57,23 @@ class SharedReadings:
     schema: the store hands each uplink the very row objects it handed the others (its unpacked
     chunks), so a second and third MQTT uplink taking the same rows reuse the first one's
     encoding. A message is found by its first row's identity and matched by the identity of
-    every row, never by their values (the rows are kept, so no identity is reused meanwhile)."""
+    every row, never by their values (the rows are kept, so no identity is reused meanwhile).
+    Nothing is kept while fewer than two bodies (`join`) use it."""
 
     def __init__(self, kept: int = 32):
         self._kept: dict[tuple[int, bool], tuple[list[tuple], bytes]] = {}
         self._most = kept
         self._lock = threading.Lock()
+        self._users: weakref.WeakSet = weakref.WeakSet()
+
+    def join(self, user: object) -> None:
+        """A body that encodes through this one (while it lives)."""
+        self._users.add(user)
 
     def encoded(self, rows: list[tuple], backfill: bool) -> bytes:
+        if len(self._users) < 2:
+            self._kept.clear()
+            return orjson.dumps(_readings(rows, backfill))
         key = (id(rows[0]) if rows else 0, backfill)
         with self._lock:
             hit = self._kept.get(key)

@@ -22,6 +22,7 @@ from agent.north.drain import Drain, DrainSettings
 from agent.north.mqtt.client import CONNECT_ERRORS, Events, MqttOptions, MqttSession
 from agent.north.mqtt.schema import (
     SCHEMA,
+    SHARED_READINGS,
     encode,
     envelope,
     events_body,
@@ -49,6 +50,7 @@ class Uplink1Body:
         self.ctx = ctx
         self.meta: Builder | None = self.build_meta
         self.events: Builder | None = self.build_events
+        SHARED_READINGS.join(self)  # a second such uplink reuses this one's encodings
 
     def _env(self, seq: int) -> dict:
         return envelope(self.ctx.gateway, self.ctx.enterprise, seq, now_ms())
