@@ -17,7 +17,9 @@ one: see platform_db_dir):
    counting only what the agent saw acknowledged; each platform's `platform_records` for the
    others: a platform stores a message before it accepts it, and never stores a duplicate
    `data_id`) and what each uplink still had to send at the end of the window (the store's
-   pending chunks).
+   pending chunks). Beside them, on 10 000 points, three uplinks of one kind: `mqtt` and two
+   more hazgate.uplink/1 uplinks, `mqtt-b` and `mqtt-c`, each to a broker of its own with a
+   counting subscriber (what arrived there); the issue's target is the three different ones.
 2. Back-fill: a backlog written into the store before the agent starts (bench/backfill.py's
    fill_store: pending for `mqtt` only; the platform uplinks, new to the store, get everything
    it holds), then each uplink's drain rate, backlog records delivered per second from the
@@ -46,6 +48,8 @@ from pathlib import Path
 from bench.backfill import fill_store
 from bench.common import (
     HAZGATE,
+    TOPIC_PREFIX,
+    Subscriber,
     Unit,
     acked_readings,
     cpu_seconds,
@@ -55,6 +59,7 @@ from bench.common import (
     rss_bytes,
     snapshot,
     start_agent,
+    start_broker,
     store_bytes,
     wait_port,
     wait_until,
@@ -65,7 +70,10 @@ from bench.report import Row, fmt_mb, fmt_pct, fmt_rate, fmt_s, fmt_us, ratio, t
 
 MQTT, HTTP, TCP = "mqtt", "mem", "jiangsu"
 ORDER = (MQTT, HTTP, TCP)
-PROTOCOL = {MQTT: "mqtt", HTTP: "http", TCP: "tcp"}
+# three uplinks of one kind: the bench's broker and two more, each hazgate.uplink/1
+MQTT_B, MQTT_C = "mqtt-b", "mqtt-c"
+SAME = (MQTT, MQTT_B, MQTT_C)
+PROTOCOL = {MQTT: "mqtt", HTTP: "http", TCP: "tcp", MQTT_B: "mqtt", MQTT_C: "mqtt"}
 BATCH, INTERVAL, TIMEOUT = 200, "1s", "5s"
 BACKLOG_TAGS = "B[0-9]*"  # fill_store's tags: B0000..B0999
 
@@ -133,6 +141,14 @@ VALUE = "{{value}}"
 COLLECT_TIME = "{{ts}}"
 """
 
+MQTT_MORE = """
+[[uplinks]]
+name = "{name}"
+protocol = "mqtt"
+broker = "mqtt://127.0.0.1:{port}"
+topic_prefix = "{prefix}"
+"""
+
 
 # --- the gateway and its platforms ----------------------------------------------------------
 @dataclass
@@ -147,6 +163,8 @@ class Setup:
     ports: dict[str, int]
     dbs: dict[str, Path]
     platforms: dict[str, subprocess.Popen] = field(default_factory=dict)
+    brokers: dict[str, int] = field(default_factory=dict)  # the more MQTT uplinks' broker ports
+    subs: dict[str, Subscriber] = field(default_factory=dict)  # and a counting subscriber at each
 
     @property
     def listen(self) -> dict[str, str]:
@@ -169,15 +187,23 @@ def setup(ctx: Ctx, name: str, units: list[Unit], uplinks: tuple[str, ...], db_d
     write_secrets(ctx.work)
     gw = f"GW-{name.upper()}"
     cfg = gateway_toml(ctx.work, name, gw, ctx.broker_port, units, poll)
-    ports = {u: free_port() for u in uplinks if u != MQTT}
-    tables = ""
+    ports = {u: free_port() for u in uplinks if u in (HTTP, TCP)}
+    brokers = {u: free_port() for u in uplinks if u in (MQTT_B, MQTT_C)}
+    tables = "".join(MQTT_MORE.format(name=u, port=port, prefix=TOPIC_PREFIX) for u, port in brokers.items())
     if HTTP in ports:
         tables += MEM_HTTP.format(port=ports[HTTP], interval=INTERVAL, batch=BATCH, timeout=TIMEOUT)
     if TCP in ports:
         tables += JIANGSU_TCP.format(port=ports[TCP], interval=INTERVAL, batch=BATCH, timeout=TIMEOUT)
     cfg.write_text(cfg.read_text() + tables)
     dbs = {u: (db_dir or ctx.work) / f"{name}-{u}.db" for u in ports}
-    return Setup(name, gw, cfg, ctx.work / f"data-{name}", uplinks, ports, dbs)
+    return Setup(name, gw, cfg, ctx.work / f"data-{name}", uplinks, ports, dbs, brokers=brokers)
+
+
+def start_brokers(ctx: Ctx, s: Setup) -> None:
+    """The more MQTT uplinks' brokers, each with a counting subscriber."""
+    for u, port in s.brokers.items():
+        s.platforms[u] = start_broker(ctx.procs, port, f"{s.name}-{u}")
+        s.subs[u] = Subscriber(port)
 
 
 def start_platform(ctx: Ctx, s: Setup, uplink: str, wait: bool = True) -> subprocess.Popen:
@@ -192,6 +218,9 @@ def start_platform(ctx: Ctx, s: Setup, uplink: str, wait: bool = True) -> subpro
 
 
 def stop_platforms(ctx: Ctx, s: Setup) -> None:
+    for sub in s.subs.values():
+        sub.close()
+    s.subs.clear()
     for uplink, p in list(s.platforms.items()):
         ctx.procs.stop(p)
         del s.platforms[uplink]
@@ -282,6 +311,8 @@ def delivered(ctx: Ctx, s: Setup) -> dict[str, int]:
     out = {u: platform_records(db) for u, db in s.dbs.items() if u in s.platforms}
     if MQTT in s.uplinks:
         out[MQTT] = snapshot(ctx.sub, s.gw)[0]
+    for u, sub in s.subs.items():
+        out[u] = snapshot(sub, s.gw)[0]
     return out
 
 
@@ -289,7 +320,7 @@ def helpers_cpu(ctx: Ctx, s: Setup) -> dict[str, float]:
     out = ctx.machine_cpu()
     for u, p in s.platforms.items():
         with contextlib.suppress(FileNotFoundError):
-            out[f"{u} platform"] = cpu_seconds(p.pid)
+            out[f"{u} {'broker' if u in s.brokers else 'platform'}"] = cpu_seconds(p.pid)
     return out
 
 
@@ -383,9 +414,11 @@ def _between_bursts(ctx: Ctx, gw: str, timeout: float = 3.0) -> None:
 
 def run_steady(ctx: Ctx, units: list[Unit], uplinks: tuple[str, ...], warm: float, window: float,
                db_dir: Path | None = None) -> Steady:
-    s = setup(ctx, f"up{len(uplinks)}-{sum(u.n_points for u in units)}", units, uplinks, db_dir)
+    kind = "same" if set(uplinks) <= set(SAME) and len(uplinks) > 1 else ""
+    s = setup(ctx, f"up{len(uplinks)}{kind}-{sum(u.n_points for u in units)}", units, uplinks, db_dir)
     for u in s.ports:
         start_platform(ctx, s, u)
+    start_brokers(ctx, s)
     agent = start_agent(ctx.procs, s.config, s.name)
     try:
         _flowing(ctx, s)
@@ -642,6 +675,7 @@ def run_down(ctx: Ctx, units: list[Unit], warm: float, before_s: float, seconds:
 KEEP_UP = 0.95  # an uplink that stays up delivers at least this share of what was polled
 KEEP_UP_S = 2.0  # an uplink keeps up when it has at most this many seconds of polling left to send
 NAMES = {1: "1 uplink (mqtt)", 2: "2 uplinks (mqtt + http)", 3: "3 uplinks (mqtt + http + tcp)"}
+SAME_NAME = "3 uplinks of one kind (mqtt, three brokers)"
 
 
 def platform_db_dir() -> Path | None:
@@ -674,7 +708,9 @@ def _helpers(r: dict[str, float]) -> str:
     return ", ".join(f"{k} {v * 100:.0f} %" for k, v in r.items())
 
 
-def _steady_rows(section: str, runs: dict[int, Steady]) -> list[Row]:
+def _steady_rows(section: str, runs: dict[int, Steady], same: Steady | None = None) -> list[Row]:
+    """The rows of one load; `same`: three uplinks of one kind beside it (not the issue's
+    target, which is three platforms of different kinds)."""
     one = runs[1]
     rows = [Row(section, f"agent CPU per reading polled, {NAMES[1]}", fmt_us(one.cpu_us))]
     for n in sorted(runs)[1:]:
@@ -683,6 +719,15 @@ def _steady_rows(section: str, runs: dict[int, Steady]) -> list[Row]:
         rows.append(Row(section, f"agent CPU per reading polled, {NAMES[n]} (baseline: 1 uplink)", fmt_us(r.cpu_us),
                         fmt_us(one.cpu_us), ratio(r.cpu_us, one.cpu_us),
                         "≤ 1.5× one uplink" if n == 3 else "", verdict(ok)))
+    if same is not None:
+        rows.append(Row(section, f"agent CPU per reading polled, {SAME_NAME} (baseline: 1 uplink)",
+                        fmt_us(same.cpu_us), fmt_us(one.cpu_us), ratio(same.cpu_us, one.cpu_us),
+                        "one kind: ≤ 1.5× one uplink", verdict(same.cpu_us <= 1.5 * one.cpu_us)))
+        behind = _behind(same)
+        rows.append(Row(section, f"readings/s acknowledged per uplink, {SAME_NAME} (baseline: polled)",
+                        _rates(same), fmt_rate(same.polled_rate),
+                        ratio(min(same.rate(u) for u in same.uplinks), same.polled_rate),
+                        f"each ≤ {KEEP_UP_S:g} s of polling behind", verdict(behind <= KEEP_UP_S)))
     for n in sorted(runs)[1:]:
         r = runs[n]
         rows.append(Row(section, f"agent CPU share of one core, {NAMES[n]} (baseline: 1 uplink)",
@@ -722,16 +767,21 @@ def run(ctx: Ctx, big: list[Unit], small: list[Unit], live: Unit, P: dict) -> tu
     try:
         for units, counts in ((big, (1, 2, 3)), (small, (1, 3))):
             n_points = sum(u.n_points for u in units)
-            print(f"uplinks: steady load, {n_points} points at 1 s, with {', '.join(NAMES[n] for n in counts)} "
-                  f"({P['up']} s windows)", flush=True)
+            kinds = [NAMES[n] for n in counts] + ([SAME_NAME] if units is big else [])
+            print(f"uplinks: steady load, {n_points} points at 1 s, with {', '.join(kinds)} ({P['up']} s windows)",
+                  flush=True)
             runs = {n: run_steady(ctx, units, ORDER[:n], P["up_warm"], P["up"], db_dir) for n in counts}
+            same = run_steady(ctx, units, SAME, P["up_warm"], P["up"], db_dir) if units is big else None
             out[f"steady_{n_points}"] = {n: {**asdict(r), "cpu_us": r.cpu_us, "cpu_share": r.cpu_share}
                                          for n, r in runs.items()}
-            part = _steady_rows(f"several uplinks: {n_points} points at 1 s, 200 records per platform message", runs)
+            if same is not None:
+                out[f"steady_{n_points}"]["same"] = {**asdict(same), "cpu_us": same.cpu_us, "cpu_share": same.cpu_share}
+            part = _steady_rows(f"several uplinks: {n_points} points at 1 s, 200 records per platform message", runs,
+                                same)
             print(text(part), flush=True)
             rows += part
-            for n, r in runs.items():
-                ctx.notes.append(f"uplinks, {n_points} points, {NAMES[n]}: {_helpers(r.helpers)} of a core")
+            for name, r in [*((NAMES[n], r) for n, r in runs.items()), *([(SAME_NAME, same)] if same else [])]:
+                ctx.notes.append(f"uplinks, {n_points} points, {name}: {_helpers(r.helpers)} of a core")
 
         first = len(rows)
         print(f"uplinks: back-fill, {P['up_readings']:,} readings buffered, three uplinks draining at once", flush=True)

@@ -1,5 +1,6 @@
 """Templated bodies: time formats and zones, data_id per message, point metadata by tag,
-builders bound to their settings across a reconfiguration, events only when declared."""
+builders bound to their settings across a reconfiguration, events only when declared, records
+written per point as they render."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import orjson
 import pytest
 
 from agent.config.uplinks import parse_timezone
+from agent.north.record_writer import READING_ORDER, RecordWriter
+from agent.north.template import RECORD_VARIABLES, compile_template
 from agent.north.templated import TemplatedBody, time_format_problem, time_formatter
 from tests.platformkit import context, spec_of
 
@@ -83,3 +86,24 @@ def test_a_builder_keeps_the_settings_it_was_made_with(tmp_path) -> None:
     rows = [(MS, "TK101_LT", "m", "float32", 1.0, "good", None)]
     assert orjson.loads(queued(1, rows))["records"][0]["t"] == MS
     assert orjson.loads(body.readings(False)(2, rows))["records"][0]["t"] == "2026"
+
+
+@pytest.mark.parametrize("table", [
+    {"BIT_NO": "{tag}", "VALUE": "{value}", "QUALITY": "{quality}", "COLLECT_TIME": "{ts}"},
+    {"k": "100%", "v": "{value}"},
+    {"a": "{value}", "b": "{unit}", "c": "{quality}", "d": "{reason}", "e": "{ts}", "f": "{backfill}"},
+    {"a": "{tag}:{value}", "b": "x{unit}", "c": 3, "d": [1, "{name}", "{ts_ms}"], "e": {"f": "{backfill}"}},
+    {"n": "{name}", "t": "{gateway}/{kind}"},
+])
+def test_a_record_written_per_point_is_the_rendered_record(table: dict) -> None:
+    """A point's record writer gives the bytes of the record rendered from all its variables."""
+    record, problems = compile_template(table, RECORD_VARIABLES)
+    assert record is not None, problems
+    fixed = {"tag": "TK101_LT", "name": "Tank \"101\" 液位", "kind": "analog", "target_code": "", "hazard_source": "",
+             "equipment": None, "gateway": "GW-1", "enterprise": "E-1"}
+    writer = RecordWriter(record)
+    point = writer.point(fixed)
+    for value in (7.25, 1e-05, None, True, 12, "text"):
+        reading = (value, "m", "good", "comm error", "2026-11-27 19:00:00", MS, False)
+        values = {**fixed, **dict(zip(READING_ORDER, reading, strict=True))}
+        assert writer.write(point, reading) == orjson.dumps(record.render(values))

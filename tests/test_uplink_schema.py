@@ -107,3 +107,26 @@ def test_a_message_breaking_the_schema_is_counted_as_a_violation(broker, procs, 
     gw = json.loads(report.read_text())["gateways"]["GW-1"]
     assert gw["violations"] == len(broken), (gw, len(broken))
     assert gw["messages"] == 1, gw
+
+
+def test_readings_encoded_once_for_every_uplink_are_each_uplinks_own() -> None:
+    """A second uplink taking the very rows another took reuses their encoding; rows that are
+    only equal are encoded afresh; either way the bytes are those of the body itself."""
+    from agent.north.mqtt.schema import SharedReadings, encode, readings_body, readings_message
+    from agent.north.mqtt.schema import envelope as uplink_envelope
+
+    rows = [(1_795_377_097_000, f"P{i}", "m", "float32", i + 0.5, "good", None) for i in range(3)]
+    equal = [(*r[:4], r[4] + 0.0, *r[5:]) for r in rows]  # new tuples, the same values
+    for seq, took in ((1, rows), (2, list(rows)), (3, equal), (4, rows[:2])):
+        env = uplink_envelope("GW-1", "E1", seq, 1_795_377_097_250)
+        assert readings_message(env, took, seq == 4) == encode(readings_body(env, took, seq == 4))
+    shared = SharedReadings()
+    alone = shared.encoded(rows, False)
+    assert shared.encoded(rows, False) is not alone  # one user: nothing is kept
+    users = [type("Body", (), {})() for _ in range(2)]  # two live bodies
+    for user in users:
+        shared.join(user)
+    first = shared.encoded(rows, False)
+    assert shared.encoded(list(rows), False) is first
+    assert shared.encoded(equal, False) is not first and shared.encoded(equal, False) == first
+    assert shared.encoded(rows, True) is not first

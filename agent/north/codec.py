@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,6 +150,11 @@ class Codec:
         string); otherwise the coded text."""
         return records if len(self.steps) == 1 else self.encode(records)
 
+    def payload_json(self, records: bytes) -> Any:
+        """`payload` for records already serialised as JSON: embedded as they are (an
+        orjson.Fragment) for a plain ["json"] chain, else coded."""
+        return orjson.Fragment(records) if len(self.steps) == 1 else self.encode_bytes(records)
+
     def encode(self, obj: Any) -> str:
         """JSON (orjson, compact UTF-8), then the cipher and text steps."""
         return self.encode_bytes(orjson.dumps(obj))
@@ -156,7 +162,7 @@ class Codec:
     def encode_bytes(self, data: bytes) -> str:
         """Cipher and text steps over already-serialised JSON bytes."""
         if self.cipher is not None:
-            encryptor, padder = self._cipher().encryptor(), self._padding().padder()
+            encryptor, padder = self._cipher.encryptor(), self._padding.padder()
             data = encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
         if self.text_step == "base64":
             return base64.b64encode(data).decode("ascii")
@@ -190,7 +196,7 @@ class Codec:
         if len(data) % 16:
             raise CodecError(f"{len(data)} bytes of {self.cipher} ciphertext is not a whole "
                              "number of 16-byte blocks: the text is cut or not ciphertext")
-        decryptor, unpadder = self._cipher().decryptor(), self._padding().unpadder()
+        decryptor, unpadder = self._cipher.decryptor(), self._padding.unpadder()
         try:
             plain = decryptor.update(data) + decryptor.finalize()
             return unpadder.update(plain) + unpadder.finalize()
@@ -207,6 +213,8 @@ class Codec:
             raise CodecError(f"the decoded body is not JSON: {exc}") from None
 
     # Imports here: cryptography (about 10 MB of a Pi's memory) only for an uplink with a cipher.
+    # Made once per codec (each message takes a new encryptor or decryptor from it).
+    @functools.cached_property
     def _cipher(self) -> Any:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -214,8 +222,8 @@ class Codec:
         algorithm = algorithms.SM4(self.key) if name.startswith("sm4") else algorithms.AES(self.key)
         return Cipher(algorithm, modes.CBC(self.iv) if name.endswith("-cbc") else modes.ECB())
 
-    @staticmethod
-    def _padding() -> Any:
+    @functools.cached_property
+    def _padding(self) -> Any:
         from cryptography.hazmat.primitives import padding
 
         return padding.PKCS7(128)

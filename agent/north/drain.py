@@ -2,9 +2,13 @@
 
 Drain order in every round: messages already numbered but unacknowledged (oldest first), then
 events, then live readings (collected since the link came up), then the backlog. One round is
-one store call (`Store.drain`) that fills the free in-flight window. Each connection is a new
-`Link`, so what is re-sent after a reconnect is decided here from the store, never by a
-protocol library's own session replay.
+one store call (`Store.drain`) that fills the free in-flight window and, for an uplink with
+`ahead` (a platform, one message in flight), numbers that many more messages in the same
+transaction: they wait here, durable in the outbox, and go out in order as acknowledgements
+free the window, with no store call between them; their acknowledgements are recorded on the
+next store call (an acknowledgement not yet recorded only means the message is sent again
+after a crash). Each connection is a new `Link`, so what is re-sent after a reconnect is
+decided here from the store, never by a protocol library's own session replay.
 
 Connections are paced by one back-off per uplink (agent/north/backoff.py): full jitter up to a
 one-second cap, reset only when the far end acknowledges something, so the first attempt after
@@ -35,6 +39,7 @@ import logging
 import math
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +66,10 @@ class DrainSettings:
     batch: int  # readings per live message
     interval: float  # seconds between live messages (sooner while full batches wait)
     max_rejects: int = 10  # refusals of one message in a row before it is set aside
+    # messages numbered beyond the window in one store call, held ready (sent as the window
+    # frees): fewer store transactions and mark syncs per message; events numbered later wait
+    # behind them
+    ahead: int = 0
     snapshot: bool = False  # send = "snapshot": each point's latest value per interval, aligned to the clock
     # the adapter's bounds on an acknowledgement (MQTT: 1 and 3 keepalives); inf: none of the
     # drain's own (a link that times out each reply itself)
@@ -102,6 +111,7 @@ class Drain:
         # seq -> (payload bytes, sent on this connection, first sent), in the order sent
         self._in_flight: dict[int, tuple[int, float, float]] = {}
         self._carried: dict[int, float] = {}  # seq -> first sent, of those in flight when the link went
+        self._ready: deque[tuple[int, str, bool, bytes]] = deque()  # numbered, handed out, not yet sent
         self._watermark = 0
         self._sent_upto = 0
         self._next_live = 0.0
@@ -391,6 +401,7 @@ class Drain:
         await self._mark_backlog()
         self._set_state("up")
         self._sent_upto = 0  # highest outbox seq handed to this link
+        self._ready.clear()  # in the outbox: handed out again from there
         self._next_live = time.monotonic()
         self._live_by = self._next_live + self.settings.interval
         await self._restate_meta()
@@ -469,13 +480,29 @@ class Drain:
             return False
         return True
 
+    def _send_ready(self, link: Link) -> bool | None:
+        """Messages numbered ahead, in order, while the window has room: True if any went,
+        None if the link failed."""
+        sent = False
+        while self._ready and len(self._in_flight) < self.settings.window:
+            seq, kind, retain, payload = self._ready.popleft()
+            if not self._send(link, seq, kind, payload, retain):
+                link.lost.set()
+                return None
+            sent = True
+        return sent
+
     async def _round(self, link: Link) -> bool:
-        """One drain step, one store call; True if it published something (call again at once)."""
+        """One drain step: messages numbered ahead go first, with no store call; else one store
+        call. True if it published something (call again at once)."""
         if self._mem_msgs:  # acknowledged messages sent from memory leave memory, not the store
             self._acks = [seq for seq in self._acks if self._mem_msgs.pop(seq, None) is None]
+        if self._ready:
+            return bool(self._send_ready(link))
         room = self.settings.window - len(self._in_flight)
         if room <= 0 and not self._acks:
             return False
+        room += self.settings.ahead
         now = time.monotonic()
         snapshot = self.settings.snapshot
         live_due = snapshot or now >= self._next_live  # once per publish interval, sooner while full batches wait
@@ -516,11 +543,11 @@ class Drain:
             self._next_live = now + (min(FIRST_LIVE_LOOK, self.settings.interval) if soon else self.settings.interval)
         if res.backlog_done:
             self._watermark = 0
-        for seq, kind, retain, payload in res.messages:  # re-sends keep their seq and content
-            if not self._send(link, seq, kind, payload, retain):
-                link.lost.set()
-                return False
-            self._sent_upto = seq
+        if res.messages:  # re-sends keep their seq and content
+            self._ready.extend(res.messages)
+            self._sent_upto = res.messages[-1][0]
+        if self._send_ready(link) is None:
+            return False
         if res.messages or res.more:
             return True
         if res.error is not None:  # nothing new can be numbered while the store refuses writes

@@ -30,6 +30,10 @@ from agent.north.templated import TEMPLATED_KEYS, TemplatedBody
 log = logging.getLogger("hazgate.uplink")
 
 WINDOW = 1  # one message in flight: a platform handles messages in the order they come
+# readings numbered ahead of the window in one store call (in whole messages, at least one,
+# at most AHEAD_MESSAGES): one store transaction per about this many readings, not per
+# message; an event waits behind at most these
+AHEAD_READINGS, AHEAD_MESSAGES = 1000, 5
 SENDS = ("readings", "snapshot")
 # the [[uplinks]] keys every platform uplink takes (kinds as agent/config/toml.py converts them)
 PLATFORM_KEYS = {
@@ -74,7 +78,8 @@ class Unanswered:
 
 def drain_settings(delivery: Delivery) -> DrainSettings:
     """The drain loop's settings for a platform's delivery settings."""
-    return DrainSettings(window=WINDOW, batch=delivery.batch, interval=delivery.interval,
+    return DrainSettings(window=WINDOW, ahead=max(1, min(AHEAD_MESSAGES, AHEAD_READINGS // delivery.batch)) - WINDOW,
+                         batch=delivery.batch, interval=delivery.interval,
                          max_rejects=delivery.max_rejects, snapshot=delivery.send == "snapshot")
 
 

@@ -17,11 +17,12 @@ coded text).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -38,6 +39,15 @@ _Render = Callable[[Values], Any]
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
+class Entry(NamedTuple):
+    """One top-level entry of a table template."""
+
+    key: str
+    render: _Render
+    used: frozenset[str]  # the variables it uses
+    whole: str | None  # the variable, when the value is exactly one placeholder ("{value}")
+
+
 @dataclass(frozen=True)
 class Template:
     """A compiled template. `variables` is every name it uses; `render` needs each of them in
@@ -45,6 +55,9 @@ class Template:
 
     variables: frozenset[str]
     _render: _Render
+    # the table's top-level entries in order: the parts of a record that do not change from
+    # one reading of a point to the next are serialised once (agent.north.templated.record_plan)
+    entries: tuple[Entry, ...] = ()
 
     def render(self, values: Values) -> dict:
         return self._render(values)
@@ -159,7 +172,17 @@ def compile_template(table: Any, allowed: frozenset[str],
         return None, [f"{where or 'template'}: must be a table, not {type(table).__name__}"]
     used: set[str] = set()
     problems: list[str] = []
-    render = _compile(table, where, allowed, used, problems)
+    entries = []
+    for key, value in table.items():
+        own: set[str] = set()
+        render = _compile(value, _key_path(where, key), allowed, own, problems)
+        whole = None
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                literals, names = _parse(value)
+                whole = names[0] if len(names) == 1 and literals == ["", ""] else None
+        entries.append(Entry(key, render, frozenset(own), whole))
+        used |= own
     if problems:
         return None, problems
-    return Template(frozenset(used), render), []
+    return Template(frozenset(used), lambda values: {e.key: e.render(values) for e in entries}, tuple(entries)), []

@@ -40,6 +40,7 @@ import orjson
 from agent.common.timefmt import now_ms
 from agent.north.base import UplinkContext
 from agent.north.codec import Codec
+from agent.north.record_writer import Point, RecordWriter
 from agent.north.registry import registry_records
 from agent.north.template import Template, split_placeholders
 from agent.pipeline.store import Builder
@@ -70,8 +71,6 @@ _EVENT_FIELDS = ("id", "kind", "severity", "state", "tag", "interlock", "source"
                  "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment")
 
 TimeFormatter = Callable[[int], Any]
-
-
 def time_format_problem(fmt: str) -> str | None:
     """Why `fmt` is not a time_format; None when it is."""
     if fmt in TIME_FORMATS:
@@ -167,6 +166,9 @@ class TemplatedBody:
         self.ctx = ctx
         self._source: list | None = None  # the ctx.points() list the index was built from
         self._index: dict[str, dict] = {}
+        self._writer: RecordWriter | None = None  # for the readings' record and the point index of _written
+        self._written: dict | None = None
+        self._point_parts: dict[str, Point] = {}  # tag -> its part of the writer (RecordWriter.point)
         self.reconfigure(spec, timezone)
 
     def reconfigure(self, spec: BodySpec, timezone: tzinfo | None = None) -> None:
@@ -210,21 +212,39 @@ class TemplatedBody:
         return self._index
 
     def _envelope(self, spec: BodySpec, templates: MessageTemplates, time: TimeFormatter, seq: int,
-                  records: list) -> bytes:
+                  records: list | bytes, count: int | None = None) -> bytes:
+        """records: the records, or (with their `count`) already serialised as a JSON array."""
         ctx = self.ctx
+        if isinstance(records, list):
+            records, count = orjson.dumps(records), len(records)
         env = templates.envelope.render({
-            "payload": spec.codec.payload(records), "data_id": uuid.uuid4().hex, "seq": seq,
-            "count": len(records), "sent_at": time(now_ms()), "gateway": ctx.gateway,
+            "payload": spec.codec.payload_json(records), "data_id": uuid.uuid4().hex, "seq": seq,
+            "count": count, "sent_at": time(now_ms()), "gateway": ctx.gateway,
             "enterprise": ctx.enterprise})
         return orjson.dumps(env)
 
+    def _writer_of(self, record: Template) -> RecordWriter:
+        """The record writer of `record`, for the point index as it is now."""
+        index = self._points()
+        if self._writer is None or self._writer.record is not record or self._written is not index:
+            self._writer, self._written, self._point_parts = RecordWriter(record), index, {}
+        return self._writer
+
+    def _point_part(self, writer: RecordWriter, tag: str) -> Point:
+        """A point's part of the writer, made at its first reading (after _writer_of)."""
+        fixed = self._index.get(tag)
+        if fixed is None:
+            fixed = {"gateway": self.ctx.gateway, "enterprise": self.ctx.enterprise,
+                     **dict.fromkeys(_POINT_FIELDS, "")}
+        part = self._point_parts[tag] = writer.point({**fixed, "tag": tag})
+        return part
+
     def _readings(self, spec: BodySpec, time: TimeFormatter, seq: int, rows: list[tuple],
                   backfill: bool) -> bytes:
-        """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out."""
-        index = self._points()
-        unknown = {"gateway": self.ctx.gateway, "enterprise": self.ctx.enterprise,
-                   **dict.fromkeys(_POINT_FIELDS, "")}
-        render = spec.readings.record.render
+        """rows: (ts_ms, tag, unit, type, value, quality, reason) as the store hands them out.
+        Each record is written as JSON bytes (agent/north/record_writer.py)."""
+        writer = self._writer_of(spec.readings.record)
+        write, parts = writer.write, self._point_parts
         stamps: dict[int, Any] = {}
         records = []
         for ts_ms, tag, unit, ptype, value, quality, reason in rows:
@@ -233,11 +253,9 @@ class TemplatedBody:
             ts = stamps.get(ts_ms)
             if ts is None:
                 ts = stamps[ts_ms] = time(ts_ms)
-            values = dict(index.get(tag, unknown))
-            values.update(tag=tag, value=value, unit=unit, quality=quality, reason=reason, ts=ts,
-                          ts_ms=ts_ms, backfill=backfill)
-            records.append(render(values))
-        return self._envelope(spec, spec.readings, time, seq, records)
+            part = parts.get(tag) or self._point_part(writer, tag)
+            records.append(write(part, (value, unit, quality, reason, ts, ts_ms, backfill)))
+        return self._envelope(spec, spec.readings, time, seq, b"[" + b",".join(records) + b"]", len(records))
 
     def _events(self, spec: BodySpec, templates: MessageTemplates, time: TimeFormatter, seq: int,
                 rows: list[dict]) -> bytes:

@@ -165,7 +165,9 @@ class Evidence:
         self.days = days
         self.opened = opened_ms
         self._stored: dict[int, DayCounts] = {}
-        self._inflight: dict[tuple[str, int], list[tuple[int, Counter[str]]]] = {}  # (uplink, seq) -> [(day, tag -> n)]
+        # (uplink, seq) -> [(day, the tag of each reading)]: counted when acknowledged (Counter
+        # counts a list in C; merging one Counter into another is a Python loop)
+        self._inflight: dict[tuple[str, int], list[tuple[int, list[str]]]] = {}
         self._delivered: dict[tuple[int, str], Counter[str]] = {}  # (day, uplink) -> tag -> readings
         self._uplinks: dict[tuple[int, str], list[int]] = {}  # (day, uplink) -> [on time, back-filled, evicted]
         self._flushed = time.monotonic()
@@ -214,16 +216,16 @@ class Evidence:
 
     def taken(self, uplink: str, seq: int, rows: list[tuple]) -> None:
         """A message was numbered: its points per day, (ts_ms, tag, ...) rows, wait for its
-        acknowledgement. A message within one day (the usual case) is counted in C."""
+        acknowledgement; each reading's tag is kept, and counted in C when it is acknowledged."""
         day = self.days.day
         stamps = list(map(itemgetter(0), rows))
         first, last = day(min(stamps)), day(max(stamps))
         if first == last:
-            per = [(first, Counter(map(itemgetter(1), rows)))]
+            per = [(first, list(map(itemgetter(1), rows)))]
         else:
-            split: dict[int, Counter[str]] = {}
+            split: dict[int, list[str]] = {}
             for r in rows:
-                split.setdefault(day(r[0]), Counter())[r[1]] += 1
+                split.setdefault(day(r[0]), []).append(r[1])
             per = list(split.items())
         inflight = self._inflight
         inflight[(uplink, seq)] = per
@@ -239,7 +241,7 @@ class Evidence:
         for seq, count, backfill, oldest in messages:
             for d, tags in self._inflight.pop((uplink, seq), ()):
                 if (c := self._delivered.get((d, uplink))) is None:
-                    self._delivered[(d, uplink)] = tags
+                    self._delivered[(d, uplink)] = Counter(tags)
                 else:
                     c.update(tags)
             if oldest is not None and count:

@@ -22,11 +22,12 @@ from agent.north.drain import Drain, DrainSettings
 from agent.north.mqtt.client import CONNECT_ERRORS, Events, MqttOptions, MqttSession
 from agent.north.mqtt.schema import (
     SCHEMA,
+    SHARED_READINGS,
     encode,
     envelope,
     events_body,
     meta_body,
-    readings_body,
+    readings_message,
     status_body,
     topic,
 )
@@ -49,12 +50,13 @@ class Uplink1Body:
         self.ctx = ctx
         self.meta: Builder | None = self.build_meta
         self.events: Builder | None = self.build_events
+        SHARED_READINGS.join(self)  # a second such uplink reuses this one's encodings
 
     def _env(self, seq: int) -> dict:
         return envelope(self.ctx.gateway, self.ctx.enterprise, seq, now_ms())
 
     def readings(self, backfill: bool) -> Builder:
-        return lambda seq, rows: encode(readings_body(self._env(seq), rows, backfill))
+        return lambda seq, rows: readings_message(self._env(seq), rows, backfill)
 
     def build_events(self, seq: int, rows: list) -> bytes:
         return encode(events_body(self._env(seq), rows))
