@@ -137,8 +137,10 @@ def test_sigterm_under_load_exits_in_bounded_time_and_a_restart_continues_the_se
     broker.stop()  # a backlog first: the platform is unreachable for a while
     agent = plant.start_agent(procs)
     time.sleep(6.0)
+    agent.send(signal.SIGSTOP)  # reconnecting within a second, it would send before we subscribe
     broker.start()
     with Subscriber(broker.port, plant.topic_filter) as sub:
+        agent.send(signal.SIGCONT)
         sub.wait_until(lambda: any(r["backfill"] for r in sub.readings("P000")), 30, "back-fill under way")
         skipped = overruns(health)  # polls that ran long on a loaded box: never collected
         term_at = time.time()

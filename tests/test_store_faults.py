@@ -189,8 +189,10 @@ def test_long_outage_against_the_size_limit_keeps_memory_flat(tmp_path: Path, br
     assert late <= early * 1.10, f"RSS grew from {early} kB to {late} kB during the outage"
     db_file = plant.data_dir / "hazgate.db"
     assert db_file.stat().st_size < 4 * 2**20
+    agent.send(signal.SIGSTOP)  # reconnecting within a second, it would send before we subscribe
     broker.start()
     with Subscriber(broker.port, plant.topic_filter) as sub:
+        agent.send(signal.SIGCONT)
         sub.wait_until(lambda: sum(1 for m in sub.of_kind("events")
                                    for e in m.body["events"] if e["kind"] == "buffer_eviction") >= 2,
                        30, "eviction events delivered")
