@@ -4,7 +4,7 @@
                                                 report,budget,startup] [--profile]
                               [--markdown FILE] [--json FILE]
 
-Quick mode (default) takes about twenty-five minutes on a 2-core machine (the uplinks phase about
+Quick mode (default) takes about seventeen minutes on a 2-core machine (the uplinks phase about
 four of them, the durable phase (bench/durable.py) about two and a half, the reconnect phase
 (bench/reconnect.py) about two, the peer phase (bench/peer.py) about three and a half, plus the
 peer's install the first time, the budget phase (bench/budget.py: the agent held to 25 % of one core
