@@ -284,6 +284,21 @@ class GwStats:
     watched: list[tuple[float, str, float, float]] = field(default_factory=list)  # (arrival, tag, ts, value)
 
 
+class Stamps:
+    """Seconds since the epoch of an RFC 3339 stamp, each distinct stamp parsed once (a bounded cache)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def __call__(self, ts: str) -> float:
+        t = self._seen.get(ts)
+        if t is None:
+            if len(self._seen) > 200_000:
+                self._seen.clear()
+            t = self._seen[ts] = datetime.fromisoformat(ts).timestamp()
+        return t
+
+
 class Subscriber:
     """Counts what arrives at the broker, per gateway id, in this process (paho network thread).
 
@@ -296,7 +311,7 @@ class Subscriber:
         self.lock = threading.Lock()
         self.gw: dict[str, GwStats] = {}
         self.watch = watch or set()
-        self._stamps: dict[str, float] = {}
+        self._stamp = Stamps()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-counter-{port}", clean_session=True)
         c.on_message = self.on_message
         c.on_connect = lambda cl, _u, _f, _rc, _p: cl.subscribe(f"{TOPIC_PREFIX}/#", qos=1)
@@ -310,14 +325,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-    def _stamp(self, ts: str) -> float:
-        t = self._stamps.get(ts)
-        if t is None:
-            if len(self._stamps) > 200_000:
-                self._stamps.clear()
-            t = self._stamps[ts] = datetime.fromisoformat(ts).timestamp()
-        return t
 
     def stats(self, gw: str) -> GwStats:
         with self.lock:

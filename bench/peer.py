@@ -34,7 +34,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -42,6 +41,7 @@ import paho.mqtt.client as mqtt
 
 from bench.common import (
     Procs,
+    Stamps,
     Unit,
     cpu_seconds,
     free_port,
@@ -253,7 +253,7 @@ class Counter:
         self.lock = threading.Lock()
         self.limits_answered = 0
         self.errors, self.error = 0, ""  # messages it could not count, the first one's error
-        self._stamps: dict[str, float] = {}
+        self._stamp = Stamps()
         self._unit = {tag: u.name for u in units for tag, *_r in u.tags()}
         self.hazgate = Tally({u.name: {t: i for i, (t, *_r) in enumerate(u.tags())} for u in units})
         self.peer = Tally({u.name: {k: i for i, k in enumerate(peer_keys(u))} for u in units})
@@ -272,14 +272,6 @@ class Counter:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-    def _stamp(self, ts: str) -> float:
-        t = self._stamps.get(ts)
-        if t is None:
-            if len(self._stamps) > 200_000:
-                self._stamps.clear()
-            t = self._stamps[ts] = datetime.fromisoformat(ts).timestamp()
-        return t
 
     def _on_message(self, client, _u, msg) -> None:  # noqa: ANN001
         try:
