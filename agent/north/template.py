@@ -56,7 +56,7 @@ class Template:
     variables: frozenset[str]
     _render: _Render
     # the table's top-level entries in order: the parts of a record that do not change from
-    # one reading of a point to the next are serialised once (agent.north.templated.record_plan)
+    # one reading of a point to the next are serialised once (agent.north.record_writer.RecordWriter)
     entries: tuple[Entry, ...] = ()
 
     def render(self, values: Values) -> dict:

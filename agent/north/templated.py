@@ -71,6 +71,8 @@ _EVENT_FIELDS = ("id", "kind", "severity", "state", "tag", "interlock", "source"
                  "limit", "unit", "level", "reason", "target_code", "hazard_source", "equipment")
 
 TimeFormatter = Callable[[int], Any]
+
+
 def time_format_problem(fmt: str) -> str | None:
     """Why `fmt` is not a time_format; None when it is."""
     if fmt in TIME_FORMATS:
